@@ -1,0 +1,194 @@
+"""TrialConfig: the one config schema of a trial (`hdmap trial`, and every trial of a sweep).
+
+Every field has a default; unknown keys are rejected with the field path and the allowed names.
+`trial_id` is a hash of the canonical config, so the same config always names the same trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+
+from hdmap.data.layout import normalize_domain
+from hdmap.data.transforms import NORMALIZATIONS, RESIZE_METHODS
+from hdmap.metrics import THRESHOLD_METHODS
+from hdmap.models.base import StrictModel
+from hdmap.models.registry import MODELS
+
+Domain = Annotated[str, BeforeValidator(normalize_domain)]
+DEFAULT_MODEL = "patchcore"
+
+
+class DataConfig(StrictModel):
+    root: str = "data/hdmap-sim"
+    domain: Domain = "domain_C"
+    test_domains: list[Domain] | Literal["all"] | None = Field(
+        None, description="None: test on `domain`; a list or 'all': cross-domain, one result row per test domain"
+    )
+    train_shots: int | None = Field(None, ge=1, description="images the model is fitted on; None = all train")
+    reference_source: Literal["train", "test"] = Field(
+        "train", description="'test' takes references from test/good and removes them from evaluation"
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="train normals held out for thresholds / early stopping")
+    image_size: tuple[int, int] = Field((224, 224), description="model input (H, W); an int means square")
+    resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
+    to_rgb: bool = True
+    normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _test_refs_need_shots(self) -> "DataConfig":
+        if self.reference_source == "test" and self.train_shots is None:
+            raise ValueError("data.reference_source='test' needs data.train_shots (how many test/good references)")
+        return self
+
+    def resolved_test_domains(self) -> list[str]:
+        if self.test_domains is None:
+            return [self.domain]
+        if self.test_domains == "all":
+            from hdmap.data.layout import DOMAINS
+
+            return list(DOMAINS)
+        return list(dict.fromkeys(self.test_domains))
+
+
+class EvalConfig(StrictModel):
+    threshold_method: Literal[THRESHOLD_METHODS] = "val_percentile"  # type: ignore[valid-type]
+    threshold_percentile: float = Field(99.0, ge=0, le=100)
+    threshold_n_std: float = 3.0
+
+
+class RuntimeConfig(StrictModel):
+    """How a trial runs, not what it computes: excluded from `trial_id`."""
+
+    accelerator: str = "auto"
+    num_workers: int = Field(0, ge=0)
+    progress: bool = False
+
+
+ModelConfig = Annotated[Union[tuple(entry.config for entry in MODELS.values())], Field(discriminator="name")]
+
+
+class TrialConfig(StrictModel):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = Field(default_factory=lambda: MODELS[DEFAULT_MODEL].config())  # type: ignore[valid-type]
+    eval: EvalConfig = EvalConfig()
+    seed: int = 0
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "name" not in data["model"]:
+            data = {**data, "model": {"name": DEFAULT_MODEL, **data["model"]}}
+        return data
+
+    def canonical(self) -> dict:
+        """The semantic config (runtime excluded), as plain JSON data."""
+        return self.model_dump(mode="json", exclude={"runtime"})
+
+    @property
+    def trial_id(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names the source, field path and allowed values."""
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: `3`, `0.1`, `true`, `[blocks.8, blocks.11]`, `C`."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def set_path(tree: dict, path: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating intermediate dicts."""
+    *parents, leaf = path.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def get_path(tree: dict, path: str) -> Any:
+    node: Any = tree
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
+def load_trial_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
+    """YAML file (optional) + `PATH=VALUE` overrides -> validated TrialConfig."""
+    tree: dict = {}
+    source = "command line"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, eval, seed), got {type(tree).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. model.k=3")
+        key, text = item.split("=", 1)
+        set_path(tree, key.strip(), parse_value(text))
+    return validate_trial_config(tree, source)
+
+
+def validate_trial_config(tree: dict, source: str = "config") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source)) from None
+
+
+def describe_errors(exc: ValidationError, source: str) -> str:
+    """One line per problem: `source: field.path: what is wrong; allowed: ...`."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        path, owner = _resolve_loc(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(owner.model_fields) if owner else "?"
+            lines.append(f"{source}: {path}: unknown field; allowed here: {allowed}")
+        elif err["type"] == "union_tag_invalid":
+            lines.append(f"{source}: {path}.name: unknown model {err['input'].get('name')!r}; allowed: {', '.join(MODELS)}")
+        else:
+            lines.append(f"{source}: {path}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _resolve_loc(loc: list[str]) -> tuple[str, type[BaseModel] | None]:
+    """Drop pydantic's union-tag segments (`model.patchcore.k` -> `model.k`); return the class owning the last field."""
+    owner: type[BaseModel] | None = TrialConfig
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if part in MODELS and parts and parts[-1] == "model":
+            owner = MODELS[part].config
+            continue
+        parts.append(part)
+        if i < len(loc) - 1:
+            owner = _section_class(owner, part) if owner is not None and part in owner.model_fields else None
+    return ".".join(parts), owner
+
+
+def _section_class(owner: type[BaseModel], field: str) -> type[BaseModel] | None:
+    annotation = owner.model_fields[field].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+

@@ -1,0 +1,263 @@
+"""Metrics every trial reports, computed from per-image arrays.
+
+One entry point, :func:`evaluate`, returns a flat ``dict[str, float | None]`` whose
+keys are always exactly :data:`METRIC_KEYS` (in that order), so every results row
+has the same columns. A metric that is undefined for the inputs (one class only,
+no gate predictions, fewer than three severity points, ...) is ``None``, never NaN.
+All values, counts included, are plain Python ``float`` so the Parquet column
+types never depend on which trial happened to be written first.
+
+The decision threshold is calibrated from *validation normal* scores only: a real
+deployment never sees test labels, so a threshold tuned on them would overstate
+accuracy. The test-optimal ("oracle") accuracy is reported separately and named
+as such, only so results can be compared with older tables that used it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+__all__ = ["THRESHOLD_METHODS", "CONDITIONS", "METRIC_KEYS", "calibrate_threshold", "evaluate"]
+
+THRESHOLD_METHODS = ("val_percentile", "val_max", "val_mean_std")
+CONDITIONS = ("cold", "warm")
+
+METRIC_KEYS: tuple[str, ...] = (
+    "image_auroc",
+    "threshold",
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "accuracy_cold",
+    "accuracy_warm",
+    "auroc_cold",
+    "auroc_warm",
+    "tpr_at_fpr_1pct",
+    "tpr_at_fpr_5pct",
+    "gating_accuracy",
+    "severity_mae",
+    "severity_spearman",
+    "oracle_accuracy",
+    "oracle_threshold",
+    "n_test",
+    "n_test_good",
+    "n_test_fault",
+    "n_val",
+)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _finite_1d(x: Any, name: str, *, allow_nan: bool = False) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+    if bad.any():
+        what = "infinite" if allow_nan else "non-finite (NaN/inf)"
+        raise ValueError(f"{name} contains {int(bad.sum())} {what} value(s)")
+    return arr
+
+
+def _conditions_1d(x: Any, name: str, n: int) -> np.ndarray:
+    arr = np.asarray(x, dtype=object)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if len(arr) != n:
+        raise ValueError(f"{name} has length {len(arr)} but scores has length {n}")
+    arr = np.array([str(v) for v in arr], dtype=object)
+    unknown = sorted(set(arr) - set(CONDITIONS))
+    if unknown:
+        raise ValueError(f"{name} must contain only {CONDITIONS}, got {unknown}")
+    return arr
+
+
+def _as_float(x: float) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def calibrate_threshold(
+    val_normal_scores: Any,
+    method: str = "val_percentile",
+    percentile: float = 99.0,
+    n_std: float = 3.0,
+) -> float:
+    """Decision threshold from VALIDATION NORMAL scores only (never test labels).
+
+    Calibrating on held-out normals mimics deployment, where only good parts are
+    available for setting the alarm level; an image is predicted a fault when its
+    score is strictly greater than the threshold.
+
+    - ``val_percentile``: ``np.percentile(scores, percentile)`` (linear interpolation)
+    - ``val_max``: ``max(scores)`` (no validation normal would raise an alarm)
+    - ``val_mean_std``: ``mean + n_std * std`` (population std, ``ddof=0``)
+    """
+    scores = _finite_1d(val_normal_scores, "val_scores")
+    if scores.size == 0:
+        raise ValueError("val_scores must be non-empty to calibrate a threshold")
+    if method == "val_percentile":
+        if not 0.0 <= float(percentile) <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+        return float(np.percentile(scores, float(percentile)))
+    if method == "val_max":
+        return float(np.max(scores))
+    if method == "val_mean_std":
+        return float(np.mean(scores) + float(n_std) * np.std(scores))
+    raise ValueError(f"unknown threshold method {method!r}; expected one of {THRESHOLD_METHODS}")
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    if np.unique(labels).size < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def _tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, target: float) -> float | None:
+    """Largest TPR among sklearn roc_curve points (all thresholds kept) with FPR <= target."""
+    if np.unique(labels).size < 2:
+        return None
+    # drop_intermediate=False: a collinear point dropped by sklearn may be the best one under the target.
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    ok = fpr <= target + 1e-12
+    return float(tpr[ok].max())  # the (0, 0) point always qualifies
+
+
+def _oracle(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """Best test accuracy over every distinct cut of the scores (uses test labels: an oracle).
+
+    Candidates are each unique score ``t`` (predict fault iff score > t) plus the value just
+    below the minimum (everything predicted fault). Ties go to the lowest threshold.
+    """
+    uniq = np.unique(scores)
+    cands = np.concatenate(([np.nextafter(uniq[0], -np.inf)], uniq))
+    good = np.sort(scores[labels == 0])
+    fault = np.sort(scores[labels == 1])
+    tn = np.searchsorted(good, cands, side="right")  # goods with score <= t
+    tp = fault.size - np.searchsorted(fault, cands, side="right")  # faults with score > t
+    acc = (tn + tp) / scores.size
+    best = int(np.argmax(acc))
+    return float(acc[best]), float(cands[best])
+
+
+def _severity(sev_pred: np.ndarray, sev_true: np.ndarray) -> tuple[float | None, float | None]:
+    mask = ~np.isnan(sev_true)
+    if not mask.any():
+        return None, None
+    p, t = sev_pred[mask], sev_true[mask]
+    if np.isnan(p).any():
+        raise ValueError("severity_pred is NaN where severity_true is known")
+    mae = float(np.mean(np.abs(p - t)))
+    # Spearman is undefined for a constant ranking and meaningless on < 3 points.
+    if p.size < 3 or np.ptp(p) == 0 or np.ptp(t) == 0:
+        return mae, None
+    rho = spearmanr(p, t).statistic
+    return mae, _as_float(rho)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    scores: Any,
+    labels: Any,
+    conditions: Any = None,
+    *,
+    val_scores: Any,
+    threshold_method: str = "val_percentile",
+    threshold_percentile: float = 99.0,
+    threshold_n_std: float = 3.0,
+    gate_pred: Any = None,
+    severity_pred: Any = None,
+    severity_true: Any = None,
+) -> dict[str, float | None]:
+    """Every metric of one trial; keys are exactly ``METRIC_KEYS``, undefined ones ``None``.
+
+    ``scores``: higher = more anomalous. ``labels``: 0 good / 1 fault. ``conditions``:
+    "cold"/"warm" per test image (or None). ``val_scores``: validation NORMAL scores, the
+    only input the threshold sees. ``gate_pred``: predicted condition per image (gated
+    models). ``severity_true`` may be NaN for images without ground truth (real faults).
+    """
+    s = _finite_1d(scores, "scores")
+    n = s.size
+    if n == 0:
+        raise ValueError("scores must be non-empty")
+    y_raw = _finite_1d(labels, "labels")
+    if y_raw.size != n:
+        raise ValueError(f"labels has length {y_raw.size} but scores has length {n}")
+    if not np.isin(y_raw, (0.0, 1.0)).all():
+        raise ValueError(f"labels must be 0 (good) or 1 (fault), got {sorted(set(y_raw.tolist()) - {0.0, 1.0})}")
+    y = y_raw.astype(int)
+    v = _finite_1d(val_scores, "val_scores")
+    if v.size == 0:
+        raise ValueError("val_scores must be non-empty")
+    cond = None if conditions is None else _conditions_1d(conditions, "conditions", n)
+    gate = None if gate_pred is None else _conditions_1d(gate_pred, "gate_pred", n)
+    if gate is not None and cond is None:
+        raise ValueError("gate_pred needs conditions (the true condition) to score gating accuracy")
+    if (severity_pred is None) != (severity_true is None):
+        raise ValueError("severity_pred and severity_true must be given together")
+    sev_p = sev_t = None
+    if severity_pred is not None:
+        sev_p = _finite_1d(severity_pred, "severity_pred", allow_nan=True)
+        sev_t = _finite_1d(severity_true, "severity_true", allow_nan=True)
+        for name, arr in (("severity_pred", sev_p), ("severity_true", sev_t)):
+            if arr.size != n:
+                raise ValueError(f"{name} has length {arr.size} but scores has length {n}")
+
+    out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+
+    thr = calibrate_threshold(v, threshold_method, percentile=threshold_percentile, n_std=threshold_n_std)
+    pred = (s > thr).astype(int)
+    out["threshold"] = thr
+    out["image_auroc"] = _auroc(y, s)
+    out["accuracy"] = float(accuracy_score(y, pred))
+    out["f1"] = float(f1_score(y, pred, zero_division=0))
+    out["precision"] = float(precision_score(y, pred, zero_division=0))
+    out["recall"] = float(recall_score(y, pred, zero_division=0))
+
+    if cond is not None:
+        for c in CONDITIONS:
+            m = cond == c
+            if m.any():
+                out[f"accuracy_{c}"] = float(accuracy_score(y[m], pred[m]))
+                out[f"auroc_{c}"] = _auroc(y[m], s[m])
+
+    out["tpr_at_fpr_1pct"] = _tpr_at_fpr(y, s, 0.01)
+    out["tpr_at_fpr_5pct"] = _tpr_at_fpr(y, s, 0.05)
+
+    if gate is not None:
+        out["gating_accuracy"] = float(np.mean(gate == cond))
+
+    if sev_p is not None:
+        out["severity_mae"], out["severity_spearman"] = _severity(sev_p, sev_t)
+
+    out["oracle_accuracy"], out["oracle_threshold"] = _oracle(y, s)
+
+    out["n_test"] = float(n)
+    out["n_test_good"] = float((y == 0).sum())
+    out["n_test_fault"] = float((y == 1).sum())
+    out["n_val"] = float(v.size)
+    return out

@@ -1,0 +1,42 @@
+"""What every model shares: the strict config base and the Lightning contract a trial relies on."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """Config base: unknown keys are errors, so a typo never silently becomes a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AnomalyModule(L.LightningModule):
+    """The contract between a model and `hdmap.trial`.
+
+    - Batches are dicts: `raw` (B, 31, 95) float32 HDMAP arrays, `label`, `index`.
+    - The trial's one transform runs here, on the device, for fit *and* predict, so a model can
+      never see differently resized images in training and evaluation.
+    - `predict_step` returns `score` (B,) — higher is more anomalous — and optionally `gate`
+      (B,) of 0 = cold / 1 = warm and `severity` (B,).
+    - `max_epochs` and `uses_validation` tell the trial how to configure its Trainer.
+    """
+
+    max_epochs: int = 1
+    uses_validation: bool = False
+
+    def __init__(self, transform: torch.nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch["image"] = self.transform(batch["raw"])
+        return batch
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"score": self.score(batch["image"])}
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

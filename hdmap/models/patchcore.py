@@ -1,0 +1,64 @@
+"""PatchCore: anomalib's PatchcoreModel (timm features, coreset, kNN) in this platform's Lightning contract."""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from hdmap.models.backbones import load_pretrained
+from hdmap.models.base import AnomalyModule, StrictModel
+
+
+class PatchCoreConfig(StrictModel):
+    name: Literal["patchcore"] = "patchcore"
+    backbone: str = "wide_resnet50_2"
+    layers: list[str] = ["layer2", "layer3"]
+    pretrained: bool = True
+    weights: str | None = Field(None, description="local checkpoint file; default: timm/HF cache")
+    coreset_ratio: float = Field(0.1, gt=0, le=1)
+    k: int = Field(9, ge=1, description="neighbours for anomalib's image-score reweighting")
+    batch_size: int = Field(8, ge=1)
+
+
+class PatchCoreModule(AnomalyModule):
+    """One pass over the fit images fills the memory bank; coreset subsampling runs at the end of fit."""
+
+    def __init__(self, cfg: PatchCoreConfig, transform: torch.nn.Module) -> None:
+        super().__init__(transform)
+        from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+        # pre_trained=False: anomalib would otherwise download; weights are loaded below from local files.
+        self.model = PatchcoreModel(layers=cfg.layers, backbone=cfg.backbone, pre_trained=False, num_neighbors=cfg.k)
+        if cfg.pretrained:
+            load_pretrained(self.model.feature_extractor.feature_extractor, cfg.backbone, cfg.weights)
+        self.coreset_ratio = cfg.coreset_ratio
+        self.automatic_optimization = False
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        self.model.train()
+        self.model(batch["image"])  # appends patch embeddings to model.embedding_store
+
+    def on_train_end(self) -> None:
+        n_patches = sum(e.shape[0] for e in self.model.embedding_store)
+        if int(n_patches * self.coreset_ratio) < 1:
+            raise ValueError(f"model.coreset_ratio={self.coreset_ratio} keeps no patch of {n_patches}; raise it")
+        from anomalib.models.components.sampling import k_center_greedy
+        from tqdm import tqdm
+
+        # anomalib's sampler draws a tqdm bar per selected point: one line per trial is enough.
+        k_center_greedy.tqdm = functools.partial(tqdm, disable=self.trainer.progress_bar_callback is None)
+        self.model.subsample_embedding(self.coreset_ratio)
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return self.model(images).pred_score.reshape(-1)
+
+
+def build(cfg: PatchCoreConfig, transform: torch.nn.Module) -> PatchCoreModule:
+    return PatchCoreModule(cfg, transform)

@@ -1,0 +1,20 @@
+"""The one model registry: name -> (config class, builder). Adding a model = one module + one line here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from hdmap.models import draem, patchcore
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    config: type
+    build: Callable  # (config, transform) -> AnomalyModule
+
+
+MODELS: dict[str, ModelEntry] = {
+    "patchcore": ModelEntry(patchcore.PatchCoreConfig, patchcore.build),
+    "draem": ModelEntry(draem.DraemConfig, draem.build),
+}

@@ -1,0 +1,238 @@
+"""One trial: config -> data -> Lightning fit + predict -> metrics -> rows. No Ray, no W&B here.
+
+`hdmap trial` calls `run_trial`; so does every trial of a sweep, so a debugged trial is the trial.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import resource
+import socket
+import subprocess
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hdmap.config import TrialConfig
+from hdmap.data.arrays import SplitArrays
+from hdmap.data.splits import build_trial_data
+from hdmap.data.transforms import HdmapTransform
+from hdmap.metrics import evaluate
+from hdmap.models.registry import MODELS
+from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
+
+
+@dataclass
+class TrialResult:
+    rows: list[dict]  # one per test domain (one error row if the trial failed)
+    scores: pa.Table  # one row per scored test image
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows)
+
+    def results_table(self) -> pa.Table:
+        return to_table(self.rows, results_schema())
+
+
+class _ArrayDataset(Dataset):
+    def __init__(self, split: SplitArrays) -> None:
+        self.images = torch.from_numpy(np.require(split.images, np.float32, ['C', 'W']))
+        self.labels = torch.from_numpy(split.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"raw": self.images[i], "label": self.labels[i], "index": i}
+
+
+def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
+    """Fit and evaluate one config. Raises on failure; `failed_trial` turns an exception into a row."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    _quiet_libraries(cfg.runtime.progress)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    data = build_trial_data(cfg.data, cfg.seed)
+    transform = HdmapTransform(cfg.data.image_size, cfg.data.resize, cfg.data.to_rgb, cfg.data.normalization)
+    module = MODELS[cfg.model.name].build(cfg.model, transform)
+
+    def loader(split: SplitArrays, shuffle: bool = False) -> DataLoader:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        return DataLoader(_ArrayDataset(split), batch_size=cfg.model.batch_size, shuffle=shuffle,
+                          num_workers=cfg.runtime.num_workers, generator=generator)
+
+    trainer = L.Trainer(
+        accelerator=cfg.runtime.accelerator,
+        devices=1,
+        max_epochs=module.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.runtime.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if module.uses_validation else 0,
+        deterministic="warn",
+        callbacks=callbacks or [],
+    )
+    t_fit = time.perf_counter()
+    trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
+    fit_s = time.perf_counter() - t_fit
+
+    t_pred = time.perf_counter()
+    val_out = _predict(trainer, module, loader(data.val))
+    test_out = {domain: _predict(trainer, module, loader(split)) for domain, split in data.tests.items()}
+    predict_s = time.perf_counter() - t_pred
+
+    base = _base_row(cfg)
+    base.update(
+        status="ok", n_fit=len(data.fit), references_removed=data.references_removed,
+        pretrained_weights=_weights_label(cfg), fit_s=fit_s, predict_s=predict_s,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        device=str(trainer.strategy.root_device), started_at=started,
+    )
+    rows, score_parts = [], []
+    for domain, split in data.tests.items():
+        out = test_out[domain]
+        gates = None if out.get("gate") is None else np.where(out["gate"] > 0.5, "warm", "cold")
+        severity_pred = out.get("severity")
+        has_truth = severity_pred is not None and np.isfinite(split.severity).any()
+        metrics = evaluate(
+            out["score"], split.labels, split.conditions, val_scores=val_out["score"],
+            threshold_method=cfg.eval.threshold_method, threshold_percentile=cfg.eval.threshold_percentile,
+            threshold_n_std=cfg.eval.threshold_n_std, gate_pred=gates,
+            severity_pred=severity_pred if has_truth else None, severity_true=split.severity if has_truth else None,
+        )
+        rows.append({**base, **metrics, "test_domain": domain})
+        score_parts.append(_score_table(cfg.trial_id, domain, split, out, gates))
+    total = time.perf_counter() - t0
+    for row in rows:
+        row["total_s"] = total
+    return TrialResult(rows=rows, scores=pa.concat_tables(score_parts))
+
+
+def _quiet_libraries(progress: bool) -> None:
+    """Keep a trial's output readable: library chatter that is expected here is not news."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for message in (".*configure_optimizers` returned `None`.*", ".*module\\(s\\) in eval mode.*",
+                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\..*")
+
+
+def failed_trial(cfg: TrialConfig, exc: BaseException) -> TrialResult:
+    """The error row recorded for a trial that raised: same schema, status=error, the traceback's tail."""
+    row = _base_row(cfg)
+    tail = "".join(traceback.format_exception(exc))[-4000:]
+    row.update(status="error", error=f"{type(exc).__name__}: {exc}\n{tail}",
+               started_at=dt.datetime.now(dt.timezone.utc))
+    return TrialResult(rows=[row], scores=SCORE_SCHEMA.empty_table())
+
+
+def write_outputs(result: TrialResult, out_dir: str | Path, cfg: TrialConfig | None = None) -> Path:
+    """`results.parquet`, `scores.parquet` (and `config.yaml`) in out_dir; each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_parquet(result.results_table(), out / "results.parquet")
+    _atomic_parquet(result.scores, out / "scores.parquet")
+    if cfg is not None:
+        import yaml
+
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return out
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _predict(trainer: L.Trainer, module, dataloader: DataLoader) -> dict[str, np.ndarray]:
+    batches = trainer.predict(module, dataloader)
+    return {key: torch.cat([b[key] for b in batches]).float().cpu().numpy() for key in batches[0]}
+
+
+def _score_table(trial_id: str, domain: str, split: SplitArrays, out: dict, gates) -> pa.Table:
+    n = len(split)
+    severity = out.get("severity")
+    return pa.table(
+        {
+            "trial_id": [trial_id] * n,
+            "sweep": pa.nulls(n, pa.string()),
+            "test_domain": [domain] * n,
+            "file": list(split.files),
+            "label": split.labels.astype(np.int8),
+            "condition": list(split.conditions),
+            "score": out["score"].astype(np.float64),
+            "gate": list(gates) if gates is not None else pa.nulls(n, pa.string()),
+            "severity_pred": severity.astype(np.float64) if severity is not None else pa.nulls(n, pa.float64()),
+            "severity_true": np.where(np.isfinite(split.severity), split.severity, np.nan),
+        },
+        schema=SCORE_SCHEMA,
+    )
+
+
+def _weights_label(cfg: TrialConfig) -> str | None:
+    if not hasattr(cfg.model, "pretrained"):
+        return None
+    if not cfg.model.pretrained:
+        return "random-init (pretrained: false)"
+    return cfg.model.weights or "timm/HF cache"
+
+
+def _base_row(cfg: TrialConfig) -> dict:
+    canonical = cfg.canonical()
+    return {
+        **flatten_config(canonical),
+        "trial_id": cfg.trial_id,
+        "model": cfg.model.name,
+        "train_domain": cfg.data.domain,
+        "seed": cfg.seed,
+        "host": socket.gethostname(),
+        "git_sha": _git_sha(),
+        "versions": json.dumps(_versions(), sort_keys=True),
+        "config_json": json.dumps(canonical, sort_keys=True),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("hdmap-sweeps", "torch", "lightning", "anomalib", "timm", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _git_sha() -> str | None:
+    if os.environ.get("HDMAP_GIT_SHA"):
+        return os.environ["HDMAP_GIT_SHA"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
