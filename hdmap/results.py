@@ -97,7 +97,8 @@ def config_columns() -> dict[str, pa.DataType]:
 def results_schema() -> pa.Schema:
     fields = list(ROW_FIELDS)
     fields += [(key, pa.int64() if key.startswith("n_") else pa.float64()) for key in METRIC_KEYS]
-    fields += list(config_columns().items())
+    taken = {name for name, _ in fields}
+    fields += [(name, dtype) for name, dtype in config_columns().items() if name not in taken]  # e.g. `seed`
     return pa.schema(fields)
 
 

@@ -98,9 +98,9 @@ DOMAIN_PARAMS: dict[str, DomainParams] = {
     ),
     "domain_D": DomainParams(
         raw_unit=0.418999,
-        warm_share=0.73,
-        cold=ConditionParams(0.150, 0.012, 0.40, 0.45, 0.10, 0.92, 0.90),
-        warm=ConditionParams(0.2432, 0.017, 0.34, 0.706, 0.10, 0.92, 0.90),
+        warm_share=0.70,
+        cold=ConditionParams(0.145, 0.010, 0.40, 0.45, 0.10, 0.92, 0.90),
+        warm=ConditionParams(0.250, 0.014, 0.34, 0.706, 0.10, 0.92, 0.90),
         contrast=(0.35, 0.80),
         peak=(1.0, 0.2, 0.6),
         transient_share=0.0,
@@ -108,7 +108,8 @@ DOMAIN_PARAMS: dict[str, DomainParams] = {
 }
 
 _MAX_Z = 2.94  # hot-spot heights are truncated at this many sds (C warm: 0.748 + 2.94 * 0.085 = 1.0)
-_SHOULDER_SHARE = 0.06
+_SHOULDER_SHARE = 0.06  # warm hot spots drawn just below the bound (see _hot_spot_z)
+_TRAIN_CHUNK = 2000  # train images generated at a time
 _FIELD_CAP = 2.2  # texture field soft cap, in sds
 _SIGNATURE_SEED = 20240611  # the machine signature (structure) is fixed per domain, independent of seed
 
@@ -196,8 +197,8 @@ def _hot_spot_z(rng: np.random.Generator, n: int, shoulder: bool) -> np.ndarray:
     z = _truncated_normal(rng, n, _MAX_Z)
     if not shoulder:
         return z
-    shoulder = rng.random(n) < _SHOULDER_SHARE
-    z[shoulder] = rng.uniform(_MAX_Z - 0.7, _MAX_Z, int(shoulder.sum()))
+    near_bound = rng.random(n) < _SHOULDER_SHARE
+    z[near_bound] = rng.uniform(_MAX_Z - 0.7, _MAX_Z, int(near_bound.sum()))
     return z
 
 
@@ -220,7 +221,7 @@ def _recordings(
     # soft-cap the bright tail so the image max comes from the hot spot, not from texture outliers
     field = _standardise(np.where(field > 0, _FIELD_CAP * np.tanh(field / _FIELD_CAP), field))
     cv = p.cv * (p.fault_cv if fault else 1.0)
-    sigma = np.sqrt(np.log1p(cv**2)) * (1.0 + rng.normal(0.0, 0.1, (n, 1, 1)))
+    sigma = np.sqrt(np.log1p(cv**2)) * (1.0 + 0.1 * _truncated_normal(rng, n)[:, None, None])
     e = np.exp(sigma * field)
     level = p.level + p.level_sd * _truncated_normal(rng, n)
     if fault:
@@ -301,14 +302,10 @@ def _add_bands(
 # public API
 
 
-def _write(folder: Path, images: np.ndarray) -> list[Path]:
+def _write(folder: Path, images: np.ndarray, start: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(images):
-        path = folder / f"{i:06d}.tiff"
-        tifffile.imwrite(path, np.ascontiguousarray(img, dtype=np.float32))
-        paths.append(path)
-    return paths
+    for i, img in enumerate(images, start):
+        tifffile.imwrite(folder / f"{i:06d}.tiff", np.ascontiguousarray(img, dtype=np.float32))
 
 
 def _prepare_root(root: Path) -> None:
@@ -367,18 +364,39 @@ def simulate(
     return root
 
 
+def _train_chunk(seq: np.random.SeedSequence, n: int, d: DomainParams, sigs: dict) -> np.ndarray:
+    """n train images: normal only, cold/warm mixed at the domain's warm share (no label is kept)."""
+    rng = np.random.default_rng(seq)
+    warm = rng.random(n) < d.warm_share
+    out = np.empty((n, H, W))
+    for cond, sel in (("cold", ~warm), ("warm", warm)):
+        if sel.any():
+            params = getattr(d, cond)
+            out[sel] = _recordings(rng, sigs[cond], params, int(sel.sum()), False, cond == "warm")
+    return out
+
+
 def _simulate_domain(root: Path, name: str, n_train: int, n_test: int, seed: int) -> list[dict]:
     d = DOMAIN_PARAMS[name]
     sigs = _signatures(name)
-    rng = np.random.default_rng([seed, DOMAINS.index(name)])
+    train_seq, test_seq = np.random.SeedSequence([seed, DOMAINS.index(name)]).spawn(2)
+    rng = np.random.default_rng(test_seq)
 
-    warm = rng.random(n_train) < d.warm_share
-    train = np.empty((n_train, H, W))
-    for cond, sel in (("cold", ~warm), ("warm", warm)):
-        if sel.any():
-            train[sel] = _recordings(rng, sigs[cond], getattr(d, cond), int(sel.sum()), False, cond == "warm")
-    ceiling = float(train.max())  # train max in scaled units (~1); test peaks are drawn relative to it
-    scale = ceiling * d.raw_unit
+    # Train in chunks with their own seeds: pass 1 finds the train max, pass 2 regenerates and writes,
+    # so 100,000-image roots never sit in memory.
+    chunks = train_seq.spawn(-(-n_train // _TRAIN_CHUNK))
+    sizes = [min(_TRAIN_CHUNK, n_train - k * _TRAIN_CHUNK) for k in range(len(chunks))]
+    first = _train_chunk(chunks[0], sizes[0], d, sigs)
+    ceiling = float(first.max())  # train max in scaled units (~1); test peaks are drawn relative to it
+    for seq, n in zip(chunks[1:], sizes[1:]):
+        ceiling = max(ceiling, float(_train_chunk(seq, n, d, sigs).max()))
+    scale = ceiling * d.raw_unit  # the same max in raw sensor units
+
+    # min-max scaling as the real preparation: raw sensor units / train max, never clipped
+    train_dir = root / name / "train" / "good"
+    _write(train_dir, first * d.raw_unit / scale)
+    for k, (seq, n) in enumerate(zip(chunks[1:], sizes[1:]), 1):
+        _write(train_dir, _train_chunk(seq, n, d, sigs) * d.raw_unit / scale, start=k * _TRAIN_CHUNK)
 
     conditions = [condition_of(i, n_test) for i in range(n_test)]
     n_cold = conditions.count("cold")
@@ -397,11 +415,8 @@ def _simulate_domain(root: Path, name: str, n_train: int, n_test: int, seed: int
         fault[sl] = _recordings(rng, sigs[cond], p, n, True, cond == "warm")
         faults.extend(_add_bands(rng, fault[sl], d, cond == "warm", ceiling))
 
-    # min-max scaling as the real preparation: raw sensor units / train max, never clipped
-    to_raw = d.raw_unit
-    _write(root / name / "train" / "good", train * to_raw / scale)
-    _write(root / name / "test" / "good", good * to_raw / scale)
-    _write(root / name / "test" / "fault", fault * to_raw / scale)
+    _write(root / name / "test" / "good", good * d.raw_unit / scale)
+    _write(root / name / "test" / "fault", fault * d.raw_unit / scale)
 
     rows = []
     for label, sub in ((0, "good"), (1, "fault")):

@@ -1,0 +1,65 @@
+"""`hdmap report SWEEP_DIR`: a self-contained HTML report (and a Markdown twin) from a sweep's Parquet results.
+
+    from sweeps.report import build_report
+    paths = build_report("runs/quickstart")      # -> ReportPaths(html, markdown, summary, comparisons)
+
+Reads `<sweep_dir>/results.parquet` (and `sweep.json` when present: {"name", "axes", "comparisons"}).
+Sections: header, model x test-domain table, one plot per ablation axis, cold vs warm, paired
+comparisons with bootstrap CIs (a worse result shown as plainly as a better one), the ORACLE figures
+kept apart, failures. plotly.js is inlined once, so the HTML opens on machines without internet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sweeps.report import analysis, render
+
+__all__ = ["ReportPaths", "build_report", "ORACLE_HEADING"]
+
+ORACLE_HEADING = render.ORACLE_HEADING
+
+
+@dataclass
+class ReportPaths:
+    html: Path
+    markdown: Path
+    summary: pd.DataFrame  # tidy: model, test_domain, metric, mean, std, n (MAIN_METRICS)
+    comparisons: pd.DataFrame | None = None  # tidy paired deltas: axis, value, baseline, metric, scope, ..., verdict
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> ReportPaths:
+    """Write `report.html` and `report.md` into `out_dir` (default: `sweep_dir`) and return their paths."""
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = analysis.load(sweep_dir)
+    summary = analysis.summarize(data.ok, analysis.MAIN_METRICS)
+    cmp, cmp_notes = analysis.comparisons(data)
+    generated = render.generated_now()
+
+    figs: list[str] = []
+    sections = [
+        render.header_section(data, cmp, generated),
+        render.main_section(data, summary),
+        render.ablation_section(data, figs),
+        render.cold_warm_section(data, figs),
+        render.comparison_section(data, cmp, cmp_notes, figs),
+        render.oracle_section(data),
+        render.failures_section(data),
+    ]
+    title = f"Sweep report: {data.name}"
+    html_path, md_path = out / "report.html", out / "report.md"
+    _atomic_write(html_path, render.render_html(title, sections, with_plotly=bool(figs), generated=generated))
+    _atomic_write(md_path, render.render_markdown(title, sections, html_path.name))
+    return ReportPaths(html=html_path, markdown=md_path, summary=summary, comparisons=cmp)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,489 @@
+"""Numbers behind the sweep report: loading, axes, summaries, paired comparisons, failures.
+
+Pure pandas/numpy (no plotting, no hdmap import), so the statistics can be tested on their own.
+
+Conventions
+- A config value is compared through :func:`value_key`, a canonical string: ``1``, ``1.0`` and
+  ``"1"`` from a nullable int column all read ``"1"``; JSON lists are re-serialised canonically;
+  null (an axis that does not apply to a model) is :data:`NULL`.
+- Means are over result rows (one per trial x test domain); ``std`` is the sample std (ddof=1),
+  NaN when n < 2.
+- Paired deltas: ``metric(value) - metric(baseline)`` between trials identical in every other
+  config column (seed and test domain included), with a seeded percentile bootstrap CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+NULL = "∅"
+
+MAIN_METRICS = ["image_auroc", "accuracy", "accuracy_cold", "accuracy_warm", "tpr_at_fpr_1pct"]
+AXIS_METRICS = ["image_auroc", "accuracy"]
+COLD_WARM_METRICS = ["accuracy_cold", "accuracy_warm", "auroc_cold", "auroc_warm"]
+COMPARE_METRICS = ["image_auroc", "accuracy"]
+ORACLE_METRICS = ["oracle_accuracy"]
+LOWER_IS_BETTER = {"severity_mae", "fit_s", "predict_s", "total_s", "peak_rss_mb", "peak_gpu_mb"}
+
+CONFIG_SECTIONS = ("data.", "model.", "eval.")
+NOT_AXES = {"model.name", "data.root", "seed"}
+N_BOOT = 2000
+BOOT_SEED = 20240601
+CI_LEVEL = 0.95
+
+VERDICT_BETTER = "better"
+VERDICT_WORSE = "worse"
+VERDICT_UNCLEAR = "no clear difference"
+VERDICT_FEW = "too few pairs"
+
+
+# --------------------------------------------------------------------------- values
+
+
+def value_key(v: Any) -> str:
+    """Canonical text of one config value (see module docstring)."""
+    if v is None:
+        return NULL
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return NULL
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+    if isinstance(v, np.ndarray):
+        return value_key(v.tolist())
+    try:
+        if pd.isna(v):
+            return NULL
+    except (TypeError, ValueError):
+        pass
+    if isinstance(v, str):
+        s = v.strip()
+        if s[:1] in ("[", "{"):
+            try:
+                return value_key(json.loads(s))
+            except ValueError:
+                return v
+        return v
+    return str(v)
+
+
+def sort_values(keys: list[str], preferred: list[str] | None = None) -> list[str]:
+    """Axis values in display order: an explicit order first, then numeric if all numeric, else text."""
+    keys = list(dict.fromkeys(k for k in keys if k != NULL))
+    head = [k for k in (preferred or []) if k in keys]
+    rest = [k for k in keys if k not in head]
+
+    def num(k: str) -> float | None:
+        try:
+            return float(k)
+        except ValueError:
+            return None
+
+    if rest and all(num(k) is not None for k in rest):
+        rest.sort(key=lambda k: num(k))
+    else:
+        rest.sort()
+    return head + rest
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class SweepData:
+    name: str
+    sweep_dir: Path
+    rows: pd.DataFrame  # every row, deduplicated
+    ok: pd.DataFrame  # status ok rows of trials that finished
+    keys: pd.DataFrame  # value_key of every config column, aligned with `ok`
+    config_cols: list[str]
+    axes: list[str]
+    axes_source: str  # "sweep.json" | "inferred"
+    value_order: dict[str, list[str]]  # axis -> ordered value keys
+    baselines: dict[str, str]  # axis -> baseline value key
+    comparison_axes: list[str]
+    compare_metrics: dict[str, list[str]]
+    notes: list[str] = field(default_factory=list)
+    n_trials_ok: int = 0
+    n_trials_error: int = 0
+    failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _read_spec(sweep_dir: Path) -> dict:
+    path = sweep_dir / "sweep.json"
+    if not path.exists():
+        return {}
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected an object with 'name' and 'axes', got {type(spec).__name__}")
+    return spec
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    cols = [c for c in df.columns if c.startswith(CONFIG_SECTIONS) and c != "data.root"]
+    if "seed" in df.columns:
+        cols.append("seed")
+    return cols
+
+
+def first_error_line(text: Any, limit: int = 300) -> str:
+    """The informative line of an error: its first line, or a traceback's last line."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def load(sweep_dir: str | Path) -> SweepData:
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / "results.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {sweep_dir} a sweep output directory?")
+    df = pd.read_parquet(path)
+    spec = _read_spec(sweep_dir)
+    notes: list[str] = []
+
+    if "status" not in df.columns:
+        df["status"] = "ok"
+    df["status"] = df["status"].fillna("ok").astype(str)
+    if "model" not in df.columns:
+        df["model"] = df["model.name"] if "model.name" in df.columns else "model"
+    df["model"] = df["model"].fillna(df["model.name"] if "model.name" in df.columns else "?").astype(str)
+    if "test_domain" not in df.columns:
+        df["test_domain"] = df["data.domain"] if "data.domain" in df.columns else "?"
+    if "trial_id" not in df.columns:
+        df["trial_id"] = [f"row{i}" for i in range(len(df))]
+    df["trial_id"] = df["trial_id"].astype(str)
+    if "started_at" in df.columns:
+        df = df.sort_values("started_at", kind="stable", na_position="first")
+    # Re-runs (resume, --retry-failed) may leave older rows of the same trial: keep the newest.
+    df = df.drop_duplicates(["trial_id", "status", "test_domain"], keep="last")
+    ok_ids = set(df.loc[df["status"] == "ok", "trial_id"])
+    ok = df[df["status"] == "ok"].reset_index(drop=True)
+    err = df[(df["status"] != "ok") & ~df["trial_id"].isin(ok_ids)]
+    superseded = df[(df["status"] != "ok") & df["trial_id"].isin(ok_ids)]["trial_id"].nunique()
+    if superseded:
+        notes.append(f"{superseded} trial(s) failed before and succeeded on a later run; only the success is counted.")
+
+    name = spec.get("name")
+    if not name and "sweep" in df.columns and df["sweep"].notna().any():
+        name = str(df["sweep"].dropna().iloc[0])
+    name = str(name or sweep_dir.resolve().name)
+
+    cfg = config_columns(df)
+    keys = pd.DataFrame({c: ok[c].map(value_key) for c in cfg}, index=ok.index)
+    keys["test_domain"] = ok["test_domain"].map(value_key)
+    keys["model"] = ok["model"].map(value_key)
+
+    # axes ---------------------------------------------------------------------------------
+    value_order: dict[str, list[str]] = {}
+    spec_axes = spec.get("axes")
+    if spec_axes:
+        if isinstance(spec_axes, dict):
+            listed = list(spec_axes)
+            for a, vals in spec_axes.items():
+                if isinstance(vals, (list, tuple)):
+                    value_order[a] = [value_key(v) for v in vals]
+        else:
+            listed = [a if isinstance(a, str) else str(a) for a in spec_axes]
+        missing = [a for a in listed if a not in keys.columns]
+        if missing:
+            notes.append(f"sweep.json lists axes with no results column: {', '.join(missing)} (ignored).")
+        axes = [a for a in listed if a in keys.columns and a != "seed"]
+        axes_source = "sweep.json"
+    else:
+        axes = [
+            c for c in cfg
+            if c not in NOT_AXES and not c.startswith("runtime.") and keys[c][keys[c] != NULL].nunique() > 1
+        ]
+        axes_source = "inferred"
+    for a in axes:
+        value_order[a] = sort_values(list(keys[a]), value_order.get(a))
+
+    # comparisons --------------------------------------------------------------------------
+    baselines = {a: vals[0] for a, vals in value_order.items() if vals}
+    comparison_axes = list(axes)
+    single_domain = "data.domain" in keys.columns and bool((keys["data.domain"] == keys["test_domain"]).all())
+    if single_domain and "data.domain" in comparison_axes:
+        # Train = test domain everywhere: domains are never paired (their test domains differ).
+        comparison_axes.remove("data.domain")
+    compare_metrics: dict[str, list[str]] = {a: list(COMPARE_METRICS) for a in axes}
+    for entry in spec.get("comparisons") or []:
+        if not isinstance(entry, dict) or "axis" not in entry:
+            notes.append(f"sweep.json comparison entry {entry!r} has no 'axis' (ignored).")
+            continue
+        a = entry["axis"]
+        if a not in keys.columns:
+            notes.append(f"sweep.json comparison on {a!r}: no such results column (ignored).")
+            continue
+        if a not in value_order:
+            value_order[a] = sort_values(list(keys[a]))
+        if a not in comparison_axes:
+            comparison_axes.append(a)
+        if "baseline" in entry:
+            b = value_key(entry["baseline"])
+            if b not in value_order[a]:
+                notes.append(
+                    f"sweep.json comparison on {a}: baseline {b!r} is not among the results' values "
+                    f"({', '.join(value_order[a])}); no deltas for this axis."
+                )
+            baselines[a] = b
+            value_order[a] = [b] + [v for v in value_order[a] if v != b] if b in value_order[a] else value_order[a]
+        if "values" in entry and isinstance(entry["values"], list):
+            wanted = [value_key(v) for v in entry["values"]]
+            value_order[a] = [v for v in value_order[a] if v == baselines.get(a) or v in wanted]
+        if "metrics" in entry and isinstance(entry["metrics"], list):
+            compare_metrics[a] = [str(m) for m in entry["metrics"]]
+        compare_metrics.setdefault(a, list(COMPARE_METRICS))
+
+    # trials and failures ------------------------------------------------------------------
+    failures = failures_table(err, axes)
+    return SweepData(
+        name=name,
+        sweep_dir=sweep_dir,
+        rows=df,
+        ok=ok,
+        keys=keys,
+        config_cols=cfg,
+        axes=axes,
+        axes_source=axes_source,
+        value_order=value_order,
+        baselines=baselines,
+        comparison_axes=comparison_axes,
+        compare_metrics=compare_metrics,
+        notes=notes,
+        n_trials_ok=len(ok_ids),
+        n_trials_error=int(err["trial_id"].nunique()),
+        failures=failures,
+    )
+
+
+def failures_table(err: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    cols = ["trial_id", "model", "domain", "config", "error"]
+    if err.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for tid, g in err.groupby("trial_id", sort=False):
+        row = g.iloc[0]
+        domain = None
+        for c in ("data.domain", "train_domain", "test_domain"):
+            if c in g.columns and value_key(row.get(c)) != NULL:
+                domain = value_key(row[c])
+                break
+        cfg = ", ".join(
+            f"{a}={value_key(row[a])}" for a in axes
+            if a in g.columns and a != "data.domain" and value_key(row[a]) != NULL
+        )
+        if "seed" in g.columns and value_key(row["seed"]) != NULL:
+            cfg = (cfg + ", " if cfg else "") + f"seed={value_key(row['seed'])}"
+        out.append(
+            {
+                "trial_id": tid,
+                "model": row.get("model"),
+                "domain": domain or "",
+                "config": cfg,
+                "error": first_error_line(row.get("error")),
+            }
+        )
+    return pd.DataFrame(out, columns=cols)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _metric(df: pd.DataFrame, m: str) -> pd.Series:
+    if m not in df.columns:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[m], errors="coerce").astype(float)
+
+
+def summarize(ok: pd.DataFrame, metrics: list[str], by: tuple[str, ...] = ("model", "test_domain")) -> pd.DataFrame:
+    """Tidy table: by..., metric, mean, std, n (over result rows)."""
+    by = list(by)
+    cols = by + ["metric", "mean", "std", "n"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for keys, g in ok.groupby(by, sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        for m in metrics:
+            x = _metric(g, m).dropna().to_numpy()
+            rows.append(
+                {
+                    **dict(zip(by, keys)),
+                    "metric": m,
+                    "mean": float(x.mean()) if x.size else np.nan,
+                    "std": float(x.std(ddof=1)) if x.size > 1 else np.nan,
+                    "n": int(x.size),
+                }
+            )
+    out = pd.DataFrame(rows, columns=cols)
+    out["n"] = out["n"].astype(int)
+    return out
+
+
+def configs_per_group(data: SweepData) -> dict[tuple[str, str], int]:
+    """How many distinct configurations (seed aside) are pooled in each model x test-domain cell."""
+    other = [c for c in data.config_cols if c != "seed"]
+    if data.ok.empty:
+        return {}
+    sig = data.keys[other].agg("\x1f".join, axis=1) if other else pd.Series("", index=data.ok.index)
+    frame = pd.DataFrame({"model": data.ok["model"], "test_domain": data.ok["test_domain"], "sig": sig})
+    return {k: int(v) for k, v in frame.groupby(["model", "test_domain"])["sig"].nunique().items()}
+
+
+def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) -> pd.DataFrame:
+    """metric vs axis value per model x test domain.
+
+    Rows where the axis does not apply (null) are left out. Other axes are averaged within each
+    seed first, so the std is across seeds (n = seeds); without a seed column, across trials.
+    """
+    cols = ["model", "test_domain", "value", "metric", "mean", "std", "n"]
+    k = data.keys[axis]
+    mask = k != NULL
+    if not mask.any():
+        return pd.DataFrame(columns=cols)
+    frame = pd.DataFrame(
+        {
+            "model": data.ok.loc[mask, "model"],
+            "test_domain": data.ok.loc[mask, "test_domain"],
+            "value": k[mask],
+            "seed": data.keys.loc[mask, "seed"] if "seed" in data.keys.columns else data.ok.loc[mask, "trial_id"],
+        }
+    )
+    for m in metrics:
+        frame[m] = _metric(data.ok.loc[mask], m)
+    per_seed = frame.groupby(["model", "test_domain", "value", "seed"], sort=False)[metrics].mean().reset_index()
+    out = summarize(per_seed, metrics, by=("model", "test_domain", "value"))
+    order = {v: i for i, v in enumerate(data.value_order.get(axis, []))}
+    out["_o"] = out["value"].map(lambda v: order.get(v, len(order)))
+    return out.sort_values(["model", "test_domain", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def is_single_domain(data: SweepData) -> bool:
+    """Every result row tests on the domain it was trained on (data.domain == test_domain)."""
+    if "data.domain" not in data.keys.columns or data.ok.empty:
+        return False
+    return bool((data.keys["data.domain"] == data.keys["test_domain"]).all())
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def bootstrap_ci(
+    deltas: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = CI_LEVEL
+) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap CI of the mean; CI is NaN with fewer than 2 values."""
+    d = np.asarray(deltas, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // d.size)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, d.size, size=(stop - start, d.size))
+        boots[start:stop] = d[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.percentile(boots, [100 * alpha, 100 * (1 - alpha)])
+    return mean, float(lo), float(hi)
+
+
+def verdict(metric: str, n: int, lo: float, hi: float) -> str:
+    if n < 2 or not (np.isfinite(lo) and np.isfinite(hi)):
+        return VERDICT_FEW
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    lo, hi = sorted((sign * lo, sign * hi))
+    if lo > 0:
+        return VERDICT_BETTER
+    if hi < 0:
+        return VERDICT_WORSE
+    return VERDICT_UNCLEAR
+
+
+COMPARISON_COLUMNS = [
+    "axis", "value", "baseline", "metric", "scope", "model", "test_domain", "n_pairs",
+    "mean_delta", "ci_low", "ci_high", "verdict",
+]
+
+
+def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[pd.DataFrame, list[str]]:
+    """Paired deltas for every comparison axis and non-baseline value; plus notes on axes without pairs.
+
+    scope 'all' pools every pair; further rows break it down per model x test domain (when there
+    are several).
+    """
+    rows: list[dict] = []
+    notes: list[str] = []
+    if data.ok.empty:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS), notes
+    pair_cols = list(dict.fromkeys(data.config_cols + ["model", "test_domain"]))
+    for axis in data.comparison_axes:
+        base = data.baselines.get(axis)
+        values = [v for v in data.value_order.get(axis, []) if v != base]
+        if base is None or base not in data.value_order.get(axis, []) or not values:
+            continue
+        other = [c for c in pair_cols if c != axis]
+        sig = data.keys[other].agg("\x1f".join, axis=1)
+        ax = data.keys[axis]
+        metrics = data.compare_metrics.get(axis, COMPARE_METRICS)
+        frame = pd.DataFrame(
+            {"sig": sig, "value": ax, "model": data.ok["model"], "test_domain": data.ok["test_domain"]}
+        )
+        for m in metrics:
+            frame[m] = _metric(data.ok, m)
+        b = frame[frame["value"] == base].groupby("sig")[metrics].mean()
+        any_pairs = False
+        for v in values:
+            cur = frame[frame["value"] == v]
+            cur_mean = cur.groupby("sig").agg({**{m: "mean" for m in metrics}, "model": "first", "test_domain": "first"})
+            joined = cur_mean.join(b, how="inner", rsuffix="__base")
+            if joined.empty:
+                continue
+            any_pairs = True
+            groups = [("all", None, None, joined)]
+            cells = list(joined.groupby(["model", "test_domain"], sort=True))
+            if len(cells) > 1:
+                groups += [(f"{mo} · {td}", mo, td, g) for (mo, td), g in cells]
+            for m in metrics:
+                for scope, mo, td, g in groups:
+                    d = (g[m] - g[f"{m}__base"]).to_numpy(dtype=float)
+                    d = d[np.isfinite(d)]
+                    mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+                    rows.append(
+                        {
+                            "axis": axis, "value": v, "baseline": base, "metric": m, "scope": scope,
+                            "model": mo, "test_domain": td, "n_pairs": int(d.size),
+                            "mean_delta": mean, "ci_low": lo, "ci_high": hi,
+                            "verdict": verdict(m, int(d.size), lo, hi),
+                        }
+                    )
+        if not any_pairs:
+            notes.append(
+                f"{axis}: no paired trials (no trial at a non-baseline value matches a baseline trial in every "
+                f"other config column, seed and test domain) — no deltas."
+            )
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS), notes

@@ -1,0 +1,583 @@
+"""Sweep report rendering: one self-contained HTML file (plotly.js inlined once) and a Markdown twin."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from sweeps.report import analysis as A
+from sweeps.report.tables import Cell, Table, fmt, fmt_ci, fmt_mean_std, fmt_signed, isnum
+
+ORACLE_HEADING = "ORACLE (test-optimal threshold — not a deployable figure)"
+
+# Line colours avoid pure green/red: those mean better/worse in this report.
+PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#8c6d31"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"]
+VERDICT_COLOR = {
+    A.VERDICT_BETTER: "#1a7f37",
+    A.VERDICT_WORSE: "#c62828",
+    A.VERDICT_UNCLEAR: "#6b7280",
+    A.VERDICT_FEW: "#b7791f",
+}
+VERDICT_CLASS = {
+    A.VERDICT_BETTER: "v-better",
+    A.VERDICT_WORSE: "v-worse",
+    A.VERDICT_UNCLEAR: "v-unclear",
+    A.VERDICT_FEW: "v-few",
+}
+VERDICT_MD = {
+    A.VERDICT_BETTER: "**▲ BETTER**",
+    A.VERDICT_WORSE: "**▼ WORSE**",
+    A.VERDICT_UNCLEAR: "● no clear difference",
+    A.VERDICT_FEW: "○ too few pairs",
+}
+VERDICT_HTML = {
+    A.VERDICT_BETTER: "▲ better",
+    A.VERDICT_WORSE: "▼ worse",
+    A.VERDICT_UNCLEAR: "● no clear difference",
+    A.VERDICT_FEW: "○ too few pairs",
+}
+
+LABELS = {
+    "image_auroc": "image AUROC",
+    "accuracy": "accuracy",
+    "accuracy_cold": "accuracy cold",
+    "accuracy_warm": "accuracy warm",
+    "auroc_cold": "AUROC cold",
+    "auroc_warm": "AUROC warm",
+    "tpr_at_fpr_1pct": "TPR @ 1% FPR",
+    "tpr_at_fpr_5pct": "TPR @ 5% FPR",
+    "gating_accuracy": "gating accuracy",
+    "oracle_accuracy": "ORACLE accuracy",
+}
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    html: list[str] = field(default_factory=list)
+    md: list[str] = field(default_factory=list)
+    css: str = ""
+
+    def text(self, s: str, md: str | None = None, cls: str = "note") -> None:
+        self.html.append(f'<p class="{cls}">{html.escape(s)}</p>')
+        self.md.append(s if md is None else md)
+
+    def table(self, t: Table) -> None:
+        self.html.append(t.html())
+        self.md.append(t.markdown())
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _fig_html(fig, div_id: str, height: int) -> str:
+    import plotly.io as pio
+
+    return pio.to_html(
+        fig,
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=div_id,
+        default_width="100%",
+        default_height=f"{height}px",
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _layout(fig, height: int, legend_rows: int = 1) -> None:
+    fig.update_layout(
+        template="plotly_white",
+        height=height,
+        margin=dict(l=60, r=20, t=40, b=60 + 22 * legend_rows),
+        legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+        font=dict(size=12),
+        hoverlabel=dict(namelength=-1),
+    )
+
+
+def axis_figure(axsum: pd.DataFrame, axis: str, values: list[str]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = [m for m in A.AXIS_METRICS if m in set(axsum["metric"])]
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[label(m) for m in metrics], horizontal_spacing=0.08)
+    domains = sorted(axsum["test_domain"].unique())
+    models = sorted(axsum["model"].unique())
+    order = {v: i for i, v in enumerate(values)}
+    n_traces = 0
+    for (model, td), g in axsum.groupby(["model", "test_domain"], sort=True):
+        name = f"{model} · {td}" if len(models) > 1 else str(td)
+        color = PALETTE[domains.index(td) % len(PALETTE)]
+        mi = models.index(model)
+        n_traces += 1
+        for j, m in enumerate(metrics):
+            gm = g[g["metric"] == m].copy()
+            gm["_o"] = gm["value"].map(lambda v: order.get(v, len(order)))
+            gm = gm.sort_values("_o")
+            fig.add_trace(
+                go.Scatter(
+                    x=gm["value"].tolist(),
+                    y=gm["mean"].tolist(),
+                    error_y=dict(type="data", array=gm["std"].fillna(0).tolist(), visible=True, thickness=1.2, width=5),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=j == 0,
+                    line=dict(color=color, dash=DASHES[mi % len(DASHES)], width=2),
+                    marker=dict(symbol=SYMBOLS[mi % len(SYMBOLS)], size=8),
+                    customdata=gm["n"].tolist(),
+                    hovertemplate=f"{html.escape(name)}<br>{html.escape(axis)}=%{{x}}<br>{label(m)} %{{y:.3f}}"
+                    "<br>n seeds=%{customdata}<extra></extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=values, title_text=axis)
+    _layout(fig, 400, legend_rows=1 + n_traces // 6)
+    return fig
+
+
+def cold_warm_figure(cw: pd.DataFrame):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pairs = [("accuracy_cold", "accuracy_warm", "accuracy (calibrated threshold)"), ("auroc_cold", "auroc_warm", "image AUROC")]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[p[2] for p in pairs], horizontal_spacing=0.08)
+    cw = cw.copy()
+    cw["cell"] = cw["model"].astype(str) + " · " + cw["test_domain"].astype(str)
+    cells = list(dict.fromkeys(cw.sort_values(["model", "test_domain"])["cell"]))
+    colors = {"cold": "#2b6cb0", "warm": "#dd6b20"}
+    for j, (cold, warm, _) in enumerate(pairs):
+        for cond, m in (("cold", cold), ("warm", warm)):
+            g = cw[cw["metric"] == m].set_index("cell").reindex(cells)
+            fig.add_trace(
+                go.Bar(
+                    x=cells,
+                    y=g["mean"].tolist(),
+                    error_y=dict(type="data", array=g["std"].fillna(0).tolist(), visible=True, thickness=1.2),
+                    name=cond,
+                    legendgroup=cond,
+                    showlegend=j == 0,
+                    marker_color=colors[cond],
+                    customdata=g["n"].tolist(),
+                    hovertemplate=f"%{{x}}<br>{cond} {label(m)} %{{y:.3f}}<br>n=%{{customdata}}<extra></extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(rangemode="tozero")
+    _layout(fig, 420)
+    return fig
+
+
+def forest_figure(cmp_axis: pd.DataFrame, axis: str):
+    """Mean paired delta with its CI, one marker per comparison row, coloured by verdict."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = list(dict.fromkeys(cmp_axis["metric"]))
+    rows = cmp_axis.copy()
+    rows["ylab"] = rows["value"].astype(str) + " vs " + rows["baseline"].astype(str) + " · " + rows["scope"].astype(str)
+    ylabs = list(dict.fromkeys(rows["ylab"]))
+    fig = make_subplots(
+        rows=1, cols=len(metrics), subplot_titles=[f"Δ {label(m)}" for m in metrics], shared_yaxes=True,
+        horizontal_spacing=0.04,
+    )
+    shown = set()
+    for j, m in enumerate(metrics):
+        gm = rows[rows["metric"] == m]
+        for v, g in gm.groupby("verdict", sort=False):
+            lo = (g["mean_delta"] - g["ci_low"]).fillna(0).clip(lower=0)
+            hi = (g["ci_high"] - g["mean_delta"]).fillna(0).clip(lower=0)
+            fig.add_trace(
+                go.Scatter(
+                    x=g["mean_delta"].tolist(),
+                    y=g["ylab"].tolist(),
+                    mode="markers",
+                    name=v,
+                    legendgroup=v,
+                    showlegend=v not in shown,
+                    marker=dict(color=VERDICT_COLOR.get(v, "#000"), size=10,
+                                symbol="diamond" if v in (A.VERDICT_BETTER, A.VERDICT_WORSE) else "circle"),
+                    error_x=dict(type="data", symmetric=False, array=hi.tolist(), arrayminus=lo.tolist(),
+                                 color=VERDICT_COLOR.get(v, "#000"), thickness=2, width=6),
+                    customdata=list(zip(g["n_pairs"], g["ci_low"].round(4), g["ci_high"].round(4))),
+                    hovertemplate="%{y}<br>Δ=%{x:.4f}  95% CI [%{customdata[1]}, %{customdata[2]}]"
+                    "<br>n pairs=%{customdata[0]}<extra>" + v + "</extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
+            shown.add(v)
+        fig.add_vline(x=0, line=dict(color="#111", width=1.5), row=1, col=j + 1)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=ylabs[::-1], automargin=True)
+    fig.update_xaxes(zeroline=False, title_text=f"{axis}: value − baseline")
+    height = 170 + 26 * len(ylabs)
+    _layout(fig, height)
+    return fig, height
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Section:
+    s = Section("overview", f"Sweep report: {data.name}")
+    models = sorted(data.ok["model"].unique()) if not data.ok.empty else []
+    domains = sorted(data.ok["test_domain"].astype(str).unique()) if not data.ok.empty else []
+    facts = [
+        ("Sweep", data.name),
+        ("Directory", str(data.sweep_dir)),
+        ("Generated", generated),
+        ("Trials", f"{data.n_trials_ok} ok / {data.n_trials_error} error"),
+        ("Result rows", f"{len(data.ok)} (one per trial × test domain)"),
+        ("Models", ", ".join(models) or "—"),
+        ("Test domains", ", ".join(domains) or "—"),
+        ("Ablation axes", (", ".join(data.axes) or "none") + f" ({data.axes_source})"),
+    ]
+    err_cls = "bad" if data.n_trials_error else ""
+    s.html.append(
+        '<table class="facts">' + "".join(
+            f'<tr><th>{html.escape(k)}</th><td class="{err_cls if k == "Trials" else ""}">{html.escape(v)}</td></tr>'
+            for k, v in facts
+        ) + "</table>"
+    )
+    s.md.append("\n".join(f"- **{k}:** {v}" for k, v in facts))
+    for note in data.notes:
+        s.text(note, f"> Note: {note}")
+
+    overall = cmp[cmp["scope"] == "all"] if not cmp.empty else cmp
+    if not overall.empty:
+        tally = {v: int((overall["verdict"] == v).sum()) for v in VERDICT_HTML}
+        tally_txt = ", ".join(f"{n} {v}" for v, n in tally.items() if n)
+        items_html, items_md = [], []
+        for _, r in overall.iterrows():
+            txt = (
+                f"{r['axis']} = {r['value']} vs {r['baseline']} — {label(r['metric'])}: "
+                f"Δ {fmt_signed(r['mean_delta'])} 95% CI {fmt_ci(r['ci_low'], r['ci_high'])} (n={int(r['n_pairs'])} pairs)"
+            )
+            cls = VERDICT_CLASS.get(r["verdict"], "")
+            items_html.append(
+                f'<li class="{cls}"><span class="badge {cls}">{html.escape(VERDICT_HTML.get(r["verdict"], r["verdict"]))}'
+                f"</span> {html.escape(txt)}</li>"
+            )
+            items_md.append(f"- {VERDICT_MD.get(r['verdict'], r['verdict'])} — {txt}")
+        s.html.append(
+            '<div class="keybox"><h3>Key comparisons (all pairs pooled; details in '
+            '<a href="#comparisons">Comparisons</a>)</h3>'
+            f'<p class="note">{html.escape(tally_txt)}. A worse result is shown exactly like a better one.</p>'
+            f'<ul class="verdicts">{"".join(items_html)}</ul></div>'
+        )
+        s.md.append(f"### Key comparisons (all pairs pooled)\n\n{tally_txt}.\n\n" + "\n".join(items_md))
+    return s
+
+
+def main_section(data: A.SweepData, summary: pd.DataFrame) -> Section:
+    s = Section("main", "Main results: model × test domain")
+    s.text(
+        "Mean ± sample std over result rows (seeds and every configuration of the model), n = trials. "
+        "Accuracy uses the threshold calibrated on validation normals (no test labels). "
+        "Where 'configs' > 1 the cell pools several configurations; per-value numbers are in the ablation section.",
+    )
+    if summary.empty:
+        s.text("No successful trials: nothing to summarise.", cls="note bad")
+        return s
+    configs = A.configs_per_group(data)
+    t = Table(["model", "test domain", "configs", "n"] + [label(m) for m in A.MAIN_METRICS], numeric_from=2, css="main")
+    for (model, td), g in summary.groupby(["model", "test_domain"], sort=True):
+        g = g.set_index("metric")
+        row_n = int(g["n"].max())
+        cells: list = [model, td, str(configs.get((model, td), "")), str(row_n)]
+        for m in A.MAIN_METRICS:
+            r = g.loc[m]
+            cells.append(fmt_mean_std(r["mean"], r["std"], int(r["n"]), row_n))
+        t.add(cells)
+    s.table(t)
+    return s
+
+
+def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
+    s = Section("ablations", "Ablations: metric vs axis value")
+    s.text(
+        "One panel per axis: mean over the other settings, error bars = std across seeds (n = seeds). "
+        "Rows where the axis does not apply to a model are left out."
+    )
+    if not data.axes:
+        s.text("No ablation axis (no config column takes more than one value).")
+        return s
+    single = A.is_single_domain(data)
+    for axis in data.axes:
+        s.html.append(f'<h3 id="axis-{html.escape(axis)}">{html.escape(axis)}</h3>')
+        s.md.append(f"### {axis}")
+        if axis == "data.domain" and single:
+            s.text("Single-domain sweep (train domain = test domain): see the main table.")
+            continue
+        axsum = A.axis_summary(data, axis)
+        values = data.value_order.get(axis, [])
+        if axsum.empty:
+            s.text("No successful trial has a value for this axis.")
+            continue
+        fig = axis_figure(axsum, axis, values)
+        s.html.append(_fig_html(fig, f"fig-axis-{len(figs)}", 400))
+        figs.append(axis)
+        metrics = [m for m in A.AXIS_METRICS if m in set(axsum["metric"])]
+        vals = [v for v in values if v in set(axsum["value"])]
+        t = Table(
+            ["model", "test domain"] + [f"{axis}={v}" for m in metrics for v in vals],
+            groups=[("", 2)] + [(label(m), len(vals)) for m in metrics],
+            numeric_from=2,
+        )
+        md_cols = ["model", "test domain"] + [f"{label(m)} @ {axis}={v}" for m in metrics for v in vals]
+        for (model, td), g in axsum.groupby(["model", "test_domain"], sort=True):
+            cells: list = [model, td]
+            for m in metrics:
+                for v in vals:
+                    r = g[(g["metric"] == m) & (g["value"] == v)]
+                    cells.append(fmt_mean_std(r["mean"].iloc[0], r["std"].iloc[0], int(r["n"].iloc[0])) if len(r) else "—")
+            t.add(cells)
+        s.html.append(t.html())
+        md_t = Table(md_cols, rows=t.rows, row_classes=t.row_classes, numeric_from=2)
+        s.md.append(md_t.markdown())
+    return s
+
+
+def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
+    s = Section("coldwarm", "Cold vs warm")
+    s.text(
+        "Per machine state, mean ± std over result rows. Gap = warm − cold (positive: the model does better on warm "
+        "images). Gating accuracy is shown for gated models."
+    )
+    cw = A.summarize(data.ok, A.COLD_WARM_METRICS + ["gating_accuracy"])
+    if cw.empty or cw[cw["metric"].isin(A.COLD_WARM_METRICS)]["n"].sum() == 0:
+        s.text("No cold/warm metrics in the results.")
+        return s
+    has_gate = bool(cw[(cw["metric"] == "gating_accuracy")]["n"].sum())
+    cols = ["model", "test domain"] + [label(m) for m in A.COLD_WARM_METRICS] + ["acc gap warm−cold", "AUROC gap warm−cold"]
+    if has_gate:
+        cols.append(label("gating_accuracy"))
+    t = Table(cols, numeric_from=2)
+    for (model, td), g in cw.groupby(["model", "test_domain"], sort=True):
+        g = g.set_index("metric")
+        cells: list = [model, td]
+        for m in A.COLD_WARM_METRICS:
+            cells.append(fmt_mean_std(g.loc[m, "mean"], g.loc[m, "std"], int(g.loc[m, "n"])))
+        for cold, warm in (("accuracy_cold", "accuracy_warm"), ("auroc_cold", "auroc_warm")):
+            a, b = g.loc[warm, "mean"], g.loc[cold, "mean"]
+            gap = a - b if isnum(a) and isnum(b) else float("nan")
+            cells.append(fmt_signed(gap))
+        if has_gate:
+            cells.append(fmt_mean_std(g.loc["gating_accuracy", "mean"], g.loc["gating_accuracy", "std"], int(g.loc["gating_accuracy", "n"])))
+        t.add(cells)
+    s.table(t)
+    fig = cold_warm_figure(cw[cw["metric"].isin(A.COLD_WARM_METRICS)])
+    s.html.append(_fig_html(fig, "fig-coldwarm", 420))
+    figs.append("coldwarm")
+    return s
+
+
+def comparison_section(data: A.SweepData, cmp: pd.DataFrame, cmp_notes: list[str], figs: list[str]) -> Section:
+    s = Section("comparisons", "Comparisons: paired deltas")
+    s.text(
+        f"Δ = metric(value) − metric(baseline), paired over trials identical in every other config column "
+        f"(seed and test domain included). Mean Δ with a {int(A.CI_LEVEL * 100)}% percentile bootstrap CI "
+        f"({A.N_BOOT} resamples, seeded). Verdict: 'better' / 'worse' when the CI excludes 0, "
+        "'no clear difference' when it spans 0. Scope 'all' pools every pair; the rows below it break it down "
+        "per model × test domain."
+    )
+    for note in cmp_notes:
+        s.text(note, f"> Note: {note}")
+    if cmp.empty:
+        s.text("No comparison could be made (no axis with paired trials).")
+        return s
+    for axis, ca in cmp.groupby("axis", sort=False):
+        base = ca["baseline"].iloc[0]
+        s.html.append(f"<h3>{html.escape(axis)} (baseline = {html.escape(str(base))})</h3>")
+        s.md.append(f"### {axis} (baseline = {base})")
+        t = Table(["comparison", "metric", "scope", "n pairs", "mean Δ", "95% CI", "verdict"], numeric_from=3, css="cmp")
+        for _, r in ca.iterrows():
+            v = r["verdict"]
+            cls = VERDICT_CLASS.get(v, "")
+            t.add(
+                [
+                    f"{r['value']} vs {r['baseline']}",
+                    label(r["metric"]),
+                    Cell(r["scope"], cls="scope-all" if r["scope"] == "all" else ""),
+                    str(int(r["n_pairs"])),
+                    Cell(fmt_signed(r["mean_delta"]), cls=cls),
+                    Cell(fmt_ci(r["ci_low"], r["ci_high"]), cls=cls),
+                    Cell(VERDICT_HTML.get(v, v), cls=f"verdict {cls}", md=VERDICT_MD.get(v, v)),
+                ],
+                cls=("row-all " if r["scope"] == "all" else "") + cls,
+            )
+        fig, height = forest_figure(ca, axis)
+        s.html.append(_fig_html(fig, f"fig-cmp-{len(figs)}", height))
+        figs.append(f"cmp-{axis}")
+        s.table(t)
+    return s
+
+
+def oracle_section(data: A.SweepData) -> Section:
+    s = Section("oracle", ORACLE_HEADING, css="oracle")
+    s.text(
+        "Accuracy at the threshold that is best on the TEST labels. It can never be reached in deployment and is "
+        "reported only to compare with older tables that used it. Do not quote it as a result."
+    )
+    o = A.summarize(data.ok, ["oracle_accuracy", "accuracy"])
+    if o.empty or o[o["metric"] == "oracle_accuracy"]["n"].sum() == 0:
+        s.text("No oracle figures in the results.")
+        return s
+    t = Table(["model", "test domain", "ORACLE accuracy (not deployable)", "calibrated accuracy (deployable)",
+               "oracle − calibrated"], numeric_from=2, css="oracle")
+    for (model, td), g in o.groupby(["model", "test_domain"], sort=True):
+        g = g.set_index("metric")
+        a, b = g.loc["oracle_accuracy", "mean"], g.loc["accuracy", "mean"]
+        t.add(
+            [
+                model, td,
+                Cell(fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"])), cls="oraclecell"),
+                fmt_mean_std(b, g.loc["accuracy", "std"], int(g.loc["accuracy", "n"])),
+                fmt_signed(a - b) if isnum(a) and isnum(b) else "—",
+            ]
+        )
+    s.table(t)
+    return s
+
+
+def failures_section(data: A.SweepData) -> Section:
+    s = Section("failures", f"Failures ({data.n_trials_error})")
+    f = data.failures
+    if f.empty:
+        s.text("No failed trial.")
+        return s
+    s.text("Trials recorded with status = error (after retries). The error's first line (a traceback's last line).",
+           cls="note bad")
+    t = Table(["trial_id", "model", "domain", "config", "error"], css="fail")
+    for _, r in f.iterrows():
+        t.add([r["trial_id"], str(r["model"]), str(r["domain"]), str(r["config"]), Cell(str(r["error"]), cls="err")])
+    s.table(t)
+    return s
+
+
+# --------------------------------------------------------------------------- documents
+
+CSS = """
+:root { --better:#1a7f37; --better-bg:#dcf5e3; --worse:#c62828; --worse-bg:#fde2e2; --unclear:#4b5563;
+        --unclear-bg:#eef0f3; --few:#8a5a00; --few-bg:#fff4d6; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color:#1f2933;
+       margin:0; background:#f7f8fa; }
+header.top { background:#1f2933; color:#fff; padding:14px 28px; position:sticky; top:0; z-index:10; }
+header.top h1 { margin:0 0 4px; font-size:20px; }
+header.top nav a { color:#cbd5e1; margin-right:16px; text-decoration:none; font-size:13px; }
+header.top nav a:hover { color:#fff; }
+main { max-width:1320px; margin:0 auto; padding:8px 28px 60px; }
+section { background:#fff; border:1px solid #e3e6ea; border-radius:6px; padding:6px 20px 16px; margin:18px 0; }
+section h2 { font-size:18px; margin:12px 0 6px; }
+section h3 { font-size:15px; margin:18px 0 6px; }
+p.note { color:#52606d; margin:4px 0 8px; max-width:1100px; }
+p.bad, td.bad { color:var(--worse); font-weight:600; }
+.tablewrap { overflow-x:auto; margin:6px 0 10px; }
+table { border-collapse:collapse; font-size:13px; }
+th, td { padding:4px 10px; border-bottom:1px solid #e5e7eb; text-align:left; white-space:nowrap; vertical-align:top; }
+thead th { background:#f1f3f5; border-bottom:2px solid #cfd4da; font-weight:600; }
+thead th.grp { text-align:center; border-left:2px solid #fff; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+table.facts th { background:none; border:none; color:#52606d; font-weight:500; padding:2px 14px 2px 0; }
+table.facts td { border:none; padding:2px 0; }
+table.fail td.err { white-space:normal; font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12px;
+                    color:#7f1d1d; min-width:360px; }
+tr.row-all td { font-weight:600; border-top:2px solid #cfd4da; }
+td.v-better { background:var(--better-bg); color:var(--better); font-weight:700; }
+td.v-worse { background:var(--worse-bg); color:var(--worse); font-weight:700; }
+td.v-unclear { background:var(--unclear-bg); color:var(--unclear); }
+td.v-few { background:var(--few-bg); color:var(--few); font-style:italic; }
+.badge { display:inline-block; min-width:150px; padding:1px 8px; border-radius:10px; font-weight:700; font-size:12px;
+         text-align:center; }
+.badge.v-better { background:var(--better-bg); color:var(--better); border:1px solid var(--better); }
+.badge.v-worse { background:var(--worse-bg); color:var(--worse); border:1px solid var(--worse); }
+.badge.v-unclear { background:var(--unclear-bg); color:var(--unclear); border:1px solid #9aa5b1; }
+.badge.v-few { background:var(--few-bg); color:var(--few); border:1px solid #d69e2e; }
+.keybox { border:1px solid #cfd4da; border-radius:6px; padding:4px 14px 8px; margin:12px 0; background:#fbfcfd; }
+.keybox h3 { margin:8px 0 2px; }
+ul.verdicts { list-style:none; padding:0; margin:6px 0; }
+ul.verdicts li { margin:4px 0; }
+section.oracle { border:3px dashed #b7791f; background:repeating-linear-gradient(135deg,#fffaf0,#fffaf0 14px,#fff4e0 14px,#fff4e0 28px); }
+section.oracle h2 { color:#8a4b00; letter-spacing:0.02em; }
+td.oraclecell { color:#8a4b00; font-weight:600; }
+.plotly-graph-div { margin:4px 0 8px; }
+footer { color:#7b8794; font-size:12px; text-align:center; padding:10px; }
+"""
+
+
+def render_html(title: str, sections: list[Section], with_plotly: bool, generated: str) -> str:
+    head_js = ""
+    if with_plotly:
+        from plotly.offline import get_plotlyjs
+
+        head_js = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    nav = "".join(f'<a href="#{s.id}">{html.escape(s.title.split(" (")[0].split(":")[0])}</a>' for s in sections[1:])
+    body = []
+    for s in sections:
+        tag_cls = f' class="{s.css}"' if s.css else ""
+        inner = "\n".join(s.html)
+        heading = "" if s.id == "overview" else f"<h2>{html.escape(s.title)}</h2>"
+        body.append(f'<section id="{s.id}"{tag_cls}>{heading}\n{inner}\n</section>')
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style>
+{head_js}
+</head>
+<body>
+<header class="top"><h1>{html.escape(title)}</h1><nav>{nav}</nav></header>
+<main>
+{chr(10).join(body)}
+</main>
+<footer>hdmap-sweeps report · generated {html.escape(generated)} · self-contained (no network needed)</footer>
+</body>
+</html>
+"""
+
+
+def render_markdown(title: str, sections: list[Section], html_name: str) -> str:
+    parts = [f"# {title}", "", f"_Plots are in `{html_name}` (same directory, opens offline)._", ""]
+    for s in sections:
+        if s.id != "overview":
+            parts += [f"## {s.title}", ""]
+        for p in s.md:
+            parts += [p, ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def generated_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+__all__ = [
+    "ORACLE_HEADING",
+    "Section",
+    "header_section",
+    "main_section",
+    "ablation_section",
+    "cold_warm_section",
+    "comparison_section",
+    "oracle_section",
+    "failures_section",
+    "render_html",
+    "render_markdown",
+    "generated_now",
+    "fmt",
+]

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny simulated HDMAP data and tiny, fast trial configs. Everything offline."""
+
+import os
+
+# No network here or in CI: model hubs must fail at once, W&B must stay offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest
+
+from hdmap.data.simulate import simulate
+
+
+@pytest.fixture(scope="session")
+def sim_root(tmp_path_factory):
+    """Two domains, 40 train and 40+40 test images each: enough to score, small enough to be quick."""
+    root = tmp_path_factory.mktemp("hdmap") / "40_tiff_sim"
+    simulate(root, n_train=40, n_test=40, domains=["A", "C"], seed=0)
+    return root
+
+
+def tiny_overrides(root, model="patchcore"):
+    """CLI-style overrides for a fast trial on CPU (random init: pretrained weights are not available here)."""
+    common = [f"data.root={root}", "data.domain=C"]
+    if model == "patchcore":
+        return common + ["model.backbone=resnet18", "model.pretrained=false", "data.image_size=[64,192]",
+                         "model.coreset_ratio=0.1"]
+    if model == "draem":
+        return common + ["model.name=draem", "model.epochs=2", "model.base_width=16", "data.image_size=[32,96]",
+                         "data.normalization=none"]
+    raise ValueError(model)

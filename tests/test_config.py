@@ -1,0 +1,48 @@
+"""Trial config: defaults, overrides, and errors that name the field path and the allowed values."""
+
+import pytest
+
+from hdmap.config import ConfigError, load_trial_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_trial_config(None, ["data.domain=A", "model.k=3", "data.image_size=128", "model.layers=[layer3]"])
+    assert cfg.data.domain == "domain_A" and cfg.model.name == "patchcore" and cfg.model.k == 3
+    assert cfg.data.image_size == (128, 128) and cfg.model.layers == ["layer3"]
+    assert load_trial_config(None, ["model.name=draem"]).model.epochs >= 1
+
+
+def test_trial_id_is_config_hash_ignoring_runtime():
+    a = load_trial_config(None, ["model.k=3"])
+    assert a.trial_id == load_trial_config(None, ["model.k=3", "runtime.accelerator=cpu"]).trial_id
+    assert a.trial_id != load_trial_config(None, ["model.k=4"]).trial_id
+    assert a.trial_id != load_trial_config(None, ["model.k=3", "seed=1"]).trial_id
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.foo=1", r"model\.foo: unknown field; allowed here: name, backbone, layers, .*k, batch_size"),
+        ("model.name=nope", r"model\.name: unknown model 'nope'; allowed: patchcore, draem"),
+        ("data.resize=cubic", r"data\.resize: .*'nearest', 'bilinear', 'bicubic' or 'aspect_pad'"),
+        ("data.domain=E", r"data\.domain: .*expected one of A, B, C, D"),
+        ("model.k=many", r"model\.k: .*integer"),
+        ("bogus.x=1", r"bogus: unknown field; allowed here: data, model, eval, seed, runtime"),
+        ("model.epochs=3", r"model\.epochs: unknown field"),  # a draem field on the default patchcore
+    ],
+)
+def test_errors_name_path_and_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_trial_config(None, [override])
+
+
+def test_yaml_file_and_errors(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("data:\n  domain: B\nmodel:\n  name: draem\n  epochs: 2\nseed: 7\n")
+    cfg = load_trial_config(path, ["model.lr=0.001"])
+    assert (cfg.data.domain, cfg.model.name, cfg.model.epochs, cfg.model.lr, cfg.seed) == ("domain_B", "draem", 2, 0.001, 7)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_trial_config(tmp_path / "missing.yaml")
+    path.write_text("model:\n  name: draem\n  dtd_dir: /no/such/dir\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: model\.dtd_dir: .*never downloaded"):
+        load_trial_config(path)

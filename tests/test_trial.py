@@ -1,0 +1,67 @@
+"""`run_trial` and `hdmap trial`: determinism, the results schema, and the CLI as a user runs it."""
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hdmap.config import load_trial_config
+from hdmap.results import results_schema
+from hdmap.trial import failed_trial, run_trial, write_outputs
+from tests.conftest import tiny_overrides
+from tests.test_data import write_layout
+
+METRICS = ("image_auroc", "accuracy", "threshold", "tpr_at_fpr_5pct", "oracle_accuracy")
+
+
+def test_same_config_same_metrics(sim_root):
+    cfg = load_trial_config(None, tiny_overrides(sim_root) + ["data.train_shots=10"])
+    a, b = run_trial(cfg).rows[0], run_trial(cfg).rows[0]
+    assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}
+
+
+def test_outputs_follow_schema_and_auroc_recomputes(sim_root, tmp_path):
+    cfg = load_trial_config(None, tiny_overrides(sim_root) + ["data.test_domains=[A, C]"])
+    out = write_outputs(run_trial(cfg), tmp_path / "t", cfg)
+    results = pq.read_table(out / "results.parquet")
+    assert results.schema.equals(results_schema())
+    assert sorted(results["test_domain"].to_pylist()) == ["domain_A", "domain_C"]
+    assert results["model.k"].to_pylist() == [9, 9] and results["data.domain"].to_pylist() == ["domain_C"] * 2
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    for row in results.to_pylist():
+        part = scores[scores.test_domain == row["test_domain"]]
+        assert roc_auc_score(part.label, part.score) == pytest.approx(row["image_auroc"], abs=1e-12)
+    assert (out / "config.yaml").exists()
+
+
+def test_error_row_has_schema(sim_root):
+    cfg = load_trial_config(None, tiny_overrides(sim_root))
+    result = failed_trial(cfg, RuntimeError("boom"))
+    table = result.results_table()
+    assert table.schema.equals(results_schema())
+    assert table["status"].to_pylist() == ["error"] and "RuntimeError: boom" in table["error"][0].as_py()
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "hdmap.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_trial_on_foreign_layout(tmp_path):
+    """A root written by another program, no sidecar: the loader needs only the documented layout."""
+    root = write_layout(tmp_path / "foreign", n_train=30, n_test=10)
+    proc = run_cli("trial", *(f"--set={o}" for o in tiny_overrides(root)), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert "image AUROC" in proc.stdout and "ORACLE" in proc.stdout
+    row = pq.read_table(tmp_path / "run" / "results.parquet").to_pylist()[0]
+    assert row["status"] == "ok" and row["severity_mae"] is None  # no ground truth without a sidecar
+
+
+def test_cli_bad_input_one_clear_error(tmp_path):
+    proc = run_cli("trial", "--set", f"data.root={tmp_path}/missing", "--set", "model.pretrained=false",
+                   "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "error: data root" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("trial", "--set", "model.colour=red")
+    assert proc.returncode == 2 and "model.colour: unknown field" in proc.stderr
