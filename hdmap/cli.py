@@ -80,6 +80,102 @@ HEADLINE_METRICS = [
 ]
 
 
+sweep_app = typer.Typer(no_args_is_help=True, help="Plan and run sweeps (needs the sweeps package: Ray Tune).")
+app.add_typer(sweep_app, name="sweep")
+
+
+def _load_plan(spec: Path, set_: list[str]):
+    from sweeps.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec, set_)
+    except SpecError as exc:
+        fail(str(exc))
+
+
+@sweep_app.command("plan")
+def sweep_plan(
+    spec: Path = typer.Argument(..., help="sweep spec YAML"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE, e.g. resources.gpu=0"),
+) -> None:
+    """Expand and validate a sweep spec; print trial count, per-model breakdown and resources. Runs nothing."""
+    from sweeps.runner import plan_todo
+    from sweeps.store import ResultStore
+
+    plan = _load_plan(spec, set_)
+    table = Table(title=f"sweep {plan.spec.name}: {len(plan.trials)} trials (spec {plan.spec_hash})")
+    for column in ("model", "trials", "cpu / trial", "gpu / trial"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for model, n in plan.breakdown().items():
+        r = plan.resources_for(model)
+        table.add_row(model, str(n), f"{r.cpu:g}", f"{r.gpu:g}")
+    console.print(table)
+    console.print(f"axes: {', '.join(plan.axes) or '-'}; scheduler: {'asha' if plan.spec.asha else 'fifo'}; "
+                  f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; output: {plan.spec.sweep_dir()}")
+    if Path(plan.spec.sweep_dir()).exists():
+        _, done = plan_todo(plan, ResultStore(plan.spec.sweep_dir()), retry_failed=False)
+        console.print(f"already in the store (will not re-run): {done}")
+
+
+@sweep_app.command("run")
+def sweep_run(
+    spec: Path = typer.Argument(..., help="sweep spec YAML"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or ray://host:10001; default: a local Ray instance"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run trials recorded as failed"),
+    report: bool = typer.Option(True, help="write the comparison report at the end"),
+) -> None:
+    """Validate, then run every trial not already in the store on Ray Tune; write the report."""
+    from sweeps.runner import run_sweep
+    from sweeps.spec import SpecError
+
+    plan = _load_plan(spec, set_)
+    console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
+    try:
+        outcome = run_sweep(plan, address=address, retry_failed=retry_failed)
+    except (SpecError, *_user_errors()) as exc:
+        fail(str(exc))
+    console.print(f"finished: {outcome.ok} ok, {len(outcome.failed)} failed, {outcome.pruned} stopped early, "
+                  f"{outcome.skipped} already done; wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)")
+    if report:
+        _write_report(outcome.sweep_dir, plan.spec.tracking.wandb, plan.spec.name)
+    if outcome.failed:
+        table = Table(title="failed trials", title_style="bold red")
+        for column in ("trial_id", "model", "error"):
+            table.add_column(column)
+        for f in outcome.failed:
+            table.add_row(f["trial_id"], f["model"], f["error"][:200])
+        console.print(table)
+        console.print("re-run them with --retry-failed once fixed")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(sweep_dir: Path = typer.Argument(..., help="a sweep output directory (<output>/<name>)")) -> None:
+    """Write report.html (self-contained) and report.md from a sweep's Parquet results."""
+    import json
+
+    from sweeps.tracking import WandbSettings
+
+    meta = sweep_dir / "sweep.json"
+    name = json.loads(meta.read_text())["name"] if meta.exists() else sweep_dir.name
+    if not (sweep_dir / "results.parquet").exists() and not (sweep_dir / "parts").exists():
+        fail(f"{sweep_dir} holds no sweep results (expected results.parquet)")
+    _write_report(str(sweep_dir), WandbSettings(), name)
+
+
+def _write_report(sweep_dir: str, wandb_settings, name: str) -> None:
+    from sweeps.report import build_report
+    from sweeps.store import ResultStore
+    from sweeps.tracking import log_summary
+
+    store = ResultStore(sweep_dir)
+    store.compact()
+    paths = build_report(store.local_path() or sweep_dir)
+    status = log_summary(wandb_settings, sweep=name, table=paths.summary, run_dir=sweep_dir)
+    console.print(f"report: {paths.html}  (markdown: {paths.markdown}; W&B summary: {status})")
+
+
 def metrics_table(rows: list[dict]) -> Table:
     """Metrics down, test domains across (fits a narrow terminal); the oracle figure says so."""
     table = Table(title=f"{rows[0]['model']} trained on {rows[0]['train_domain']} (trial {rows[0]['trial_id']})")

@@ -23,7 +23,8 @@ Mode
     (``WANDB_API_KEY``, or a ``~/.netrc`` / ``$NETRC`` entry for the W&B host: ``$WANDB_BASE_URL``'s
     host, else api.wandb.ai / api.forge.coreweave.com), else ``offline``. Offline runs touch no network:
     system metrics, system metadata, git/code capture and error reporting (Sentry) are switched off
-    in the child, and nothing else in the SDK contacts a server in offline mode.
+    in the child (tests/test_tracking.py checks that an offline run opens no connection to the configured
+    server or to an HTTP(S) proxy).
 
 Where offline runs go, and how to upload them later
     Offline runs are written to ``<dir>/wandb/offline-run-<YYYYmmdd_HHMMSS>-<run id>/`` where ``dir`` is
@@ -37,9 +38,10 @@ Where offline runs go, and how to upload them later
         wandb sync <dir>/wandb/offline-run-*          # e.g. wandb sync runs/my-sweep/wandb/offline-run-*
         wandb sync --project other-project <dir>/wandb/offline-run-*
 
-    A trial logged twice has two offline directories with the same run id; ``wandb sync`` uploads them in
-    start-time order into that one run. ``wandb sync --dry-run <dir>/wandb/offline-run-*`` lists what
-    would be uploaded; ``wandb clean`` removes synced local data.
+    A trial logged twice has two offline directories carrying the same run id, so both go to that one
+    W&B run rather than to a duplicate (the upload itself is untested here: no server). ``wandb sync
+    --dry-run <dir>/wandb/offline-run-*`` lists what would be uploaded (tested); ``wandb clean`` removes
+    synced local data.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # heavy imports stay out of the caller's process where possible
     import pandas as pd
@@ -86,14 +88,14 @@ class WandbSettings(BaseModel):
     entity: str | None = None
     mode: Mode | None = None  # None: $WANDB_MODE, else online if an API key is configured, else offline
     dir: str | None = None  # where offline runs go (<dir>/wandb/offline-run-*); default: the sweep directory
-    timeout_s: float = 60.0  # hard bound on all W&B work for one run
+    timeout_s: float = Field(60.0, gt=0)  # hard bound on all W&B work for one run
 
 
 # ----------------------------------------------------------------------------------------------- mode
 
 
 def _api_key_configured() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     import netrc
     from urllib.parse import urlsplit
@@ -150,7 +152,7 @@ def log_trial(settings: WandbSettings, *, sweep: str, trial_id: str, model: str,
         }
         return _run_bounded(_trial_worker, job, settings.timeout_s)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the caller
-        return f"failed: {type(exc).__name__}: {exc}"
+        return _failed(exc)
 
 
 def log_summary(settings: WandbSettings, *, sweep: str, table: "pd.DataFrame", run_dir: str | Path,
@@ -168,14 +170,24 @@ def log_summary(settings: WandbSettings, *, sweep: str, table: "pd.DataFrame", r
         }
         return _run_bounded(_summary_worker, job, settings.timeout_s)
     except Exception as exc:  # noqa: BLE001
-        return f"failed: {type(exc).__name__}: {exc}"
+        return _failed(exc)
 
 
 # --------------------------------------------------------------------------------- bounded child process
 
 
+def _failed(exc: BaseException) -> str:
+    """One line: 'failed: <Type>: <message>' (whitespace collapsed, at most ~300 characters)."""
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return f"failed: {message[:300]}"
+
+
 def _run_bounded(target: Callable[[Any, dict], None], job: dict, timeout_s: float) -> str:
-    """Run target(conn, job) in a spawned child; its one message is the status. Kill it after timeout_s."""
+    """Run target(conn, job) in a spawned child; its one message is the status. Kill it after timeout_s.
+
+    target must be a module-level function of an importable module (not ``__main__``): see
+    `_main_not_reimported`.
+    """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=target, args=(sender, job), name="wandb-tracking", daemon=True)
@@ -198,14 +210,16 @@ def _run_bounded(target: Callable[[Any, dict], None], job: dict, timeout_s: floa
         else:
             proc.join(max(0.0, deadline - time.monotonic()))
     finally:
-        timed_out = proc.is_alive()
+        timed_out = proc.pid is not None and proc.is_alive()
+        exitcode = proc.exitcode if proc.pid is not None else None
         _stop(proc)
+        sender.close()
         receiver.close()
     if status is not None:
         return str(status)
     if timed_out:
         return f"timed out after {timeout_s:g}s"
-    return f"failed: tracking process exited with code {proc.exitcode} and no status"
+    return f"failed: tracking process exited with code {exitcode} and no status"
 
 
 @contextlib.contextmanager
@@ -299,7 +313,7 @@ def _child(conn, job: dict, body: Callable[[dict], str]) -> None:
         _child_env(job)
         status = body(job)
     except BaseException as exc:  # noqa: BLE001 - the status string is the only way out
-        status = f"failed: {type(exc).__name__}: {str(exc).strip()[:500]}"
+        status = _failed(exc)
     try:
         conn.send(status)
         conn.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -148,6 +150,19 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
             assert hist["_type"] == "histogram" and sum(hist["values"]) == 2
     assert run["history"] and "A/scores/good_cold" in run["history"][0]
 
+    # Logging the same trial again writes a second offline directory for the *same* run id (sync resumes it) ...
+    again = log_trial(WandbSettings(timeout_s=45), sweep="sw1", trial_id="t-001", model="patchcore",
+                      config=CONFIG, rows=_rows(), scores=None, run_dir=sweep_dir)
+    assert again.startswith("logged offline: ") and again != status
+    runs = sorted((sweep_dir / "wandb").glob(f"offline-run-*-{rid}"))
+    assert len(runs) == 2
+    # ... and the documented `wandb sync <dir>/wandb/offline-run-*` recognises both (dry run: no upload).
+    env = {**os.environ, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    dry = subprocess.run([str(wandb_cli), "sync", "--dry-run", *map(str, runs)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0 and "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
 
 def test_trial_summary_names():
     single = tracking.trial_summary(_rows(domains=("C",)))
@@ -198,6 +213,7 @@ def test_unreachable_server_fails_fast_without_raising(wandb_env, monkeypatch):
                        model="patchcore", config=CONFIG, rows=_rows(), scores=_scores(), run_dir=wandb_env / "out")
     elapsed = time.monotonic() - t0
     assert status.startswith(("failed", "timed out")), status
+    assert "\n" not in status and len(status) < 400
     assert elapsed < timeout_s + 5
 
 

@@ -12,9 +12,10 @@ from hdmap.models import draem, patchcore
 class ModelEntry:
     config: type
     build: Callable  # (config, transform) -> AnomalyModule
+    per_epoch_metric: str | None = None  # logged each validation epoch: early stopping / ASHA can use it
 
 
 MODELS: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(patchcore.PatchCoreConfig, patchcore.build),
-    "draem": ModelEntry(draem.DraemConfig, draem.build),
+    "draem": ModelEntry(draem.DraemConfig, draem.build, per_epoch_metric="val_loss"),
 }

@@ -460,7 +460,7 @@ def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) ->
         for v in values:
             cur = frame[frame["value"] == v]
             cur_mean = cur.groupby("sig").agg({**{m: "mean" for m in metrics}, "model": "first", "test_domain": "first"})
-            joined = cur_mean.join(b, how="inner", rsuffix="__base")
+            joined = cur_mean.merge(b.add_suffix("__base"), how="inner", left_index=True, right_index=True)
             if joined.empty:
                 continue
             any_pairs = True

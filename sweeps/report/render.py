@@ -95,11 +95,14 @@ def _fig_html(fig, div_id: str, height: int) -> str:
 
 
 def _layout(fig, height: int, legend_rows: int = 1) -> None:
+    """Common look; the legend sits just under the x-axis title whatever the figure height."""
+    top, bottom = 40, 64 + 22 * legend_rows
+    plot_h = max(height - top - bottom, 50)
     fig.update_layout(
         template="plotly_white",
         height=height,
-        margin=dict(l=60, r=20, t=40, b=60 + 22 * legend_rows),
-        legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+        margin=dict(l=60, r=20, t=top, b=bottom),
+        legend=dict(orientation="h", yanchor="top", y=-56 / plot_h, xanchor="left", x=0),
         font=dict(size=12),
         hoverlabel=dict(namelength=-1),
     )
@@ -148,14 +151,19 @@ def axis_figure(axsum: pd.DataFrame, axis: str, values: list[str]):
 
 
 def cold_warm_figure(cw: pd.DataFrame):
+    """Grouped bars cold vs warm per model x test domain; panels side by side, or stacked when there are many cells."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     pairs = [("accuracy_cold", "accuracy_warm", "accuracy (calibrated threshold)"), ("auroc_cold", "auroc_warm", "image AUROC")]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[p[2] for p in pairs], horizontal_spacing=0.08)
     cw = cw.copy()
-    cw["cell"] = cw["model"].astype(str) + " · " + cw["test_domain"].astype(str)
+    cw["cell"] = cw["model"].astype(str) + "<br>" + cw["test_domain"].astype(str)
     cells = list(dict.fromkeys(cw.sort_values(["model", "test_domain"])["cell"]))
+    stacked = len(cells) > 6
+    if stacked:
+        fig = make_subplots(rows=2, cols=1, subplot_titles=[p[2] for p in pairs], vertical_spacing=0.16)
+    else:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=[p[2] for p in pairs], horizontal_spacing=0.08)
     colors = {"cold": "#2b6cb0", "warm": "#dd6b20"}
     for j, (cold, warm, _) in enumerate(pairs):
         for cond, m in (("cold", cold), ("warm", warm)):
@@ -172,13 +180,16 @@ def cold_warm_figure(cw: pd.DataFrame):
                     customdata=g["n"].tolist(),
                     hovertemplate=f"%{{x}}<br>{cond} {label(m)} %{{y:.3f}}<br>n=%{{customdata}}<extra></extra>",
                 ),
-                row=1,
-                col=j + 1,
+                row=j + 1 if stacked else 1,
+                col=1 if stacked else j + 1,
             )
     fig.update_layout(barmode="group")
     fig.update_yaxes(rangemode="tozero")
-    _layout(fig, 420)
-    return fig
+    fig.update_xaxes(tickangle=0, tickfont=dict(size=11))
+    height = 760 if stacked else 440
+    _layout(fig, height)
+    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0))
+    return fig, height
 
 
 def forest_figure(cmp_axis: pd.DataFrame, axis: str):
@@ -266,6 +277,11 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
                 f"{r['axis']} = {r['value']} vs {r['baseline']} — {label(r['metric'])}: "
                 f"Δ {fmt_signed(r['mean_delta'])} 95% CI {fmt_ci(r['ci_low'], r['ci_high'])} (n={int(r['n_pairs'])} pairs)"
             )
+            cells = cmp[(cmp["axis"] == r["axis"]) & (cmp["value"] == r["value"]) & (cmp["metric"] == r["metric"])
+                        & (cmp["scope"] != "all")]
+            if len(cells):
+                per = {v: int((cells["verdict"] == v).sum()) for v in VERDICT_HTML}
+                txt += "; per model × domain: " + ", ".join(f"{n} {v}" for v, n in per.items() if n)
             cls = VERDICT_CLASS.get(r["verdict"], "")
             items_html.append(
                 f'<li class="{cls}"><span class="badge {cls}">{html.escape(VERDICT_HTML.get(r["verdict"], r["verdict"]))}'
@@ -327,14 +343,23 @@ def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
         if axsum.empty:
             s.text("No successful trial has a value for this axis.")
             continue
+        varied = axsum.groupby("model")["value"].nunique()
+        if (varied > 1).any() and (varied < 2).any():
+            fixed = sorted(varied[varied < 2].index)
+            axsum = axsum[axsum["model"].isin(varied[varied > 1].index)]
+            s.text(f"Left out (the axis takes a single value for them): {', '.join(fixed)}.")
         fig = axis_figure(axsum, axis, values)
         s.html.append(_fig_html(fig, f"fig-axis-{len(figs)}", 400))
         figs.append(axis)
         metrics = [m for m in A.AXIS_METRICS if m in set(axsum["metric"])]
         vals = [v for v in values if v in set(axsum["value"])]
+        ns = set(axsum.loc[axsum["n"] > 0, "n"])
+        common_n = ns.pop() if len(ns) == 1 else None
+        if common_n is not None:
+            s.text(f"Every cell: mean ± std over n = {common_n} seed(s).")
         t = Table(
-            ["model", "test domain"] + [f"{axis}={v}" for m in metrics for v in vals],
-            groups=[("", 2)] + [(label(m), len(vals)) for m in metrics],
+            ["model", "test domain"] + [str(v) for m in metrics for v in vals],
+            groups=[("", 2)] + [(f"{label(m)} by {axis}", len(vals)) for m in metrics],
             numeric_from=2,
         )
         md_cols = ["model", "test domain"] + [f"{label(m)} @ {axis}={v}" for m in metrics for v in vals]
@@ -343,7 +368,7 @@ def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
             for m in metrics:
                 for v in vals:
                     r = g[(g["metric"] == m) & (g["value"] == v)]
-                    cells.append(fmt_mean_std(r["mean"].iloc[0], r["std"].iloc[0], int(r["n"].iloc[0])) if len(r) else "—")
+                    cells.append(fmt_mean_std(r["mean"].iloc[0], r["std"].iloc[0], int(r["n"].iloc[0]), common_n) if len(r) else "—")
             t.add(cells)
         s.html.append(t.html())
         md_t = Table(md_cols, rows=t.rows, row_classes=t.row_classes, numeric_from=2)
@@ -362,25 +387,27 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
         s.text("No cold/warm metrics in the results.")
         return s
     has_gate = bool(cw[(cw["metric"] == "gating_accuracy")]["n"].sum())
-    cols = ["model", "test domain"] + [label(m) for m in A.COLD_WARM_METRICS] + ["acc gap warm−cold", "AUROC gap warm−cold"]
+    cols = ["model", "test domain", "n"] + [label(m) for m in A.COLD_WARM_METRICS] + ["acc gap warm−cold", "AUROC gap warm−cold"]
     if has_gate:
         cols.append(label("gating_accuracy"))
     t = Table(cols, numeric_from=2)
     for (model, td), g in cw.groupby(["model", "test_domain"], sort=True):
         g = g.set_index("metric")
-        cells: list = [model, td]
+        row_n = int(g.loc[A.COLD_WARM_METRICS, "n"].max())
+        cells: list = [model, td, str(row_n)]
         for m in A.COLD_WARM_METRICS:
-            cells.append(fmt_mean_std(g.loc[m, "mean"], g.loc[m, "std"], int(g.loc[m, "n"])))
+            cells.append(fmt_mean_std(g.loc[m, "mean"], g.loc[m, "std"], int(g.loc[m, "n"]), row_n))
         for cold, warm in (("accuracy_cold", "accuracy_warm"), ("auroc_cold", "auroc_warm")):
             a, b = g.loc[warm, "mean"], g.loc[cold, "mean"]
             gap = a - b if isnum(a) and isnum(b) else float("nan")
             cells.append(fmt_signed(gap))
         if has_gate:
-            cells.append(fmt_mean_std(g.loc["gating_accuracy", "mean"], g.loc["gating_accuracy", "std"], int(g.loc["gating_accuracy", "n"])))
+            gn = int(g.loc["gating_accuracy", "n"])
+            cells.append(fmt_mean_std(g.loc["gating_accuracy", "mean"], g.loc["gating_accuracy", "std"], gn, row_n if gn else None))
         t.add(cells)
     s.table(t)
-    fig = cold_warm_figure(cw[cw["metric"].isin(A.COLD_WARM_METRICS)])
-    s.html.append(_fig_html(fig, "fig-coldwarm", 420))
+    fig, height = cold_warm_figure(cw[cw["metric"].isin(A.COLD_WARM_METRICS)])
+    s.html.append(_fig_html(fig, "fig-coldwarm", height))
     figs.append("coldwarm")
     return s
 
@@ -436,16 +463,18 @@ def oracle_section(data: A.SweepData) -> Section:
     if o.empty or o[o["metric"] == "oracle_accuracy"]["n"].sum() == 0:
         s.text("No oracle figures in the results.")
         return s
-    t = Table(["model", "test domain", "ORACLE accuracy (not deployable)", "calibrated accuracy (deployable)",
+    t = Table(["model", "test domain", "n", "ORACLE accuracy (not deployable)", "calibrated accuracy (deployable)",
                "oracle − calibrated"], numeric_from=2, css="oracle")
     for (model, td), g in o.groupby(["model", "test_domain"], sort=True):
         g = g.set_index("metric")
         a, b = g.loc["oracle_accuracy", "mean"], g.loc["accuracy", "mean"]
+        row_n = int(g["n"].max())
         t.add(
             [
-                model, td,
-                Cell(fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"])), cls="oraclecell"),
-                fmt_mean_std(b, g.loc["accuracy", "std"], int(g.loc["accuracy", "n"])),
+                model, td, str(row_n),
+                Cell(fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"]), row_n),
+                     cls="oraclecell", md=f"ORACLE {fmt_mean_std(a, g.loc['oracle_accuracy', 'std'], int(g.loc['oracle_accuracy', 'n']), row_n)}"),
+                fmt_mean_std(b, g.loc["accuracy", "std"], int(g.loc["accuracy", "n"]), row_n),
                 fmt_signed(a - b) if isnum(a) and isnum(b) else "—",
             ]
         )

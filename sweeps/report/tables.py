@@ -6,7 +6,6 @@ import html
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 
 
 @dataclass
@@ -111,11 +110,4 @@ def fmt_ci(lo, hi, digits: int = 3) -> str:
     return f"[{fmt_signed(lo, digits)}, {fmt_signed(hi, digits)}]"
 
 
-def safe_int(x) -> int:
-    try:
-        return int(x)
-    except (TypeError, ValueError):
-        return 0
-
-
-__all__ = ["Cell", "Table", "fmt", "fmt_signed", "fmt_mean_std", "fmt_ci", "isnum", "safe_int", "np"]
+__all__ = ["Cell", "Table", "fmt", "fmt_signed", "fmt_mean_std", "fmt_ci", "isnum"]

@@ -1,0 +1,107 @@
+"""Live sweep display: done / running / failed / pending, ETA and best so far — not a wall of logs."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+class SweepProgress(Callback):
+    def __init__(self, total: int, skipped: int, store, live: bool = True, console: Console | None = None) -> None:
+        self.total, self.skipped, self.store = total, skipped, store
+        self.running: set[str] = set()
+        self.done = self.failed = self.retries = 0
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+        self.best: tuple[float, str] | None = None
+        self.t0 = time.time()
+        self.console = console or Console()
+        self.live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False) if live else None
+        self._last_compact = time.time()
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks with the experiment state: leave out the terminal and the store."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("live", "console", "store")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, live=None, console=None, store=None)
+
+    def __enter__(self):
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.update(self.render())
+            self.live.__exit__(*exc)
+
+    # -- Tune hooks ------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self.started[trial.trial_id] = time.time()
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        auroc = result.get("image_auroc")
+        if result.get("hdmap_done") and auroc is not None and (self.best is None or auroc > self.best[0]):
+            self.best = (auroc, f"{result.get('trial_id')} ({trial.config['trial']['model']['name']}, "
+                                f"{trial.config['trial']['data']['domain']})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retries += 1
+        self.running.discard(trial.trial_id)
+        self._refresh()
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.store is not None and time.time() - self._last_compact > 60:  # keep results.parquet fresh for people peeking mid-sweep
+            self.store.compact()
+            self._last_compact = time.time()
+        self._refresh()
+
+    # -- display ---------------------------------------------------------------------------
+    def _finish(self, trial, failed: bool) -> None:
+        self.running.discard(trial.trial_id)
+        if trial.trial_id in self.started:
+            self.durations.append(time.time() - self.started.pop(trial.trial_id))
+        if failed:
+            self.failed += 1
+        else:
+            self.done += 1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.live:
+            self.live.update(self.render())
+
+    def render(self) -> Table:
+        pending = self.total - self.done - self.failed - len(self.running)
+        elapsed = time.time() - self.t0
+        table = Table.grid(padding=(0, 2))
+        table.add_row(
+            f"[green]done {self.done}[/]", f"[cyan]running {len(self.running)}[/]", f"[red]failed {self.failed}[/]",
+            f"pending {pending}", f"skipped (already in store) {self.skipped}", f"retries {self.retries}",
+            f"elapsed {elapsed:,.0f}s", f"ETA {self._eta(pending)}",
+        )
+        best = f"best image AUROC so far: {self.best[0]:.4f} — trial {self.best[1]}" if self.best else "best: -"
+        outer = Table.grid()
+        outer.add_row(table)
+        outer.add_row(best)
+        return outer
+
+    def _eta(self, pending: int) -> str:
+        finished = self.done + self.failed
+        if not finished:
+            return "-"
+        rate = finished / (time.time() - self.t0)  # trials per second, concurrency included
+        return f"{(pending + len(self.running)) / rate:,.0f}s"

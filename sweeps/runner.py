@@ -1,0 +1,260 @@
+"""Run a validated Plan with Ray Tune: one Tune trial per TrialConfig, results into the ResultStore.
+
+Resume is by `trial_id` in the store, not by Tune's experiment state: each `sweep run` starts a
+fresh Tune run over the trials the store does not hold yet, so finished trials never re-run and a
+spec can grow new axis values between runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hdmap.config import TrialConfig
+from hdmap.models.registry import MODELS
+from sweeps.spec import Plan
+from sweeps.store import ResultStore
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: str
+    total: int
+    skipped: int  # already finished in the store
+    ok: int = 0
+    failed: list[dict] = field(default_factory=list)  # {trial_id, model, error}
+    pruned: int = 0
+    wall_s: float = 0.0
+    ray_start_s: float = 0.0
+
+
+def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[TrialConfig], int]:
+    """Trials still to run: not finished (ok or pruned); failed ones only with retry_failed."""
+    status = store.status_by_trial()
+    done = {"ok", "pruned"} | (set() if retry_failed else {"error"})
+    todo = [t for t in plan.trials if status.get(t.trial_id) not in done]
+    return todo, len(plan.trials) - len(todo)
+
+
+def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
+              live: bool = True) -> SweepOutcome:
+    import ray
+    from ray import tune
+
+    spec = plan.spec
+    prepare_data(plan)
+    store = ResultStore(spec.sweep_dir())
+    store.write_json("sweep.json", {
+        "name": spec.name, "spec_hash": plan.spec_hash, "source": plan.source, "axes": plan.axes,
+        "n_trials": len(plan.trials), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    })
+    todo, skipped = plan_todo(plan, store, retry_failed)
+    outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped)
+    if not todo:
+        store.compact()
+        return outcome
+
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    outcome.ray_start_s = time.perf_counter() - t0
+    check_resources(plan, todo, ray.cluster_resources())
+
+    from sweeps.progress import SweepProgress
+
+    progress = SweepProgress(total=len(todo), skipped=skipped, store=store, live=live)
+    asha = spec.asha
+    scheduler = None
+    if asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        max_epochs = max(getattr(t.model, "epochs", 1) for t in todo)
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=asha.metric, mode=asha.mode,
+                                  max_t=max_epochs + 1, grace_period=asha.grace_period,
+                                  reduction_factor=asha.reduction_factor)
+    context = {
+        "sweep": spec.name, "spec_hash": plan.spec_hash, "sweep_dir": store.uri,
+        "timeout_s": spec.trial_timeout_s, "wandb": spec.tracking.wandb.model_dump(mode="json"),
+        "per_epoch_metric": asha.metric if asha else None,
+    }
+    resources = {name: plan.resources_for(name) for name in MODELS}
+
+    def pg(config: dict):
+        r = resources[config["trial"]["model"]["name"]]
+        return tune.PlacementGroupFactory([{"CPU": r.cpu, "GPU": r.gpu}])
+
+    storage = store.uri if "://" in store.uri else str(Path(store.uri).resolve())
+    tuner = tune.Tuner(
+        tune.with_resources(trial_trainable, pg),
+        param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo]), "ctx": context},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}", storage_path=f"{storage}/ray", verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[progress], progress_reporter=None,
+        ),
+    )
+    try:
+        with progress:
+            grid = tuner.fit()
+        _record_unfinished(grid, store, plan)
+    finally:
+        store.compact()
+    status = store.status_by_trial()
+    rows = store.results().to_pylist()
+    wanted = {t.trial_id for t in plan.trials}
+    outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
+    outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
+    outcome.failed = [{"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
+                      for r in rows if r["trial_id"] in wanted and r["status"] == "error"]
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+def trial_trainable(config: dict) -> None:
+    """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store + a W&B run."""
+    from ray import tune
+
+    from hdmap.trial import run_trial
+    from sweeps.tracking import WandbSettings, log_trial
+
+    ctx = config["ctx"]
+    cfg = TrialConfig.model_validate(config["trial"])
+    store = ResultStore(ctx["sweep_dir"])
+    watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)
+    callbacks = [_EpochReporter(ctx["per_epoch_metric"])] if ctx["per_epoch_metric"] else []
+    try:
+        result = run_trial(cfg, callbacks=callbacks)
+    finally:
+        watchdog.cancel()
+    store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
+    tracked = log_trial(WandbSettings(**ctx["wandb"]), sweep=ctx["sweep"], trial_id=cfg.trial_id, model=cfg.model.name,
+                        config=cfg.canonical(), rows=result.rows, scores=result.scores, run_dir=_local_dir(ctx["sweep_dir"]))
+    first = result.rows[0]
+    tune.report({"hdmap_done": True, "trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
+                 "accuracy": first.get("accuracy"), "wandb": tracked})
+
+
+class _EpochReporter:
+    """Lightning callback: report the per-epoch validation metric to Tune (ASHA decides on it)."""
+
+    def __new__(cls, metric: str):
+        import lightning as L
+        from ray import tune
+
+        class Reporter(L.Callback):
+            def on_validation_epoch_end(self, trainer, module) -> None:
+                value = trainer.callback_metrics.get(metric)
+                if value is not None and not trainer.sanity_checking:
+                    tune.report({metric: float(value), "epoch": trainer.current_epoch})
+
+        return Reporter()
+
+
+class _Watchdog:
+    """Hard per-trial timeout: leave a note for the driver, then end the worker process.
+
+    A Python thread cannot be interrupted, and Tune runs the trainable off the main thread, so the
+    only reliable stop is the process itself; Tune sees a failed trial and retries it (max_failures).
+    """
+
+    def __init__(self, timeout_s: float | None, store: ResultStore, trial_id: str) -> None:
+        self.timer = None
+        if timeout_s:
+            def expire() -> None:
+                store.write_json(f"parts/timeouts/{trial_id}.json", {"timeout_s": timeout_s})
+                os._exit(3)
+
+            store.fs.create_dir(f"{store.root}/parts/timeouts", recursive=True)
+            self.timer = threading.Timer(timeout_s, expire)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def cancel(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+
+
+def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
+    """Error rows for trials that failed every attempt; 'pruned' rows for trials a scheduler stopped."""
+    from hdmap.trial import failed_trial
+
+    by_id = {t.trial_id: t for t in plan.trials}
+    for result in grid:
+        cfg_tree = (result.config or {}).get("trial")
+        if not cfg_tree:
+            continue
+        cfg = TrialConfig.model_validate(cfg_tree)
+        if cfg.trial_id not in by_id:
+            continue
+        metrics = result.metrics or {}
+        if result.error is not None:
+            error = _timeout_note(store, cfg.trial_id) or getattr(result.error, "cause", None) or result.error
+            store.write_trial(failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error))),
+                              plan.spec.name, plan.spec_hash)
+        elif not metrics.get("hdmap_done") and cfg.trial_id not in store.status_by_trial():
+            pruned = failed_trial(cfg, RuntimeError("stopped early by the scheduler"))
+            pruned.rows[0].update(status="pruned")
+            store.write_trial(pruned, plan.spec.name, plan.spec_hash)
+
+
+def _timeout_note(store: ResultStore, trial_id: str) -> BaseException | None:
+    path = f"{store.root}/parts/timeouts/{trial_id}.json"
+    if store.fs.get_file_info(path).type.name == "NotFound":
+        return None
+    with store.fs.open_input_stream(path) as f:
+        seconds = json.loads(f.read())["timeout_s"]
+    return TimeoutError(f"trial exceeded trial_timeout_s={seconds:g} s (killed; retried up to max_failures)")
+
+
+def _local_dir(uri: str) -> str:
+    """W&B offline runs need a local directory: the sweep dir if local, else a temp dir on this node."""
+    if "://" not in uri:
+        return uri
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()) / "hdmap-wandb")
+
+
+def prepare_data(plan: Plan) -> None:
+    """Simulate the data set if the spec asks and it is absent; check every domain's folders before launch."""
+    from hdmap.data.layout import scan_split
+
+    data = plan.spec.data
+    root = Path(plan.trials[0].data.root) if plan.trials else Path(data.root)
+    if data.simulate is not None and not root.exists():
+        from hdmap.data.simulate import simulate
+
+        s = data.simulate
+        simulate(root, n_train=s.n_train, n_test=s.n_test, domains=s.domains, seed=s.seed)
+    domains = {d for t in plan.trials for d in [t.data.domain, *t.data.resolved_test_domains()]}
+    for domain in sorted(domains):
+        scan_split(root, domain, "train")
+        scan_split(root, domain, "test")
+
+
+def check_resources(plan: Plan, todo: list[TrialConfig], cluster: dict) -> None:
+    """A trial that can never be placed would leave the sweep pending forever: refuse it up front."""
+    from sweeps.spec import SpecError
+
+    for name in sorted({t.model.name for t in todo}):
+        r = plan.resources_for(name)
+        if r.gpu > cluster.get("GPU", 0) and not _autoscaling():
+            raise SpecError(f"{plan.source}: resources.gpu={r.gpu} for {name} but the Ray cluster has "
+                            f"{cluster.get('GPU', 0):g} GPUs; run on a GPU cluster or --set resources.gpu=0")
+        if r.cpu > cluster.get("CPU", 0) and not _autoscaling():
+            raise SpecError(f"{plan.source}: resources.cpu={r.cpu} for {name} but the Ray cluster has "
+                            f"{cluster.get('CPU', 0):g} CPUs")
+
+
+def _autoscaling() -> bool:
+    return os.environ.get("HDMAP_AUTOSCALING") == "1"

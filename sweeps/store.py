@@ -1,0 +1,101 @@
+"""The sweep's results store: one Parquet part per trial (atomic), compacted into one dataset file.
+
+    <sweep_dir>/parts/results/<trial_id>.parquet   written by the trial itself, wherever it ran
+    <sweep_dir>/parts/scores/<trial_id>.parquet
+    <sweep_dir>/results.parquet, scores.parquet    compaction of the parts (driver), atomic replace
+
+Parts are the source of truth: a part is written to a temporary name and renamed, so a crash never
+leaves a half-written part, two trials never write the same file, and a retried trial overwrites
+its own part (no duplicate rows). `sweep_dir` may be a local path or any pyarrow URI (s3://, gs://).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from hdmap.results import SCORE_SCHEMA, results_schema
+from hdmap.trial import TrialResult
+
+
+class ResultStore:
+    def __init__(self, sweep_dir: str) -> None:
+        self.uri = str(sweep_dir)
+        if "://" in self.uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        for sub in ("parts/results", "parts/scores"):
+            self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
+
+    # -- written by trials -------------------------------------------------------------------
+    def write_trial(self, result: TrialResult, sweep: str, spec_hash: str) -> None:
+        trial_id = result.rows[0]["trial_id"]
+        for row in result.rows:
+            row.update(sweep=sweep, spec_hash=spec_hash)
+        scores = result.scores.set_column(
+            result.scores.schema.get_field_index("sweep"), "sweep", pa.array([sweep] * result.scores.num_rows, pa.string())
+        )
+        # scores first: a results part is the commit marker of a finished trial.
+        self._atomic_write(scores, f"parts/scores/{trial_id}.parquet")
+        self._atomic_write(result.results_table(), f"parts/results/{trial_id}.parquet")
+
+    def _atomic_write(self, table: pa.Table, relative: str) -> None:
+        final = f"{self.root}/{relative}"
+        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, final)
+
+    # -- read by the driver, the report and resume ---------------------------------------
+    def _parts(self, kind: str) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/parts/{kind}", allow_not_found=True))
+        return sorted(i.path for i in infos if i.path.endswith(".parquet"))
+
+    def results(self) -> pa.Table:
+        return self._read("results", results_schema())
+
+    def scores(self) -> pa.Table:
+        return self._read("scores", SCORE_SCHEMA)
+
+    def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
+        tables = [pq.read_table(p, filesystem=self.fs) for p in self._parts(kind)]
+        tables = [t.select([n for n in schema.names if n in t.column_names]) for t in tables]
+        if not tables:
+            return schema.empty_table()
+        # older parts may lack newer config columns: unify on the current schema
+        return pa.concat_tables([_conform(t, schema) for t in tables])
+
+    def status_by_trial(self) -> dict[str, str]:
+        table = self.results()
+        return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
+
+    def compact(self) -> None:
+        """Rewrite results.parquet / scores.parquet from the parts (single writer: the driver)."""
+        self._atomic_write(self.results(), "results.parquet")
+        self._atomic_write(self.scores(), "scores.parquet")
+
+    def write_json(self, relative: str, payload: dict) -> None:
+        with self.fs.open_output_stream(f"{self.root}/{relative}") as f:
+            f.write(json.dumps(payload, indent=2, default=str).encode())
+
+    def local_path(self) -> Path | None:
+        return Path(self.root) if isinstance(self.fs, pafs.LocalFileSystem) else None
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.table(columns, schema=schema)
+
+
+def ok_trial_ids(table: pa.Table) -> set[str]:
+    return set(pc.unique(table.filter(pc.equal(table["status"], "ok"))["trial_id"]).to_pylist())
