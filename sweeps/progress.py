@@ -7,7 +7,8 @@ import time
 from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
+from rich.console import Group
+from rich.text import Text
 
 
 class SweepProgress(Callback):
@@ -39,6 +40,7 @@ class SweepProgress(Callback):
         if self.live:
             self.live.update(self.render())
             self.live.__exit__(*exc)
+            self.console.print()
 
     # -- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -49,7 +51,7 @@ class SweepProgress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         auroc = result.get("image_auroc")
         if result.get("hdmap_done") and auroc is not None and (self.best is None or auroc > self.best[0]):
-            self.best = (auroc, f"{result.get('trial_id')} ({trial.config['trial']['model']['name']}, "
+            self.best = (auroc, f"{result.get('hdmap_trial_id')} ({trial.config['trial']['model']['name']}, "
                                 f"{trial.config['trial']['data']['domain']})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -84,20 +86,16 @@ class SweepProgress(Callback):
         if self.live:
             self.live.update(self.render())
 
-    def render(self) -> Table:
+    def render(self) -> Group:
         pending = self.total - self.done - self.failed - len(self.running)
         elapsed = time.time() - self.t0
-        table = Table.grid(padding=(0, 2))
-        table.add_row(
-            f"[green]done {self.done}[/]", f"[cyan]running {len(self.running)}[/]", f"[red]failed {self.failed}[/]",
-            f"pending {pending}", f"skipped (already in store) {self.skipped}", f"retries {self.retries}",
-            f"elapsed {elapsed:,.0f}s", f"ETA {self._eta(pending)}",
+        counts = Text.from_markup(
+            f"[green]done {self.done}[/] | [cyan]running {len(self.running)}[/] | [red]failed {self.failed}[/] | "
+            f"pending {pending} | retries {self.retries} | already in store {self.skipped} | "
+            f"elapsed {elapsed:,.0f}s | ETA {self._eta(pending)}"
         )
-        best = f"best image AUROC so far: {self.best[0]:.4f} — trial {self.best[1]}" if self.best else "best: -"
-        outer = Table.grid()
-        outer.add_row(table)
-        outer.add_row(best)
-        return outer
+        best = f"best image AUROC so far: {self.best[0]:.4f}, trial {self.best[1]}" if self.best else "best so far: -"
+        return Group(counts, Text(best))
 
     def _eta(self, pending: int) -> str:
         finished = self.done + self.failed

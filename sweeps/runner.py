@@ -46,9 +46,6 @@ def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[
 
 def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
               live: bool = True) -> SweepOutcome:
-    import ray
-    from ray import tune
-
     spec = plan.spec
     prepare_data(plan)
     store = ResultStore(spec.sweep_dir())
@@ -58,10 +55,27 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     })
     todo, skipped = plan_todo(plan, store, retry_failed)
     outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped)
-    if not todo:
-        store.compact()
-        return outcome
+    t0 = time.perf_counter()
+    if todo:
+        _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome)
+    store.compact()
+    status = store.status_by_trial()
+    rows = store.results().to_pylist()
+    wanted = {t.trial_id for t in plan.trials}
+    outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
+    outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
+    outcome.failed = [{"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
+                      for r in rows if r["trial_id"] in wanted and r["status"] == "error"]
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
 
+
+def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, address: str | None,
+              num_cpus: int | None, live: bool, outcome: SweepOutcome) -> None:
+    import ray
+    from ray import tune
+
+    spec = plan.spec
     t0 = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
@@ -109,15 +123,6 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
         _record_unfinished(grid, store, plan)
     finally:
         store.compact()
-    status = store.status_by_trial()
-    rows = store.results().to_pylist()
-    wanted = {t.trial_id for t in plan.trials}
-    outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
-    outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
-    outcome.failed = [{"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
-                      for r in rows if r["trial_id"] in wanted and r["status"] == "error"]
-    outcome.wall_s = time.perf_counter() - t0
-    return outcome
 
 
 def trial_trainable(config: dict) -> None:
@@ -140,7 +145,7 @@ def trial_trainable(config: dict) -> None:
     tracked = log_trial(WandbSettings(**ctx["wandb"]), sweep=ctx["sweep"], trial_id=cfg.trial_id, model=cfg.model.name,
                         config=cfg.canonical(), rows=result.rows, scores=result.scores, run_dir=_local_dir(ctx["sweep_dir"]))
     first = result.rows[0]
-    tune.report({"hdmap_done": True, "trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
+    tune.report({"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
                  "accuracy": first.get("accuracy"), "wandb": tracked})
 
 

@@ -27,11 +27,12 @@ from hdmap.trial import TrialResult
 
 class ResultStore:
     def __init__(self, sweep_dir: str) -> None:
-        self.uri = str(sweep_dir)
-        if "://" in self.uri:
+        if "://" in str(sweep_dir):
+            self.uri = str(sweep_dir)
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        else:  # absolute: trials write from other processes and working directories
+            self.uri = self.root = os.path.abspath(sweep_dir)
+            self.fs = pafs.LocalFileSystem()
         for sub in ("parts/results", "parts/scores"):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 

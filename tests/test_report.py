@@ -245,6 +245,7 @@ def test_statistics_helpers():
     assert mean == pytest.approx(0.0) and lo < 0 < hi
     assert verdict("accuracy", 5, lo, hi) == VERDICT_UNCLEAR
     assert verdict("accuracy", 1, np.nan, np.nan) == VERDICT_FEW
+    assert verdict("accuracy", 2, 0.01, 0.02) == VERDICT_FEW  # 2 pairs: no verdict
     assert verdict("severity_mae", 5, 0.1, 0.2) == VERDICT_WORSE  # lower is better
     assert bootstrap_ci([0.1, 0.2, 0.3]) == bootstrap_ci([0.1, 0.2, 0.3])  # seeded
     assert value_key(3.0) == value_key(3) == "3"

@@ -37,6 +37,7 @@ NOT_AXES = {"model.name", "data.root", "seed"}
 N_BOOT = 2000
 BOOT_SEED = 20240601
 CI_LEVEL = 0.95
+MIN_PAIRS = 3  # fewer pairs: the bootstrap CI means little, so no verdict is given
 
 VERDICT_BETTER = "better"
 VERDICT_WORSE = "worse"
@@ -413,7 +414,7 @@ def bootstrap_ci(
 
 
 def verdict(metric: str, n: int, lo: float, hi: float) -> str:
-    if n < 2 or not (np.isfinite(lo) and np.isfinite(hi)):
+    if n < MIN_PAIRS or not (np.isfinite(lo) and np.isfinite(hi)):
         return VERDICT_FEW
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     lo, hi = sorted((sign * lo, sign * hi))

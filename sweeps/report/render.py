@@ -418,7 +418,8 @@ def comparison_section(data: A.SweepData, cmp: pd.DataFrame, cmp_notes: list[str
         f"Δ = metric(value) − metric(baseline), paired over trials identical in every other config column "
         f"(seed and test domain included). Mean Δ with a {int(A.CI_LEVEL * 100)}% percentile bootstrap CI "
         f"({A.N_BOOT} resamples, seeded). Verdict: 'better' / 'worse' when the CI excludes 0, "
-        "'no clear difference' when it spans 0. Scope 'all' pools every pair; the rows below it break it down "
+        f"'no clear difference' when it spans 0, 'too few pairs' under {A.MIN_PAIRS} pairs. "
+        "Scope 'all' pools every pair; the rows below it break it down "
         "per model × test domain."
     )
     for note in cmp_notes:

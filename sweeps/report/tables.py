@@ -88,8 +88,10 @@ def fmt_signed(x, digits: int = 3) -> str:
     if not isnum(x):
         return "—"
     x = float(x)
-    if round(x, digits) == 0:
-        x = 0.0
+    if abs(x) < 1e-12:  # float noise of a zero mean
+        return f"{0:.{digits}f}"
+    while round(x, digits) == 0 and digits < 6:  # a non-zero CI bound never prints as 0
+        digits += 1
     return f"{x:+.{digits}f}"
 
 
