@@ -22,6 +22,7 @@ from sweeps.store import ResultStore
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+NODE_ARRAY_CACHE = "/tmp/hdmap-array-cache"
 
 
 @dataclass
@@ -78,8 +79,10 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
     spec = plan.spec
     t0 = time.perf_counter()
     if not ray.is_initialized():
+        # decoded splits are shared by every worker of a node through a node-local memory-mapped cache
+        env = {"HDMAP_ARRAY_CACHE": os.environ.get("HDMAP_ARRAY_CACHE", NODE_ARRAY_CACHE)}
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=True, logging_level="ERROR")
+                 log_to_driver=False, configure_logging=True, logging_level="ERROR", runtime_env={"env_vars": env})
     outcome.ray_start_s = time.perf_counter() - t0
     check_resources(plan, todo, ray.cluster_resources())
 

@@ -1,15 +1,46 @@
-"""Decode a split's TIFFs once per process into one float32 array (tifffile, never PIL, never clipped)."""
+"""Decode a split's TIFFs into one float32 array (tifffile, never PIL, never clipped), once per node.
+
+Two cache levels sit in front of the decoder:
+
+* per process: an ``lru_cache`` keyed by (resolved root, domain, split, cache dir);
+* per node (optional): when the environment variable ``HDMAP_ARRAY_CACHE`` names a directory
+  (the sweep runner points it at a node-local temp dir), each decoded split is stored there as
+  ``<key>.npy`` (the images, opened with ``mmap_mode="r"`` so every worker process on the node
+  shares the page cache) plus ``<key>.json`` (files, labels, conditions). ``<key>`` is the sha1 of
+  the resolved root, domain, split and every file's (relative path, size, mtime_ns), so editing,
+  adding or removing a file yields a new key. Both files are written under temporary names and
+  ``os.replace``d, the JSON last: an entry exists only once its JSON does, so a crash or a
+  concurrent writer never exposes a half-written entry. An ``fcntl.flock`` on ``<key>.lock``
+  makes concurrent first loads on a node decode once: the others wait, then read the entry.
+
+Validation errors (unreadable TIFF, wrong dtype or shape) are raised exactly as without the cache
+and never cached; severity ground truth is always recomputed from the simulator's sidecar.
+Unset ``HDMAP_ARRAY_CACHE`` = per-process caching only, nothing written to disk.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
+import json
+import logging
+import os
+import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from hdmap.data.layout import IMAGE_SHAPE, DataLayoutError, normalize_domain, scan_split
+from hdmap.data.layout import IMAGE_SHAPE, DataLayoutError, FileEntry, normalize_domain, scan_split
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "HDMAP_ARRAY_CACHE"
+_CACHE_FORMAT = 1  # bump when the entry format or decoding changes: old entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -47,25 +78,143 @@ def read_tiff(path: Path) -> np.ndarray:
 
 
 def load_split(root: str | Path, domain: str, split: str) -> SplitArrays:
-    """Cached per process and per (root, domain, split): trials in one worker decode each split once."""
-    return _load_split_cached(str(Path(root).resolve()), normalize_domain(domain), split)
+    """Cached per process (and per node when ``HDMAP_ARRAY_CACHE`` is set): trials decode each split once."""
+    cache_dir = os.environ.get(CACHE_ENV) or None
+    return _load_split_cached(str(Path(root).resolve()), normalize_domain(domain), split, cache_dir)
 
 
 @functools.lru_cache(maxsize=32)
-def _load_split_cached(root: str, domain: str, split: str) -> SplitArrays:
+def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None = None) -> SplitArrays:
     entries = scan_split(root, domain, split)
-    images = np.stack([read_tiff(e.path) for e in entries])
+    if cache_dir is None:
+        images, files, labels, conditions = _decode(root, entries)
+    else:
+        images, files, labels, conditions = _load_via_node_cache(Path(cache_dir), root, domain, split, entries)
     images.setflags(write=False)
-    files = np.array([e.path.relative_to(root).as_posix() for e in entries], dtype=object)
-    severity = _ground_truth_severity(Path(root), files)
     return SplitArrays(
         domain=domain,
         images=images,
-        labels=np.array([e.label for e in entries], dtype=np.int64),
-        conditions=np.array([e.condition for e in entries], dtype=object),
+        labels=labels,
+        conditions=conditions,
         files=files,
-        severity=severity,
+        severity=_ground_truth_severity(Path(root), files),
     )
+
+
+def _decode(root: str, entries: list[FileEntry]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The uncached path: read and validate every file (raises DataLayoutError naming the first bad one)."""
+    images = np.stack([read_tiff(e.path) for e in entries])
+    files = np.array([e.path.relative_to(root).as_posix() for e in entries], dtype=object)
+    labels = np.array([e.label for e in entries], dtype=np.int64)
+    conditions = np.array([e.condition for e in entries], dtype=object)
+    return images, files, labels, conditions
+
+
+# ---------------------------------------------------------------------------------------------
+# node-local disk cache
+
+
+def cache_key(root: str, domain: str, split: str, entries: list[FileEntry]) -> str:
+    """sha1 over the split's identity and every file's (relative path, size, mtime_ns)."""
+    listing = []
+    for e in entries:
+        st = os.stat(e.path)
+        listing.append([e.path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+    payload = {"format": _CACHE_FORMAT, "root": root, "domain": domain, "split": split, "files": listing}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, entries: list[FileEntry]):
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key = cache_key(root, domain, split, entries)
+    except OSError as exc:
+        warnings.warn(f"{CACHE_ENV}={cache_dir}: node cache unusable ({exc}); decoding without it", stacklevel=3)
+        return _decode(root, entries)
+    hit = _read_entry(cache_dir, key, len(entries))  # fast path: no lock once the entry exists
+    if hit is not None:
+        return hit
+    with _locked(cache_dir / f"{key}.lock"):
+        hit = _read_entry(cache_dir, key, len(entries))  # another process may have written it meanwhile
+        if hit is not None:
+            return hit
+        decoded = _decode(root, entries)  # validation errors propagate here, before anything is written
+        log.info("decoded %d files of %s/%s/%s into node cache %s (%s)",
+                 len(entries), root, domain, split, cache_dir, key)
+        try:
+            _write_entry(cache_dir, key, root, domain, split, *decoded)
+        except OSError as exc:
+            warnings.warn(f"{CACHE_ENV}={cache_dir}: could not write cache entry ({exc})", stacklevel=3)
+        return decoded
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Exclusive flock for the duration of the block (closing the fd releases it); no lock if unopenable."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        warnings.warn(f"{path}: cannot open lock file ({exc}); concurrent processes may decode twice", stacklevel=4)
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _read_entry(cache_dir: Path, key: str, n_files: int):
+    """A committed entry (its JSON exists) as decoded arrays, or None for a miss or an unreadable entry."""
+    meta_path, npy_path = cache_dir / f"{key}.json", cache_dir / f"{key}.npy"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable node cache entry %s: %s", meta_path, exc)
+        return None
+    try:
+        # view(np.ndarray): a plain array backed by the shared read-only mapping
+        images = np.load(npy_path, mmap_mode="r").view(np.ndarray)
+        files = np.array(meta["files"], dtype=object)
+        labels = np.array(meta["labels"], dtype=np.int64)
+        conditions = np.array(meta["conditions"], dtype=object)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable node cache entry %s: %s", npy_path, exc)
+        return None
+    consistent = images.shape == (n_files, *IMAGE_SHAPE) and images.dtype == np.float32
+    if not (consistent and len(files) == len(labels) == len(conditions) == n_files):
+        log.warning("ignoring inconsistent node cache entry %s", meta_path)
+        return None
+    return images, files, labels, conditions
+
+
+def _write_entry(cache_dir: Path, key: str, root: str, domain: str, split: str,
+                 images, files, labels, conditions) -> None:
+    """Images first, JSON (the commit marker) last; both via temp name + fsync + os.replace."""
+    tag = f"{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    meta = {
+        "format": _CACHE_FORMAT, "root": root, "domain": domain, "split": split,
+        "files": [str(f) for f in files], "labels": [int(v) for v in labels],
+        "conditions": [c if c is None else str(c) for c in conditions],
+    }
+    npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    _atomic_write(npy, npy.with_name(f"{npy.name}.{tag}"), lambda f: np.save(f, np.ascontiguousarray(images)))
+    _atomic_write(meta_path, meta_path.with_name(f"{meta_path.name}.{tag}"), lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _atomic_write(final: Path, tmp: Path, write) -> None:
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _ground_truth_severity(root: Path, files: np.ndarray) -> np.ndarray:

@@ -1,0 +1,76 @@
+"""Sweep specs: expansion, and every kind of mistake caught by `plan` before anything runs."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sweeps.spec import SpecError, load_spec
+
+BASE = """
+name: t
+data: {root: /tmp/none}
+trial: {model: {backbone: resnet18, pretrained: false}}
+"""
+
+
+def write(tmp_path, body):
+    path = tmp_path / "spec.yaml"
+    path.write_text(BASE + textwrap.dedent(body))
+    return path
+
+
+def test_quickstart_expands():
+    plan = load_spec("sweeps/examples/quickstart.yaml")
+    assert len(plan.trials) == 12 and plan.breakdown() == {"patchcore": 8, "draem": 4}
+    assert len({t.trial_id for t in plan.trials}) == 12
+    assert plan.axes == ["data.domain", "model.coreset_ratio", "model.k", "model.lr"]
+    assert all(t.data.root.startswith("/") for t in plan.trials)  # workers run elsewhere: roots are absolute
+
+
+def test_grid_zip_seeds_and_per_model_resources(tmp_path):
+    plan = load_spec(write(tmp_path, """
+        axes:
+          data.domain: [A, B]
+          zip: [{model.layers: [[layer2], [layer3]], model.k: [1, 3]}]
+        models:
+          patchcore: {resources: {cpu: 2, gpu: 0.25}}
+        seeds: [0, 1, 2]
+    """))
+    assert len(plan.trials) == 2 * 2 * 3
+    assert {(tuple(t.model.layers), t.model.k) for t in plan.trials} == {(("layer2",), 1), (("layer3",), 3)}
+    assert plan.resources_for("patchcore").gpu == 0.25 and plan.resources_for("draem").gpu == 0
+    assert "seed" in plan.axes
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("models: {patchcor: {}}", r"spec\.yaml: models\.patchcor: unknown model; allowed: patchcore, draem"),
+        ("axes: {model.kk: [1, 2]}", r"spec\.yaml: axes\.model\.kk: unknown config path .*allowed: name, backbone"),
+        ("axes: {data.domian: [A]}", r"spec\.yaml: axes\.data\.domian: unknown config path .*allowed: root, domain"),
+        ("axes: {model.k: [1, many]}", r"spec\.yaml: model patchcore, axis value model\.k='many': .*model\.k: .*integer"),
+        ("axes: {data.domain: [A, E]}", r"axis value data\.domain='E'.*expected one of A, B, C, D"),
+        ("models: {patchcore: {}, draem: {}}\naxes: {model.k: [1, 3]}",
+         r"spec\.yaml: axes\.model\.k: does not apply to model 'draem' .*put it under models\.patchcore\.axes"),
+        ("axes: {model.k: 3}", r"axes\.model\.k: expected a non-empty list"),
+        ("scheduler: asha", r"scheduler: asha ranks trials by per-epoch 'val_loss'; model 'patchcore' reports no per-epoch"),
+        ("resources: {gpu: 1.5}", r"resources\.gpu: .*whole GPUs"),
+        ("max_concurent: 2", r"spec\.yaml: max_concurent: Extra inputs are not permitted"),
+    ],
+)
+def test_each_mistake_is_named(tmp_path, body, expected):
+    with pytest.raises(SpecError, match=expected):
+        load_spec(write(tmp_path, body))
+
+
+def test_plan_cli_fails_before_running(tmp_path):
+    path = write(tmp_path, "axes: {model.kk: [1]}\nmodels: {patchcore: {}, nope: {}}")
+    proc = subprocess.run([sys.executable, "-m", "hdmap.cli", "sweep", "plan", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "models.nope: unknown model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_spec_overrides(tmp_path):
+    plan = load_spec("sweeps/examples/quickstart.yaml", ["seeds=[0, 1]", "name=other"])
+    assert len(plan.trials) == 24 and plan.spec.name == "other"

@@ -1,0 +1,109 @@
+"""Sweeps on a local Ray instance: failures recorded, nothing lost, resume after a kill, growing a spec."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hdmap.config import validate_trial_config
+from hdmap.trial import run_trial
+from sweeps.runner import run_sweep
+from sweeps.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+name: {name}
+data:
+  root: {root}
+  simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}
+trial:
+  data: {{domain: C, image_size: [64, 192]}}
+  model: {{backbone: resnet18, pretrained: false, layers: [layer2]}}
+axes:
+  model.k: {ks}
+  model.coreset_ratio: {ratios}
+max_failures: {max_failures}
+output: {out}
+tracking: {{wandb: {{mode: offline, timeout_s: 60}}}}
+"""
+
+
+def spec_file(tmp_path, name="s", ks="[1, 9]", ratios="[0.1]", max_failures=1, extra=""):
+    path = tmp_path / f"{name}-{abs(hash((ks, ratios, extra)))}.yaml"
+    path.write_text(SPEC.format(name=name, root=tmp_path / "data", ks=ks, ratios=ratios, max_failures=max_failures,
+                                out=tmp_path / "out") + textwrap.dedent(extra))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def results(sweep_dir):
+    return pq.read_table(Path(sweep_dir) / "results.parquet").to_pylist()
+
+
+def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_local):
+    # coreset_ratio 1e-6 keeps no patch: those trials raise on every attempt
+    plan = load_spec(spec_file(tmp_path, ratios="[0.1, 0.000001]"))
+    outcome = run_sweep(plan, live=False)
+    assert outcome.ok == 2 and len(outcome.failed) == 2
+    assert "keeps no patch" in outcome.failed[0]["error"]
+    rows = results(outcome.sweep_dir)
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert {r["status"] for r in rows} == {"ok", "error"} and all(r["sweep"] == "s" for r in rows)
+    scores = pq.read_table(Path(outcome.sweep_dir) / "scores.parquet")
+    assert scores.num_rows == 2 * 40
+
+    # the trainable computes exactly what `hdmap trial` computes for the same config
+    ok = next(r for r in rows if r["status"] == "ok" and r["model.k"] == 9)
+    alone = run_trial(validate_trial_config(__import__("json").loads(ok["config_json"]))).rows[0]
+    assert alone["trial_id"] == ok["trial_id"] and alone["image_auroc"] == ok["image_auroc"]
+    assert alone["accuracy"] == ok["accuracy"]
+
+    # W&B: one offline run per finished trial, in the sweep directory
+    runs = list((Path(outcome.sweep_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) >= 2
+
+    # growing the spec runs only the new trial; failed ones stay failed unless asked
+    grown = run_sweep(load_spec(spec_file(tmp_path, ks="[1, 9, 3]", ratios="[0.1, 0.000001]")), live=False)
+    assert grown.skipped == 4 and grown.ok == 3 and len(grown.failed) == 3  # new k=3 x 1e-6 fails too
+    retried = run_sweep(load_spec(spec_file(tmp_path, ks="[1, 9, 3]", ratios="[0.1, 0.000001]")),
+                        retry_failed=True, live=False)
+    assert retried.skipped == 3 and len(retried.failed) == 3
+    rows = results(retried.sweep_dir)
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6  # retries replace, never duplicate
+
+
+def test_killed_sweep_resumes_without_rerunning(tmp_path):
+    spec = spec_file(tmp_path, name="k", ks="[1, 2, 3, 4, 5, 6]", ratios="[0.1]", extra="max_concurrent: 1\n")
+    cmd = [sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--no-report"]
+    parts = tmp_path / "out" / "k" / "parts" / "results"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray instance, mid-sweep
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
+    assert 2 <= len(before) < 6, before
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(before)} already done" in done.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
+    assert len(after) == 6 and all(after[name] == mtime for name, mtime in before.items())  # finished: not re-run
+    rows = results(tmp_path / "out" / "k")
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6 and {r["status"] for r in rows} == {"ok"}
