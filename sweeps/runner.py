@@ -139,7 +139,8 @@ def trial_trainable(config: dict) -> None:
     cfg = TrialConfig.model_validate(config["trial"])
     store = ResultStore(ctx["sweep_dir"])
     watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)
-    callbacks = [_EpochReporter(ctx["per_epoch_metric"])] if ctx["per_epoch_metric"] else []
+    metric = ctx["per_epoch_metric"]
+    callbacks = [_EpochReporter(metric)] if metric else []
     try:
         result = run_trial(cfg, callbacks=callbacks)
     finally:
@@ -148,8 +149,11 @@ def trial_trainable(config: dict) -> None:
     tracked = log_trial(WandbSettings(**ctx["wandb"]), sweep=ctx["sweep"], trial_id=cfg.trial_id, model=cfg.model.name,
                         config=cfg.canonical(), rows=result.rows, scores=result.scores, run_dir=_local_dir(ctx["sweep_dir"]))
     first = result.rows[0]
-    tune.report({"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
-                 "accuracy": first.get("accuracy"), "wandb": tracked})
+    final = {"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
+             "accuracy": first.get("accuracy"), "wandb": tracked}
+    if metric:  # schedulers check every result for their metric
+        final[metric] = callbacks[0].last
+    tune.report(final)
 
 
 class _EpochReporter:
@@ -160,10 +164,13 @@ class _EpochReporter:
         from ray import tune
 
         class Reporter(L.Callback):
+            last: float | None = None
+
             def on_validation_epoch_end(self, trainer, module) -> None:
                 value = trainer.callback_metrics.get(metric)
                 if value is not None and not trainer.sanity_checking:
-                    tune.report({metric: float(value), "epoch": trainer.current_epoch})
+                    self.last = float(value)
+                    tune.report({metric: self.last, "epoch": trainer.current_epoch})
 
         return Reporter()
 

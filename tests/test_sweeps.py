@@ -107,3 +107,44 @@ def test_killed_sweep_resumes_without_rerunning(tmp_path):
     assert len(after) == 6 and all(after[name] == mtime for name, mtime in before.items())  # finished: not re-run
     rows = results(tmp_path / "out" / "k")
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6 and {r["status"] for r in rows} == {"ok"}
+
+
+DRAEM_SPEC = """
+name: {name}
+data: {{root: {root}, simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}}}
+trial:
+  data: {{domain: C, image_size: [32, 96], normalization: none}}
+  model: {{name: draem, base_width: 8, epochs: {epochs}}}
+axes:
+  model.lr: [0.0001, 0.001, 0.01]
+scheduler: {scheduler}
+max_failures: 0
+{extra}
+output: {out}
+tracking: {{wandb: {{mode: disabled}}}}
+"""
+
+
+def draem_spec(tmp_path, name, epochs, scheduler="fifo", extra=""):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(DRAEM_SPEC.format(name=name, root=tmp_path / "data", epochs=epochs, scheduler=scheduler,
+                                      extra=extra, out=tmp_path / "out"))
+    return path
+
+
+def test_asha_scheduler_runs_on_per_epoch_val_loss(tmp_path, ray_local):
+    spec = draem_spec(tmp_path, "asha", epochs=4,
+                      scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}")
+    outcome = run_sweep(load_spec(spec), live=False)
+    rows = results(outcome.sweep_dir)
+    assert len(rows) == 3 and not outcome.failed
+    statuses = sorted(r["status"] for r in rows)
+    assert outcome.ok + outcome.pruned == 3 and outcome.ok >= 1, statuses
+    assert all(r["image_auroc"] is not None for r in rows if r["status"] == "ok")
+
+
+def test_trial_timeout_is_a_recorded_failure(tmp_path, ray_local):
+    outcome = run_sweep(load_spec(draem_spec(tmp_path, "slow", epochs=500, extra="trial_timeout_s: 4\nmax_concurrent: 3")),
+                        live=False)
+    assert outcome.ok == 0 and len(outcome.failed) == 3
+    assert all("trial_timeout_s=4" in f["error"] for f in outcome.failed), outcome.failed
