@@ -129,26 +129,34 @@ def get_path(tree: dict, path: str) -> Any:
     return node
 
 
-def load_trial_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
-    """YAML file (optional) + `PATH=VALUE` overrides -> validated TrialConfig."""
-    tree: dict = {}
-    source = "command line"
-    if path is not None:
-        source = str(path)
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, eval, seed), got {type(tree).__name__}")
+def read_yaml_tree(path: str | Path, expected: str) -> dict:
+    """A YAML file that must hold a mapping; ConfigError naming the file otherwise."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping ({expected}), got {type(tree).__name__}")
+    return tree
+
+
+def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
+    """`PATH=VALUE` strings (as given to `--set`) applied to a nested dict."""
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. model.k=3")
         key, text = item.split("=", 1)
         set_path(tree, key.strip(), parse_value(text))
-    return validate_trial_config(tree, source)
+    return tree
+
+
+def load_trial_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
+    """YAML file (optional) + `PATH=VALUE` overrides -> validated TrialConfig."""
+    tree = read_yaml_tree(path, "sections data, model, eval, seed") if path is not None else {}
+    apply_overrides(tree, overrides)
+    return validate_trial_config(tree, str(path) if path is not None else "command line")
 
 
 def validate_trial_config(tree: dict, source: str = "config") -> TrialConfig:

@@ -20,6 +20,7 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("trial_id", pa.string()),
     ("sweep", pa.string()),
     ("spec_hash", pa.string()),
+    ("attempts", pa.int64()),  # sweeps: how many times the trial was started (> 1: retried after a failure)
     ("status", pa.string()),  # ok | error
     ("error", pa.string()),
     ("model", pa.string()),

@@ -138,6 +138,7 @@ def trial_trainable(config: dict) -> None:
     ctx = config["ctx"]
     cfg = TrialConfig.model_validate(config["trial"])
     store = ResultStore(ctx["sweep_dir"])
+    store.mark_attempt(cfg.trial_id)
     watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)
     metric = ctx["per_epoch_metric"]
     callbacks = [_EpochReporter(metric)] if metric else []

@@ -23,10 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hdmap.config import ConfigError, TrialConfig, describe_errors, parse_value, set_path
+from hdmap.config import ConfigError, TrialConfig, apply_overrides, describe_errors, read_yaml_tree, set_path
 from hdmap.models.registry import MODELS
 from sweeps.tracking import WandbSettings
 
@@ -127,21 +126,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Plan:
     """Read, override (`PATH=VALUE` on the spec itself), validate and expand a spec; raise SpecError listing every problem."""
     source = str(path)
     try:
-        tree = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecError(f"sweep spec {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise SpecError(f"{source}: expected a mapping with name, data, trial, axes, ...")
-    for item in overrides or []:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected PATH=VALUE, e.g. resources.gpu=0")
-        key, text = item.split("=", 1)
-        try:
-            set_path(tree, key.strip(), parse_value(text))
-        except ConfigError as exc:
-            raise SpecError(f"--set {item!r}: {exc}") from None
+        tree = apply_overrides(read_yaml_tree(path, "name, data, trial, axes, ..."), overrides)
+    except ConfigError as exc:
+        raise SpecError(f"sweep spec {exc}") from None
     return expand(tree, source)
 
 

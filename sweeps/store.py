@@ -37,10 +37,22 @@ class ResultStore:
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 
     # -- written by trials -------------------------------------------------------------------
+    def mark_attempt(self, trial_id: str) -> None:
+        """One marker per start of a trial, so its row can say how often it was retried (node loss, OOM, ...)."""
+        folder = f"{self.root}/parts/attempts/{trial_id}"
+        self.fs.create_dir(folder, recursive=True)
+        with self.fs.open_output_stream(f"{folder}/{uuid.uuid4().hex}"):
+            pass
+
+    def attempts(self, trial_id: str) -> int:
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/parts/attempts/{trial_id}", allow_not_found=True))
+        return len(infos)
+
     def write_trial(self, result: TrialResult, sweep: str, spec_hash: str) -> None:
         trial_id = result.rows[0]["trial_id"]
+        attempts = self.attempts(trial_id)
         for row in result.rows:
-            row.update(sweep=sweep, spec_hash=spec_hash)
+            row.update(sweep=sweep, spec_hash=spec_hash, attempts=attempts)
         scores = result.scores.set_column(
             result.scores.schema.get_field_index("sweep"), "sweep", pa.array([sweep] * result.scores.num_rows, pa.string())
         )
