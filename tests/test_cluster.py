@@ -75,7 +75,7 @@ def test_quarter_gpu_trials_pack_four_to_a_gpu(tmp_path, cluster):
     assert max_overlap(spans) == 4  # one GPU, four trials at once: Ray packed them by the 0.25 request
 
 
-def test_dead_worker_node_trials_are_retried_once_each(tmp_path, cluster):
+def test_dead_worker_node_trials_are_retried_not_lost(tmp_path, cluster):
     import ray
 
     first = cluster.add_node(num_cpus=1)
