@@ -70,7 +70,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
 
     data = build_trial_data(cfg.data, cfg.seed)
     transform = HdmapTransform(cfg.data.image_size, cfg.data.resize, cfg.data.to_rgb, cfg.data.normalization)
-    module = MODELS[cfg.model.name].build(cfg.model, transform)
+    module = MODELS[cfg.model.name].build(cfg.model, transform, cfg.seed)
 
     def loader(split: SplitArrays, shuffle: bool = False) -> DataLoader:
         generator = torch.Generator().manual_seed(cfg.seed)

@@ -109,13 +109,15 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
         r = resources[config["trial"]["model"]["name"]]
         return tune.PlacementGroupFactory([{"CPU": r.cpu, "GPU": r.gpu}])
 
-    storage = store.uri if "://" in store.uri else str(Path(store.uri).resolve())
+    # Tune's own experiment state is a by-product (resume uses the store), so it may stay on the driver's disk
+    # when results go to object storage; with a shared file system it sits next to the results.
+    tune_dir = store.local_path() / "ray" if store.local_path() else Path.home() / "ray_results" / "hdmap" / spec.name
     tuner = tune.Tuner(
         tune.with_resources(trial_trainable, pg),
         param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo]), "ctx": context},
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}", storage_path=f"{storage}/ray", verbose=0,
+            name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}", storage_path=str(tune_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[progress], progress_reporter=None,
         ),

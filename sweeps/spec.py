@@ -97,7 +97,9 @@ class SweepSpec(_Strict):
         return AshaSpec() if self.scheduler == "asha" else self.scheduler
 
     def sweep_dir(self) -> str:
-        return f"{self.output.rstrip('/')}/{self.name}"
+        """`<output>/<name>`; a URI's query (s3://b/p?endpoint_override=...) stays at the end."""
+        base, sep, query = self.output.partition("?")
+        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
 
 
 class SpecError(ValueError):

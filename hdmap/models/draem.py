@@ -92,5 +92,5 @@ class DraemModule(AnomalyModule):
         return torch.softmax(logits, dim=1)[:, 1].amax(dim=(-2, -1))
 
 
-def build(cfg: DraemConfig, transform: torch.nn.Module) -> DraemModule:
+def build(cfg: DraemConfig, transform: torch.nn.Module, seed: int = 0) -> DraemModule:
     return DraemModule(cfg, transform)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -10,6 +9,7 @@ from pydantic import Field
 
 from hdmap.models.backbones import load_pretrained
 from hdmap.models.base import AnomalyModule, StrictModel
+from hdmap.models.coreset import k_center_greedy
 
 
 class PatchCoreConfig(StrictModel):
@@ -26,7 +26,7 @@ class PatchCoreConfig(StrictModel):
 class PatchCoreModule(AnomalyModule):
     """One pass over the fit images fills the memory bank; coreset subsampling runs at the end of fit."""
 
-    def __init__(self, cfg: PatchCoreConfig, transform: torch.nn.Module) -> None:
+    def __init__(self, cfg: PatchCoreConfig, transform: torch.nn.Module, seed: int = 0) -> None:
         super().__init__(transform)
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
@@ -35,6 +35,7 @@ class PatchCoreModule(AnomalyModule):
         if cfg.pretrained:
             load_pretrained(self.model.feature_extractor.feature_extractor, cfg.backbone, cfg.weights)
         self.coreset_ratio = cfg.coreset_ratio
+        self.seed = seed
         self.automatic_optimization = False
 
     def configure_optimizers(self) -> None:
@@ -45,20 +46,17 @@ class PatchCoreModule(AnomalyModule):
         self.model(batch["image"])  # appends patch embeddings to model.embedding_store
 
     def on_train_end(self) -> None:
-        n_patches = sum(e.shape[0] for e in self.model.embedding_store)
-        if int(n_patches * self.coreset_ratio) < 1:
-            raise ValueError(f"model.coreset_ratio={self.coreset_ratio} keeps no patch of {n_patches}; raise it")
-        from anomalib.models.components.sampling import k_center_greedy
-        from tqdm import tqdm
-
-        # anomalib's sampler draws a tqdm bar per selected point: one line per trial is enough.
-        k_center_greedy.tqdm = functools.partial(tqdm, disable=self.trainer.progress_bar_callback is None)
-        self.model.subsample_embedding(self.coreset_ratio)
+        bank = torch.vstack(self.model.embedding_store)
+        self.model.embedding_store.clear()
+        keep = int(bank.shape[0] * self.coreset_ratio)
+        if keep < 1:
+            raise ValueError(f"model.coreset_ratio={self.coreset_ratio} keeps no patch of {bank.shape[0]}; raise it")
+        self.model.memory_bank = bank[k_center_greedy(bank, keep, seed=self.seed)] if keep < bank.shape[0] else bank
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         return self.model(images).pred_score.reshape(-1)
 
 
-def build(cfg: PatchCoreConfig, transform: torch.nn.Module) -> PatchCoreModule:
-    return PatchCoreModule(cfg, transform)
+def build(cfg: PatchCoreConfig, transform: torch.nn.Module, seed: int = 0) -> PatchCoreModule:
+    return PatchCoreModule(cfg, transform, seed)

@@ -11,7 +11,7 @@ from hdmap.models import draem, patchcore
 @dataclass(frozen=True)
 class ModelEntry:
     config: type
-    build: Callable  # (config, transform) -> AnomalyModule
+    build: Callable  # (config, transform, seed) -> AnomalyModule
     per_epoch_metric: str | None = None  # logged each validation epoch: early stopping / ASHA can use it
 
 

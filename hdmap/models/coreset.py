@@ -1,0 +1,29 @@
+"""Greedy k-center coreset (PatchCore's memory-bank subsampling) in O(N x dim) memory.
+
+Same algorithm as anomalib's KCenterGreedy (a Johnson-Lindenstrauss projection, then farthest-point
+selection), written as a few tensor ops: anomalib's version peaked at ~2.4 GB RSS for a 6k x 128 bank
+here, which put concurrent sweep trials out of memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def k_center_greedy(features: torch.Tensor, n_select: int, seed: int = 0, project_dim: int | None = 128) -> torch.Tensor:
+    """Indices of `n_select` rows chosen farthest-first (the first one at random, seeded)."""
+    n = features.shape[0]
+    if not 1 <= n_select <= n:
+        raise ValueError(f"cannot select {n_select} of {n} features")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = features.float()
+    if project_dim is not None and x.shape[1] > project_dim:
+        projection = torch.randn(x.shape[1], project_dim, generator=generator) / project_dim**0.5
+        x = x @ projection.to(x.device)
+    chosen = torch.empty(n_select, dtype=torch.long, device=x.device)
+    chosen[0] = int(torch.randint(n, (1,), generator=generator))
+    min_dist = torch.full((n,), float("inf"), device=x.device)
+    for i in range(1, n_select):
+        min_dist = torch.minimum(min_dist, (x - x[chosen[i - 1]]).pow(2).sum(dim=1))
+        chosen[i] = torch.argmax(min_dist)
+    return chosen
