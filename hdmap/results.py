@@ -28,6 +28,7 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("test_domain", pa.string()),
     ("seed", pa.int64()),
     ("n_fit", pa.int64()),
+    ("epochs_run", pa.int64()),  # epochs actually trained (early stopping may end before model.epochs)
     ("references_removed", pa.int64()),
     ("pretrained_weights", pa.string()),
     ("fit_s", pa.float64()),

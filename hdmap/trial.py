@@ -101,7 +101,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
 
     base = _base_row(cfg)
     base.update(
-        status="ok", n_fit=len(data.fit), references_removed=data.references_removed,
+        status="ok", n_fit=len(data.fit), epochs_run=trainer.current_epoch, references_removed=data.references_removed,
         pretrained_weights=_weights_label(cfg), fit_s=fit_s, predict_s=predict_s,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,

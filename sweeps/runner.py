@@ -35,6 +35,7 @@ class SweepOutcome:
     pruned: int = 0
     wall_s: float = 0.0
     ray_start_s: float = 0.0
+    restarts: int = 0  # fresh Tune runs after Tune itself stopped on a lost worker
 
 
 def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[TrialConfig], int]:
@@ -57,8 +58,22 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     todo, skipped = plan_todo(plan, store, retry_failed)
     outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped)
     t0 = time.perf_counter()
-    if todo:
-        _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome)
+    for _ in range(spec.max_failures + 1):
+        if not todo:
+            break
+        try:
+            _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome)
+            break
+        except Exception as exc:
+            if not _is_ray_worker_loss(exc):
+                raise
+            # Ray 2.60's Tune controller dies on an OOM-killed worker (ray#28937: OutOfMemoryError is neither an
+            # actor nor a task error). The store knows what finished: start a fresh Tune run for the rest.
+            outcome.restarts += 1
+            print(f"Tune stopped after a worker was lost ({type(exc).__name__}); restarting the unfinished trials")
+            todo, skipped = plan_todo(plan, store, retry_failed)
+    else:
+        _record_lost(todo, store, plan)
     store.compact()
     status = store.status_by_trial()
     rows = store.results().to_pylist()
@@ -223,6 +238,22 @@ def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
             pruned = failed_trial(cfg, RuntimeError("stopped early by the scheduler"))
             pruned.rows[0].update(status="pruned")
             store.write_trial(pruned, plan.spec.name, plan.spec_hash)
+
+
+def _is_ray_worker_loss(exc: BaseException) -> bool:
+    from ray.exceptions import RayError
+
+    return any(isinstance(e, RayError) for e in (exc, exc.__cause__, exc.__context__))
+
+
+def _record_lost(todo: list[TrialConfig], store: ResultStore, plan: Plan) -> None:
+    """Trials still unfinished after every restart: error rows, so the failure is visible and --retry-failed works."""
+    from hdmap.trial import failed_trial
+
+    for cfg in todo:
+        if store.attempts(cfg.trial_id) > plan.spec.max_failures:
+            lost = RuntimeError(f"worker lost {store.attempts(cfg.trial_id)} times (out of memory or node failure)")
+            store.write_trial(failed_trial(cfg, lost), plan.spec.name, plan.spec_hash)
 
 
 def _timeout_note(store: ResultStore, trial_id: str) -> BaseException | None:

@@ -148,3 +148,21 @@ def test_trial_timeout_is_a_recorded_failure(tmp_path, ray_local):
                         live=False)
     assert outcome.ok == 0 and len(outcome.failed) == 3
     assert all("trial_timeout_s=4" in f["error"] for f in outcome.failed), outcome.failed
+
+
+def test_tune_stopped_by_a_lost_worker_restarts_the_rest(tmp_path, ray_local, monkeypatch):
+    """Ray 2.60's Tune controller raises on an OOM-killed worker (ray#28937); the sweep restarts what is unfinished."""
+    import sweeps.runner as runner
+    from ray.exceptions import OutOfMemoryError
+
+    real, calls = runner._run_tune, []
+
+    def crash_first(plan, todo, *args, **kwargs):
+        calls.append(len(todo))
+        if len(calls) == 1:
+            raise RuntimeError("Caught unexpected exception") from OutOfMemoryError("worker killed")
+        return real(plan, todo, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_run_tune", crash_first)
+    outcome = run_sweep(load_spec(spec_file(tmp_path, name="oom")), live=False)
+    assert calls == [2, 2] and outcome.restarts == 1 and outcome.ok == 2

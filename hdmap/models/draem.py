@@ -19,6 +19,7 @@ from hdmap.models.base import AnomalyModule, StrictModel
 class DraemConfig(StrictModel):
     name: Literal["draem"] = "draem"
     epochs: int = Field(10, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val_loss improvement")
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     base_width: int = Field(128, ge=8, description="reconstructive width (anomalib default 128); discriminative gets half")
@@ -63,6 +64,13 @@ class DraemModule(AnomalyModule):
         self.augmenter = PerlinAnomalyGenerator(anomaly_source_path=cfg.dtd_dir, blend_factor=tuple(cfg.beta))
         self.lr = cfg.lr
         self.max_epochs = cfg.epochs
+        self.patience = cfg.early_stopping_patience
+
+    def configure_callbacks(self) -> list:
+        """Early stopping on val_loss (synthetic faults on held-out train normals: never the test set)."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        return [EarlyStopping(monitor="val_loss", mode="min", patience=self.patience)] if self.patience else []
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)

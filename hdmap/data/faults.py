@@ -1,0 +1,167 @@
+"""HDMAP cut-paste synthetic faults: the one generator used by DRAEM-SevNet training, validation and tests.
+
+A fault: cut a rectangle from the image, normalise it by its own max |value|, scale it by a severity
+drawn from [0, severity_max] (or a given range) and *add* it at another location that does not overlap
+the source (nor, with several patches, the other pasted patches). Sizes are in model-input pixels:
+width from `patch_width_range`, height = width / aspect, where aspect = width / height is drawn from
+`patch_aspect` (`landscape` 2-4: wide, thin bands like HDMAP faults; `portrait` 0.25-0.5; `square` 1;
+or a numeric (lo, hi)). All `patch_count` patches of one image share severity, aspect and size.
+Each image is faulted with probability `anomaly_probability`; the others come back unchanged with an
+empty mask and severity 0. Everything random comes from one `torch.Generator`, so a seed fixes it.
+
+Severity scale: a patch's peak |added value| equals its severity, in the units of the model input
+(raw HDMAP values when `data.normalization=none`). The simulator's sidecar severity is instead a
+*relative* band contrast (band height / local background, ~0.15-0.8), see `hdmap.data.simulate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence, Union
+
+import torch
+
+ASPECT_PRESETS: dict[str, tuple[float, float]] = {
+    "landscape": (2.0, 4.0),
+    "portrait": (0.25, 0.5),
+    "square": (1.0, 1.0),
+}
+AspectSpec = Union[Literal["landscape", "portrait", "square"], float, Sequence[float]]
+_MAX_TRIES = 64
+
+
+def aspect_range(aspect: AspectSpec) -> tuple[float, float]:
+    """A preset name, a number or a (lo, hi) pair -> (lo, hi) of width / height."""
+    if isinstance(aspect, str):
+        if aspect not in ASPECT_PRESETS:
+            raise ValueError(f"patch_aspect={aspect!r}: expected one of {sorted(ASPECT_PRESETS)} or a numeric [lo, hi]")
+        return ASPECT_PRESETS[aspect]
+    if isinstance(aspect, (int, float)):
+        lo = hi = float(aspect)
+    else:
+        values = [float(v) for v in aspect]
+        if len(values) != 2:
+            raise ValueError(f"patch_aspect={aspect!r}: a numeric range is [lo, hi]")
+        lo, hi = values
+    if not 0 < lo <= hi:
+        raise ValueError(f"patch_aspect={aspect!r}: need 0 < lo <= hi")
+    return lo, hi
+
+
+@dataclass
+class FaultBatch:
+    image: torch.Tensor  # (B, C, H, W) faulted images (unchanged where no fault)
+    mask: torch.Tensor  # (B, 1, H, W) 1 where a patch was added
+    severity_map: torch.Tensor  # (B, 1, H, W) severity inside the mask, 0 elsewhere
+    severity: torch.Tensor  # (B,) severity label (0 for unfaulted images)
+    boxes: list[list[tuple[int, int, int, int]]]  # per image: pasted (top, left, height, width)
+
+
+class CutPasteFaults:
+    def __init__(
+        self,
+        patch_width_range: tuple[int, int] = (8, 32),
+        patch_aspect: AspectSpec = "landscape",
+        patch_count: int = 1,
+        anomaly_probability: float = 0.5,
+        severity_max: float = 1.0,
+        severity_range: tuple[float, float] | None = None,
+    ) -> None:
+        lo_w, hi_w = (int(v) for v in patch_width_range)
+        if not 1 <= lo_w <= hi_w:
+            raise ValueError(f"patch_width_range={patch_width_range!r}: need 1 <= lo <= hi")
+        if not 1 <= int(patch_count) <= 3:
+            raise ValueError(f"patch_count={patch_count!r}: expected 1, 2 or 3")
+        if not 0.0 <= anomaly_probability <= 1.0:
+            raise ValueError(f"anomaly_probability={anomaly_probability!r}: expected a value in [0, 1]")
+        if severity_range is None:
+            if severity_max <= 0:
+                raise ValueError(f"severity_max={severity_max!r}: expected > 0")
+            severity_range = (0.0, float(severity_max))
+        if not 0 <= severity_range[0] <= severity_range[1]:
+            raise ValueError(f"severity_range={severity_range!r}: need 0 <= lo <= hi")
+        self.width_range = (lo_w, hi_w)
+        self.aspect_range = aspect_range(patch_aspect)
+        self.patch_count = int(patch_count)
+        self.anomaly_probability = float(anomaly_probability)
+        self.severity_range = (float(severity_range[0]), float(severity_range[1]))
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> FaultBatch:
+        """images: (B, C, H, W) or (B, H, W). Random draws happen on the CPU generator; tensors stay on their device."""
+        x = images.unsqueeze(1) if images.dim() == 3 else images
+        if x.dim() != 4:
+            raise ValueError(f"expected (B, C, H, W) or (B, H, W) images, got shape {tuple(images.shape)}")
+        b, _, h, w = x.shape
+        out = x.clone()
+        mask = torch.zeros((b, 1, h, w), dtype=x.dtype, device=x.device)
+        severity = torch.zeros(b, dtype=x.dtype, device=x.device)
+        boxes: list[list[tuple[int, int, int, int]]] = []
+        faulted = torch.rand(b, generator=generator) < self.anomaly_probability
+        for i in range(b):
+            boxes.append([])
+            if not faulted[i]:
+                continue
+            sev = self._uniform(*self.severity_range, generator)
+            ph, pw = self._patch_size(h, w, generator)
+            taken: list[tuple[int, int, int, int]] = []
+            for k in range(self.patch_count):
+                placed = self._place(h, w, ph, pw, taken, generator, must=(k == 0))
+                if placed is None:  # no room for another non-overlapping patch: fewer patches, never overlap
+                    break
+                (st, sl), (tt, tl) = placed
+                patch = x[i, :, st : st + ph, sl : sl + pw]
+                peak = patch.abs().amax().clamp_min(1e-8)
+                out[i, :, tt : tt + ph, tl : tl + pw] += patch / peak * sev
+                mask[i, :, tt : tt + ph, tl : tl + pw] = 1.0
+                taken.append((tt, tl, ph, pw))
+            severity[i] = sev
+            boxes[i] = taken
+        severity_map = mask * severity.view(b, 1, 1, 1)
+        if images.dim() == 3:
+            out = out.squeeze(1)
+        return FaultBatch(image=out, mask=mask, severity_map=severity_map, severity=severity, boxes=boxes)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+        return lo + (hi - lo) * float(torch.rand(1, generator=generator))
+
+    @staticmethod
+    def _randint(lo: int, hi: int, generator: torch.Generator | None) -> int:
+        """Uniform integer in [lo, hi] (inclusive)."""
+        return int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+    def _patch_size(self, h: int, w: int, generator: torch.Generator | None) -> tuple[int, int]:
+        """(height, width) inside the image, small enough that source and target can sit side by side."""
+        width = self._randint(*self.width_range, generator)
+        aspect = self._uniform(*self.aspect_range, generator)
+        height = max(1, round(width / aspect))
+        width, height = min(width, w), min(height, h)
+        if 2 * width > w and 2 * height > h:  # too big for two disjoint rectangles: shrink the looser side
+            if w / width >= h / height:
+                width = max(1, w // 2)
+            else:
+                height = max(1, h // 2)
+        return height, width
+
+    def _place(self, h, w, ph, pw, taken, generator, must: bool):
+        """(source (top, left), target (top, left)); target disjoint from its source and from `taken`."""
+        for _ in range(_MAX_TRIES):
+            src = (self._randint(0, h - ph, generator), self._randint(0, w - pw, generator))
+            tgt = (self._randint(0, h - ph, generator), self._randint(0, w - pw, generator))
+            if not _overlap(src, tgt, ph, pw) and not any(_overlap(tgt, t[:2], ph, pw) for t in taken):
+                return src, tgt
+        if must:  # always possible by construction (_patch_size): put them in opposite halves
+            if 2 * pw <= w:
+                left = self._randint(0, w // 2 - pw, generator)
+                top_s, top_t = self._randint(0, h - ph, generator), self._randint(0, h - ph, generator)
+                return (top_s, left), (top_t, left + w // 2)
+            top = self._randint(0, h // 2 - ph, generator)
+            left_s, left_t = self._randint(0, w - pw, generator), self._randint(0, w - pw, generator)
+            return (top, left_s), (top + h // 2, left_t)
+        return None
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int], ph: int, pw: int) -> bool:
+    return abs(a[0] - b[0]) < ph and abs(a[1] - b[1]) < pw
