@@ -140,36 +140,27 @@ def run_id(sweep: str, trial_id: str) -> str:
 def log_trial(settings: WandbSettings, *, sweep: str, trial_id: str, model: str, config: dict,
               rows: list[dict], scores: "pa.Table | None", run_dir: str | Path) -> str:
     """Log one trial as one W&B run, in a bounded child process. Returns a short status; never raises."""
-    try:
-        mode = resolve_mode(settings)
-        if mode == "disabled":
-            return "disabled"
-        job = {
-            "mode": mode, "project": settings.project, "entity": settings.entity,
-            "dir": str(Path(settings.dir or run_dir).resolve()), "timeout_s": float(settings.timeout_s),
-            "id": run_id(sweep, trial_id), "name": trial_id, "group": sweep, "job_type": model,
-            "config": config, "rows": list(rows), "scores": scores,
-        }
-        return _run_bounded(_trial_worker, job, settings.timeout_s)
-    except Exception as exc:  # noqa: BLE001 - tracking must never fail the caller
-        return _failed(exc)
+    return _log(settings, run_dir, _trial_worker, id=run_id(sweep, trial_id), name=trial_id, group=sweep,
+                job_type=model, config=config, rows=list(rows), scores=scores)
 
 
 def log_summary(settings: WandbSettings, *, sweep: str, table: "pd.DataFrame", run_dir: str | Path,
                 name: str = "summary") -> str:
     """Log a comparison table as a wandb.Table in one run (group = sweep, job_type = "report"). Never raises."""
+    return _log(settings, run_dir, _summary_worker, id=run_id(sweep, f"report:{name}"), name=f"{sweep}-{name}",
+                group=sweep, job_type="report", config={"sweep": sweep, "table": name}, table_name=name, table=table)
+
+
+def _log(settings: WandbSettings, run_dir: str | Path, worker: Callable, **run: Any) -> str:
+    """Resolve the mode and run `worker` on the job in a bounded child process; a status string, never an exception."""
     try:
         mode = resolve_mode(settings)
         if mode == "disabled":
             return "disabled"
-        job = {
-            "mode": mode, "project": settings.project, "entity": settings.entity,
-            "dir": str(Path(settings.dir or run_dir).resolve()), "timeout_s": float(settings.timeout_s),
-            "id": run_id(sweep, f"report:{name}"), "name": f"{sweep}-{name}", "group": sweep,
-            "job_type": "report", "config": {"sweep": sweep, "table": name}, "table_name": name, "table": table,
-        }
-        return _run_bounded(_summary_worker, job, settings.timeout_s)
-    except Exception as exc:  # noqa: BLE001
+        job = {"mode": mode, "project": settings.project, "entity": settings.entity,
+               "dir": str(Path(settings.dir or run_dir).resolve()), "timeout_s": float(settings.timeout_s), **run}
+        return _run_bounded(worker, job, settings.timeout_s)
+    except Exception as exc:  # noqa: BLE001 - tracking must never fail the caller
         return _failed(exc)
 
 
