@@ -134,7 +134,7 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
         run_config=tune.RunConfig(
             name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}", storage_path=str(tune_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[progress], progress_reporter=None,
+            callbacks=[progress, PruneRecorder(store.uri, spec.name, plan.spec_hash)], progress_reporter=None,
         ),
     )
     try:
@@ -218,7 +218,7 @@ class _Watchdog:
 
 
 def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
-    """Error rows for trials that failed every attempt; 'pruned' rows for trials a scheduler stopped."""
+    """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""
     from hdmap.trial import failed_trial
 
     by_id = {t.trial_id: t for t in plan.trials}
@@ -229,15 +229,35 @@ def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
         cfg = TrialConfig.model_validate(cfg_tree)
         if cfg.trial_id not in by_id:
             continue
-        metrics = result.metrics or {}
         if result.error is not None:
             error = _timeout_note(store, cfg.trial_id) or getattr(result.error, "cause", None) or result.error
             store.write_trial(failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error))),
                               plan.spec.name, plan.spec_hash)
-        elif not metrics.get("hdmap_done") and cfg.trial_id not in store.status_by_trial():
-            pruned = failed_trial(cfg, RuntimeError("stopped early by the scheduler"))
-            pruned.rows[0].update(status="pruned")
-            store.write_trial(pruned, plan.spec.name, plan.spec_hash)
+
+
+class PruneRecorder:
+    """Tune callback: a trial the scheduler stopped (TERMINATED without its final report) gets a 'pruned' row.
+
+    Only a scheduler's stop reaches `on_trial_complete` unfinished; trials cut short by Ctrl-C or a dead
+    driver do not, so they stay unrecorded and run again on resume.
+    """
+
+    def __new__(cls, sweep_dir: str, sweep: str, spec_hash: str):
+        from ray.tune import Callback
+
+        class Recorder(Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                if (trial.last_result or {}).get("hdmap_done"):
+                    return
+                from hdmap.trial import failed_trial
+
+                cfg = TrialConfig.model_validate(trial.config["trial"])
+                pruned = failed_trial(cfg, RuntimeError(f"stopped early by the scheduler after "
+                                                        f"{(trial.last_result or {}).get('training_iteration', 0)} reports"))
+                pruned.rows[0].update(status="pruned")
+                ResultStore(sweep_dir).write_trial(pruned, sweep, spec_hash)
+
+        return Recorder()
 
 
 def _is_ray_worker_loss(exc: BaseException) -> bool:

@@ -87,7 +87,8 @@ def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6  # retries replace, never duplicate
 
 
-def test_killed_sweep_resumes_without_rerunning(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_interrupted_sweep_resumes_without_rerunning(tmp_path, sig):
     spec = spec_file(tmp_path, name="k", ks="[1, 2, 3, 4, 5, 6]", ratios="[0.1]", extra="max_concurrent: 1\n")
     cmd = [sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--no-report"]
     parts = tmp_path / "out" / "k" / "parts" / "results"
@@ -95,8 +96,11 @@ def test_killed_sweep_resumes_without_rerunning(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray instance, mid-sweep
-    proc.wait()
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, sig)  # the driver and its local Ray instance, mid-sweep
+    else:
+        os.kill(proc.pid, sig)  # Ctrl-C: Tune stops gracefully; interrupted trials must not count as finished
+    proc.wait(timeout=120)
     before = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
     assert 2 <= len(before) < 6, before
 
