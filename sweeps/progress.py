@@ -67,7 +67,7 @@ class SweepProgress(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.store is not None and time.time() - self._last_compact > 60:  # keep results.parquet fresh for people peeking mid-sweep
-            self.store.compact()
+            self.store.compact(scores=False)  # scores.parquet, the large one, is written at the end
             self._last_compact = time.time()
         self._refresh()
 

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -33,6 +32,7 @@ class ResultStore:
         else:  # absolute: trials write from other processes and working directories
             self.uri = self.root = os.path.abspath(sweep_dir)
             self.fs = pafs.LocalFileSystem()
+        self._cache: dict[str, tuple] = {}
         for sub in ("parts/results", "parts/scores"):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 
@@ -67,9 +67,9 @@ class ResultStore:
         self.fs.move(tmp, final)
 
     # -- read by the driver, the report and resume ---------------------------------------
-    def _parts(self, kind: str) -> list[str]:
+    def _parts(self, kind: str) -> list[pafs.FileInfo]:
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/parts/{kind}", allow_not_found=True))
-        return sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        return sorted((i for i in infos if i.path.endswith(".parquet")), key=lambda i: i.path)
 
     def results(self) -> pa.Table:
         return self._read("results", results_schema())
@@ -78,21 +78,27 @@ class ResultStore:
         return self._read("scores", SCORE_SCHEMA)
 
     def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
-        tables = [pq.read_table(p, filesystem=self.fs) for p in self._parts(kind)]
-        tables = [t.select([n for n in schema.names if n in t.column_names]) for t in tables]
-        if not tables:
-            return schema.empty_table()
-        # older parts may lack newer config columns: unify on the current schema
-        return pa.concat_tables([_conform(t, schema) for t in tables])
+        """All parts of a kind on the current schema; a part unchanged since the last read is not read again."""
+        tables = []
+        for info in self._parts(kind):
+            stamp = (info.mtime_ns, info.size)
+            cached = self._cache.get(info.path)
+            if cached is None or cached[0] != stamp:
+                # older parts may lack newer config columns: unify on the current schema
+                cached = (stamp, _conform(pq.read_table(info.path, filesystem=self.fs), schema))
+                self._cache[info.path] = cached
+            tables.append(cached[1])
+        return pa.concat_tables(tables) if tables else schema.empty_table()
 
     def status_by_trial(self) -> dict[str, str]:
         table = self.results()
         return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
 
-    def compact(self) -> None:
-        """Rewrite results.parquet / scores.parquet from the parts (single writer: the driver)."""
+    def compact(self, scores: bool = True) -> None:
+        """Rewrite results.parquet (and scores.parquet, the big one) from the parts (single writer: the driver)."""
         self._atomic_write(self.results(), "results.parquet")
-        self._atomic_write(self.scores(), "scores.parquet")
+        if scores:
+            self._atomic_write(self.scores(), "scores.parquet")
 
     def write_json(self, relative: str, payload: dict) -> None:
         with self.fs.open_output_stream(f"{self.root}/{relative}") as f:
@@ -103,12 +109,10 @@ class ResultStore:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    table = table.select([n for n in schema.names if n in table.column_names])
     columns = [
         table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
         for f in schema
     ]
     return pa.table(columns, schema=schema)
 
-
-def ok_trial_ids(table: pa.Table) -> set[str]:
-    return set(pc.unique(table.filter(pc.equal(table["status"], "ok"))["trial_id"]).to_pylist())
