@@ -53,12 +53,14 @@ class _ArrayDataset(Dataset):
     def __init__(self, split: SplitArrays) -> None:
         self.images = torch.from_numpy(np.require(split.images, np.float32, ['C', 'W']))
         self.labels = torch.from_numpy(split.labels)
+        self.conditions = torch.tensor([{"cold": 0, "warm": 1}.get(c, -1) for c in split.conditions], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"raw": self.images[i], "label": self.labels[i], "index": i}
+        # condition: 0 cold, 1 warm, -1 unknown (train/val normals) — for oracle gating only
+        return {"raw": self.images[i], "label": self.labels[i], "index": i, "condition": self.conditions[i]}
 
 
 def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:

@@ -26,6 +26,7 @@ class AnomalyModule(L.LightningModule):
 
     max_epochs: int = 1
     uses_validation: bool = False
+    early_stopping_patience: int | None = None  # epochs without val_loss improvement; None = train all epochs
 
     def __init__(self, transform: torch.nn.Module) -> None:
         super().__init__()
@@ -34,6 +35,13 @@ class AnomalyModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["image"] = self.transform(batch["raw"])
         return batch
+
+    def configure_callbacks(self) -> list:
+        """Early stopping on val_loss, which models compute on held-out train normals — never on test."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        patience = self.early_stopping_patience
+        return [EarlyStopping(monitor="val_loss", mode="min", patience=patience)] if patience else []
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return {"score": self.score(batch["image"])}

@@ -64,13 +64,7 @@ class DraemModule(AnomalyModule):
         self.augmenter = PerlinAnomalyGenerator(anomaly_source_path=cfg.dtd_dir, blend_factor=tuple(cfg.beta))
         self.lr = cfg.lr
         self.max_epochs = cfg.epochs
-        self.patience = cfg.early_stopping_patience
-
-    def configure_callbacks(self) -> list:
-        """Early stopping on val_loss (synthetic faults on held-out train normals: never the test set)."""
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        return [EarlyStopping(monitor="val_loss", mode="min", patience=self.patience)] if self.patience else []
+        self.early_stopping_patience = cfg.early_stopping_patience
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from hdmap.models import draem, patchcore
+from hdmap.models import draem, patchcore, patchcore_family
+from hdmap.models import draem_sevnet
 
 
 @dataclass(frozen=True)
@@ -18,4 +19,6 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(patchcore.PatchCoreConfig, patchcore.build),
     "draem": ModelEntry(draem.DraemConfig, draem.build, per_epoch_metric="val_loss"),
+    "draem_sevnet": ModelEntry(draem_sevnet.DraemSevNetConfig, draem_sevnet.build, per_epoch_metric="val_loss"),
+    "ca_patchcore": ModelEntry(patchcore_family.CAPatchCoreConfig, patchcore_family.build),
 }

@@ -27,6 +27,7 @@ NULL = "∅"
 
 MAIN_METRICS = ["image_auroc", "accuracy", "accuracy_cold", "accuracy_warm", "tpr_at_fpr_1pct"]
 AXIS_METRICS = ["image_auroc", "accuracy"]
+OPTIONAL_AXIS_METRICS = ["severity_mae", "gating_accuracy"]  # plotted per axis when a sweep reports them
 COLD_WARM_METRICS = ["accuracy_cold", "accuracy_warm", "auroc_cold", "auroc_warm"]
 COMPARE_METRICS = ["image_auroc", "accuracy"]
 ORACLE_METRICS = ["oracle_accuracy"]
@@ -359,6 +360,8 @@ def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) 
     seed first, so the std is across seeds (n = seeds); without a seed column, across trials.
     """
     cols = ["model", "test_domain", "value", "metric", "mean", "std", "n"]
+    metrics = list(metrics) + [m for m in OPTIONAL_AXIS_METRICS
+                               if m not in metrics and m in data.ok.columns and data.ok[m].notna().any()]
     k = data.keys[axis]
     mask = k != NULL
     if not mask.any():

@@ -52,6 +52,7 @@ LABELS = {
     "tpr_at_fpr_1pct": "TPR @ 1% FPR",
     "tpr_at_fpr_5pct": "TPR @ 5% FPR",
     "gating_accuracy": "gating accuracy",
+    "severity_mae": "severity MAE",
     "oracle_accuracy": "ORACLE accuracy",
 }
 
@@ -112,7 +113,7 @@ def axis_figure(axsum: pd.DataFrame, axis: str, values: list[str]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    metrics = [m for m in A.AXIS_METRICS if m in set(axsum["metric"])]
+    metrics = [m for m in A.AXIS_METRICS + A.OPTIONAL_AXIS_METRICS if m in set(axsum["metric"])]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[label(m) for m in metrics], horizontal_spacing=0.08)
     domains = sorted(axsum["test_domain"].unique())
     models = sorted(axsum["model"].unique())
@@ -351,7 +352,7 @@ def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
         fig = axis_figure(axsum, axis, values)
         s.html.append(_fig_html(fig, f"fig-axis-{len(figs)}", 400))
         figs.append(axis)
-        metrics = [m for m in A.AXIS_METRICS if m in set(axsum["metric"])]
+        metrics = [m for m in A.AXIS_METRICS + A.OPTIONAL_AXIS_METRICS if m in set(axsum["metric"])]
         vals = [v for v in values if v in set(axsum["value"])]
         ns = set(axsum.loc[axsum["n"] > 0, "n"])
         common_n = ns.pop() if len(ns) == 1 else None

@@ -1,0 +1,281 @@
+"""Condition-aware PatchCore (`ca_patchcore`): cold/warm memory banks, a gate, horizontal row context (CPD).
+
+One model covers the researcher's PatchCore line (prior-work digest §3, §4.7-4.8):
+
+- **Backbone**: any timm model through anomalib's `TimmFeatureExtractor` — CNN stages (`layer2`) or ViT
+  blocks (`blocks.8`, `blocks.11` of `vit_small_patch14_dinov2` / `vit_base_patch14_dinov2`, patch tokens
+  reshaped to the spatial grid, final norm applied). Layers are average-pooled (`feature_pool`, PatchCore's
+  local aggregation), resized to the first layer's grid and concatenated.
+- **Gate** (`p90`): the 90th percentile of the RAW 31x95 image against a threshold. The threshold is
+  `gate_threshold` if given, else calibrated from the FIT images only (train normals; test never seen): the
+  exact 1-D 2-means split of their p90 values, threshold = midpoint between the two cluster means.
+- **Banks**: train images carry no condition, so the p90 gate splits the fit images into a cold and a warm
+  bank (every gating mode, so modes differ only in how TEST images are routed). `shots_per_bank` images
+  per bank are drawn at random (seeded); `mixed` is one bank holding exactly the union of those images,
+  so gated-vs-mixed compares the same references (`mixed` with `shots_per_bank: null` = every fit image,
+  no gate computed). Each bank is coreset-subsampled by `coreset_ratio`.
+- **Gating** of scored images: `mixed` (one bank, no gate), `oracle` (true test condition from the batch;
+  images without one — the validation normals — fall back to p90), `p90`, `random` (fair coin, seeded),
+  `soft` (both banks; score = w * warm + (1 - w) * cold, w = sigmoid((p90 - thr) / T) with
+  T = `soft_temperature` x |warm centre - cold centre| of the train p90 clusters). `predict_step` returns
+  `gate` (0 cold / 1 warm; soft: w) for every mode but `mixed`, so rows carry `gating_accuracy`.
+- **Context (CPD)**: `context_k` = k or a list of k; each patch feature f[i, j] is concatenated with the
+  `context_agg` (mean / max) of its row neighbours f[i, j-k .. j+k] — the horizontal axis, the HDMAP
+  time axis. `context_include_self` (default true, as in the researcher's CPD) keeps j itself in the
+  window; at the left/right edges the window is truncated to the patches that exist. A list concatenates
+  one context block per k: [f | ctx_k1 | ctx_k2].
+- **Score**: exact nearest-neighbour Euclidean distance of each patch to its bank (faiss `IndexFlatL2`,
+  or dense `torch.cdist` with `knn: torch`); image score = max over patches (no reweighting).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from hdmap.models.backbones import load_pretrained
+from hdmap.models.base import AnomalyModule, StrictModel
+from hdmap.models.coreset import k_center_greedy
+from hdmap.models.knn import nn_distance
+
+GATINGS = ("mixed", "oracle", "p90", "random", "soft")
+COLD, WARM = 0, 1
+
+
+class CAPatchCoreConfig(StrictModel):
+    name: Literal["ca_patchcore"] = "ca_patchcore"
+    backbone: str = "vit_small_patch14_dinov2"
+    layers: list[str] = ["blocks.8", "blocks.11"]
+    pretrained: bool = True
+    weights: str | None = Field(None, description="local checkpoint file; default: timm/HF cache")
+    feature_pool: int = Field(3, ge=1, description="average-pool kernel over each layer's grid (1 = none)")
+    gating: Literal[GATINGS] = "mixed"  # type: ignore[valid-type]
+    gate_threshold: float | None = Field(None, description="p90 threshold; None = calibrated on fit images")
+    soft_temperature: float = Field(0.1, gt=0, description="soft gate: sigmoid scale, x train cluster gap")
+    shots_per_bank: int | None = Field(None, ge=1, description="fit images per bank; None = all gated there")
+    coreset_ratio: float = Field(1.0, gt=0, le=1)
+    context_k: int | list[int] | None = Field(None, description="row-context half width(s); None = no context")
+    context_agg: Literal["mean", "max"] = "mean"
+    context_include_self: bool = True
+    knn: Literal["faiss", "torch"] = "faiss"
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("context_k")
+    @classmethod
+    def _positive_k(cls, v: int | list[int] | None) -> int | list[int] | None:
+        ks = [] if v is None else [v] if isinstance(v, int) else v
+        if isinstance(v, list) and not v:
+            raise ValueError("context_k=[] : use null for no context")
+        if any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+            raise ValueError(f"context_k={v!r}: positive, distinct half widths, e.g. 2 or [2, 3]")
+        return v
+
+    def context_ks(self) -> list[int]:
+        return [] if self.context_k is None else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
+
+
+# ---------------------------------------------------------------- gate
+
+
+def p90(raw: torch.Tensor) -> torch.Tensor:
+    """(B, 31, 95) raw HDMAP arrays -> (B,) 90th percentile intensity."""
+    return torch.quantile(raw.reshape(raw.shape[0], -1).float(), 0.9, dim=1)
+
+
+def two_means_1d(values: torch.Tensor) -> tuple[float, float]:
+    """Exact 1-D 2-means (best split of the sorted values by within-cluster SSE): (low centre, high centre)."""
+    v = values.double().flatten().sort().values
+    n = v.numel()
+    if n < 2 or float(v[-1] - v[0]) == 0.0:
+        raise ValueError(f"cannot calibrate a p90 gate from {n} fit image(s) with p90 range "
+                         f"{float(v[-1] - v[0]) if n else 0.0:.4g}; set model.gate_threshold")
+    csum, csq = v.cumsum(0), (v * v).cumsum(0)
+    left_n = torch.arange(1, n, dtype=torch.float64)
+    right_n = n - left_n
+    left_s, left_q = csum[:-1], csq[:-1]
+    right_s, right_q = csum[-1] - left_s, csq[-1] - left_q
+    sse = (left_q - left_s**2 / left_n) + (right_q - right_s**2 / right_n)
+    i = int(torch.argmin(sse))
+    return float(left_s[i] / left_n[i]), float(right_s[i] / right_n[i])
+
+
+# ---------------------------------------------------------------- row context
+
+
+def row_context(features: torch.Tensor, k: int, agg: str = "mean", include_self: bool = True) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): aggregate of each patch's row neighbours j-k..j+k (edges truncated)."""
+    offsets = [d for d in range(-k, k + 1) if include_self or d != 0]
+    width = features.shape[-1]
+    acc = None
+    count = torch.zeros(width, device=features.device, dtype=features.dtype)
+    for d in offsets:
+        lo, hi = max(0, -d), min(width, width - d)  # output columns j whose neighbour j + d exists
+        if lo >= hi:
+            continue
+        shifted = torch.full_like(features, float("-inf") if agg == "max" else 0.0)
+        shifted[..., lo:hi] = features[..., lo + d:hi + d]
+        count[lo:hi] += 1
+        acc = shifted if acc is None else (torch.maximum(acc, shifted) if agg == "max" else acc + shifted)
+    if acc is None:
+        raise ValueError(f"row context k={k} without self on a grid of width {width} has no neighbours")
+    if agg == "max":
+        return torch.where(torch.isinf(acc), torch.zeros_like(acc), acc)  # a column with no neighbour -> 0
+    return acc / count.clamp_min(1)
+
+
+def add_context(features: torch.Tensor, ks: list[int], agg: str = "mean", include_self: bool = True) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * (1 + len(ks)), H, W): [f | ctx_k for k in ks]."""
+    if not ks:
+        return features
+    return torch.cat([features] + [row_context(features, k, agg, include_self) for k in ks], dim=1)
+
+
+# ---------------------------------------------------------------- model
+
+
+class CAPatchCoreModule(AnomalyModule):
+    def __init__(self, cfg: CAPatchCoreConfig, transform: torch.nn.Module, seed: int = 0) -> None:
+        super().__init__(transform)
+        from anomalib.models.components import TimmFeatureExtractor
+
+        self.cfg = cfg
+        self.seed = seed
+        # pre_trained=False: anomalib would otherwise download; weights are loaded below from local files.
+        self.extractor = TimmFeatureExtractor(backbone=cfg.backbone, layers=cfg.layers, pre_trained=False).eval()
+        if cfg.pretrained:  # a ViT's `feature_extractor` is the full timm model, a CNN's the features_only wrapper
+            load_pretrained(self.extractor.feature_extractor, cfg.backbone, cfg.weights)
+        self.automatic_optimization = False
+        self.threshold: float | None = cfg.gate_threshold
+        self.temperature: float | None = None
+        self.selected: dict[int, set[int]] = {}  # bank -> fit-set indices whose features are stored
+        self._store: dict[int, list[torch.Tensor]] = {COLD: [], WARM: []}
+        self.banks: dict[int, torch.Tensor] = {}
+        self.gate_stats: dict = {}
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    # ---- features
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D, h, w) patch features (pooled, layers concatenated, row context added)."""
+        self.extractor.eval()
+        feats = self.extractor(images)
+        pool = self.cfg.feature_pool
+        maps = [F.avg_pool2d(feats[name], pool, 1, pool // 2) if pool > 1 else feats[name] for name in self.cfg.layers]
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        emb = torch.cat(maps, dim=1)
+        return add_context(emb, self.cfg.context_ks(), self.cfg.context_agg, self.cfg.context_include_self)
+
+    # ---- fit: gate the fit images (raw only, one cheap pass), pick the references, then embed only those
+
+    def on_train_start(self) -> None:
+        gates, indices = [], []
+        for batch in self.trainer.train_dataloader:
+            gates.append(p90(batch["raw"]))
+            indices.append(torch.as_tensor(batch["index"]))
+        values, index = torch.cat(gates), torch.cat(indices)
+        cold_c, warm_c = two_means_1d(values) if values.numel() >= 2 and values.max() > values.min() else (None, None)
+        if self.cfg.gating == "mixed" and self.cfg.shots_per_bank is None:  # one bank of every fit image: no gate
+            self.selected = {COLD: set(index.tolist()), WARM: set()}
+            self.gate_stats = {"threshold": None, "cold_centre": cold_c, "warm_centre": warm_c}
+            return
+        if self.threshold is None:
+            if cold_c is None:
+                two_means_1d(values)  # raises the precise error
+            self.threshold = (cold_c + warm_c) / 2
+        gap = (warm_c - cold_c) if cold_c is not None else max(abs(self.threshold) * 0.1, 1e-6)
+        self.temperature = self.cfg.soft_temperature * gap
+        warm = values > self.threshold
+        generator = torch.Generator().manual_seed(self.seed)
+        for bank in (COLD, WARM):
+            members = index[warm == bool(bank)]
+            n = self.cfg.shots_per_bank
+            if n is not None and members.numel() < n:
+                raise ValueError(
+                    f"model.shots_per_bank={n}: the p90 gate (threshold {self.threshold:.4f}) puts only "
+                    f"{members.numel()} of {index.numel()} fit images in the {'warm' if bank else 'cold'} bank")
+            if members.numel() == 0 and self.cfg.gating != "mixed":
+                raise ValueError(f"the p90 gate (threshold {self.threshold:.4f}) puts no fit image in the "
+                                 f"{'warm' if bank else 'cold'} bank; set model.gate_threshold or use gating=mixed")
+            order = members[torch.randperm(members.numel(), generator=generator)]
+            self.selected[bank] = set((order if n is None else order[:n]).tolist())
+        self.gate_stats = {"threshold": self.threshold, "cold_centre": cold_c, "warm_centre": warm_c,
+                           "n_cold": int((~warm).sum()), "n_warm": int(warm.sum())}
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        index = torch.as_tensor(batch["index"]).tolist()
+        rows = {bank: [i for i, idx in enumerate(index) if idx in self.selected[bank]] for bank in (COLD, WARM)}
+        wanted = rows[COLD] + rows[WARM]
+        if not wanted:
+            return
+        emb = self.embed(batch["image"][wanted])  # one backbone pass for both banks' references
+        emb = emb.permute(0, 2, 3, 1).reshape(len(wanted), -1, emb.shape[1])
+        n_cold = len(rows[COLD])
+        for bank, part in ((COLD, emb[:n_cold]), (WARM, emb[n_cold:])):
+            if part.shape[0]:
+                self._store[bank].append(part.reshape(-1, part.shape[-1]).cpu())
+
+    def on_train_end(self) -> None:
+        stores = {b: torch.cat(s) if s else torch.empty(0) for b, s in self._store.items()}
+        self._store = {COLD: [], WARM: []}
+        if self.cfg.gating == "mixed":
+            stores = {COLD: torch.cat([s for s in stores.values() if s.numel()])}
+        self.banks = {b: self._coreset(s) for b, s in stores.items()}
+
+    def _coreset(self, bank: torch.Tensor) -> torch.Tensor:
+        keep = int(bank.shape[0] * self.cfg.coreset_ratio)
+        if keep < 1:
+            raise ValueError(f"model.coreset_ratio={self.cfg.coreset_ratio} keeps no patch of {bank.shape[0]}; raise it")
+        return bank[k_center_greedy(bank, keep, seed=self.seed)] if keep < bank.shape[0] else bank
+
+    # ---- predict
+
+    def on_predict_start(self) -> None:
+        self._coin = torch.Generator().manual_seed(self.seed + 7919)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        emb = self.embed(batch["image"])
+        b, d = emb.shape[:2]
+        patches = emb.permute(0, 2, 3, 1).reshape(b, -1, d)
+        if self.cfg.gating == "mixed":
+            return {"score": self._score(patches, self.banks[COLD])}
+        raw_p90 = p90(batch["raw"]).to(emb.device)
+        if self.cfg.gating == "soft":
+            w = torch.sigmoid((raw_p90 - self.threshold) / self.temperature)
+            score = w * self._score(patches, self.banks[WARM]) + (1 - w) * self._score(patches, self.banks[COLD])
+            return {"score": score, "gate": w}
+        gate = (raw_p90 > self.threshold).long()
+        if self.cfg.gating == "oracle":
+            cond = batch.get("condition")
+            if cond is None:
+                warnings.warn("gating=oracle but batches carry no 'condition'; falling back to the p90 gate")
+            else:
+                cond = torch.as_tensor(cond, device=gate.device).long()
+                gate = torch.where(cond >= 0, cond, gate)  # -1 (no condition: val normals) -> p90
+        elif self.cfg.gating == "random":
+            gate = (torch.rand(b, generator=self._coin) < 0.5).long().to(emb.device)
+        score = torch.empty(b, device=emb.device)
+        for bank in (COLD, WARM):
+            rows = (gate == bank).nonzero().flatten()
+            if rows.numel():
+                score[rows] = self._score(patches[rows], self.banks[bank])
+        return {"score": score, "gate": gate.float()}
+
+    def _score(self, patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) patches -> (B,) max over patches of the nearest-neighbour distance."""
+        b, p, d = patches.shape
+        return nn_distance(patches.reshape(-1, d), bank, self.cfg.knn).reshape(b, p).max(dim=1).values
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:  # gate-free scoring is not defined here
+        raise NotImplementedError("ca_patchcore scores through predict_step (it needs the raw image for the gate)")
+
+
+def build(cfg: CAPatchCoreConfig, transform: torch.nn.Module, seed: int = 0) -> CAPatchCoreModule:
+    return CAPatchCoreModule(cfg, transform, seed)
