@@ -52,7 +52,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     prepare_data(plan)
     store = ResultStore(spec.sweep_dir())
     store.write_json("sweep.json", {
-        "name": spec.name, "spec_hash": plan.spec_hash, "source": plan.source, "axes": plan.axes,
+        "name": spec.name, "spec_hash": plan.spec_hash, "source": plan.source, "axes": plan.axis_values,
         "n_trials": len(plan.trials), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     })
     todo, skipped = plan_todo(plan, store, retry_failed)

@@ -115,6 +115,7 @@ class Plan(BaseModel):
     spec_hash: str
     trials: list[TrialConfig]
     axes: list[str]
+    axis_values: dict[str, list]  # swept values in spec order; the first is the report's baseline
 
     def resources_for(self, model: str) -> Resources:
         models = self.spec.models or {}
@@ -149,13 +150,18 @@ def expand(tree: dict, source: str = "spec") -> Plan:
 
     trials: list[TrialConfig] = []
     axes_used: list[str] = []
+    axis_values: dict[str, list] = {}
     for name, mspec in models.items():
         base = _merge(copy.deepcopy(spec.trial), mspec.trial)
         base.setdefault("model", {})["name"] = name
         base.setdefault("data", {})["root"] = _absolute(spec.data.root)
-        where = {**{p: "axes" for p in spec.axes if p != "zip"}, **{p: f"models.{name}.axes" for p in mspec.axes if p != "zip"}}
+        where = {**{p: "axes" for p in _axis_paths(spec.axes)}, **{p: f"models.{name}.axes" for p in _axis_paths(mspec.axes)}}
         grid = _grid(spec.axes, source, "axes", problems) + _grid(mspec.axes, source, f"models.{name}.axes", problems)
         grid.append([{"seed": s} for s in spec.seeds])
+        for options in grid:  # every swept value in spec order: the first value of an axis is its baseline
+            for path in options[0] if options else []:
+                values = axis_values.setdefault(path, [])
+                values += [a[path] for a in options if a[path] not in values]
         for path, field in where.items():
             problems += _check_path(path, name, f"{source}: {field}.{path}")
         if problems:
@@ -191,7 +197,8 @@ def expand(tree: dict, source: str = "spec") -> Plan:
     spec_hash = hashlib.sha1(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
     if "seed" not in axes_used and len(spec.seeds) > 1:
         axes_used.append("seed")
-    return Plan(spec=spec, source=source, spec_hash=spec_hash, trials=trials, axes=axes_used)
+    return Plan(spec=spec, source=source, spec_hash=spec_hash, trials=trials, axes=axes_used,
+                axis_values={a: axis_values[a] for a in axes_used})
 
 
 def _absolute(root: str) -> str:
@@ -206,6 +213,15 @@ def _merge(base: dict, extra: dict) -> dict:
         else:
             base[key] = copy.deepcopy(value)
     return base
+
+
+def _axis_paths(axes: dict) -> list[str]:
+    """Config paths an axes mapping sweeps, zip-group members included."""
+    paths = [p for p in axes if p != "zip"]
+    zips = axes.get("zip") or []
+    for group in zips if isinstance(zips, list) else [zips]:
+        paths += [p for p in group if isinstance(group, dict)]
+    return paths
 
 
 def _grid(axes: dict, source: str, field: str, problems: list[str]) -> list[list[dict]]:

@@ -185,8 +185,9 @@ def test_row_context_shapes_and_values():
 
 
 def test_context_config_validation(sim_root):
-    for bad in ("model.context_k=[]", "model.context_k=0", "model.context_k=[2,2]"):
+    for bad in ("model.context_k=[]", "model.context_k=-1", "model.context_k=[2,2]", "model.context_k=[0,2]"):
         with pytest.raises(ConfigError, match="context_k"):
             load_trial_config(None, ca_overrides(sim_root, bad))
     cfg = load_trial_config(None, ca_overrides(sim_root, "model.context_k=[2,3]"))
     assert cfg.model.context_ks() == [2, 3]
+    assert load_trial_config(None, ca_overrides(sim_root, "model.context_k=0")).model.context_ks() == []  # no context

@@ -58,7 +58,8 @@ class CAPatchCoreConfig(StrictModel):
     soft_temperature: float = Field(0.1, gt=0, description="soft gate: sigmoid scale, x train cluster gap")
     shots_per_bank: int | None = Field(None, ge=1, description="fit images per bank; None = all gated there")
     coreset_ratio: float = Field(1.0, gt=0, le=1)
-    context_k: int | list[int] | None = Field(None, description="row-context half width(s); None = no context")
+    # 0, not null, means "no context": in results a null config value means "does not apply to this model"
+    context_k: int | list[int] = Field(0, description="row-context half width(s), e.g. 2 or [2, 3]; 0 = no context")
     context_agg: Literal["mean", "max"] = "mean"
     context_include_self: bool = True
     knn: Literal["faiss", "torch"] = "faiss"
@@ -66,16 +67,16 @@ class CAPatchCoreConfig(StrictModel):
 
     @field_validator("context_k")
     @classmethod
-    def _positive_k(cls, v: int | list[int] | None) -> int | list[int] | None:
-        ks = [] if v is None else [v] if isinstance(v, int) else v
+    def _positive_k(cls, v: int | list[int]) -> int | list[int]:
+        ks = [] if v == 0 else [v] if isinstance(v, int) else v
         if isinstance(v, list) and not v:
-            raise ValueError("context_k=[] : use null for no context")
+            raise ValueError("context_k=[] : use 0 for no context")
         if any(k < 1 for k in ks) or len(set(ks)) != len(ks):
             raise ValueError(f"context_k={v!r}: positive, distinct half widths, e.g. 2 or [2, 3]")
         return v
 
     def context_ks(self) -> list[int]:
-        return [] if self.context_k is None else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
+        return [] if self.context_k == 0 else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
 
 
 # ---------------------------------------------------------------- gate
