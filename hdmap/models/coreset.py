@@ -22,8 +22,11 @@ def k_center_greedy(features: torch.Tensor, n_select: int, seed: int = 0, projec
         x = x @ projection.to(x.device)
     chosen = torch.empty(n_select, dtype=torch.long, device=x.device)
     chosen[0] = int(torch.randint(n, (1,), generator=generator))
+    sq_norms = x.pow(2).sum(dim=1)
     min_dist = torch.full((n,), float("inf"), device=x.device)
     for i in range(1, n_select):
-        min_dist = torch.minimum(min_dist, (x - x[chosen[i - 1]]).pow(2).sum(dim=1))
+        center = x[chosen[i - 1]]
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one matrix-vector product, no (N, dim) temporary per step
+        torch.minimum(min_dist, sq_norms - 2 * (x @ center) + sq_norms[chosen[i - 1]], out=min_dist)
         chosen[i] = torch.argmax(min_dist)
     return chosen
