@@ -28,10 +28,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from hdmap.data.layout import CONDITIONS
+
 __all__ = ["THRESHOLD_METHODS", "CONDITIONS", "METRIC_KEYS", "calibrate_threshold", "evaluate"]
 
 THRESHOLD_METHODS = ("val_percentile", "val_max", "val_mean_std")
-CONDITIONS = ("cold", "warm")
 
 METRIC_KEYS: tuple[str, ...] = (
     "image_auroc",

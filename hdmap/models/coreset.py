@@ -30,3 +30,11 @@ def k_center_greedy(features: torch.Tensor, n_select: int, seed: int = 0, projec
         torch.minimum(min_dist, sq_norms - 2 * (x @ center) + sq_norms[chosen[i - 1]], out=min_dist)
         chosen[i] = torch.argmax(min_dist)
     return chosen
+
+
+def subsample(bank: torch.Tensor, ratio: float, seed: int = 0) -> torch.Tensor:
+    """PatchCore's memory bank: the `ratio` share of `bank` chosen by k-center greedy (all of it at ratio 1)."""
+    keep = int(bank.shape[0] * ratio)
+    if keep < 1:
+        raise ValueError(f"model.coreset_ratio={ratio} keeps no patch of {bank.shape[0]}; raise it")
+    return bank[k_center_greedy(bank, keep, seed=seed)] if keep < bank.shape[0] else bank

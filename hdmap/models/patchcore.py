@@ -9,7 +9,7 @@ from pydantic import Field
 
 from hdmap.models.backbones import load_pretrained
 from hdmap.models.base import AnomalyModule, StrictModel
-from hdmap.models.coreset import k_center_greedy
+from hdmap.models.coreset import subsample
 
 
 class PatchCoreConfig(StrictModel):
@@ -48,10 +48,7 @@ class PatchCoreModule(AnomalyModule):
     def on_train_end(self) -> None:
         bank = torch.vstack(self.model.embedding_store)
         self.model.embedding_store.clear()
-        keep = int(bank.shape[0] * self.coreset_ratio)
-        if keep < 1:
-            raise ValueError(f"model.coreset_ratio={self.coreset_ratio} keeps no patch of {bank.shape[0]}; raise it")
-        self.model.memory_bank = bank[k_center_greedy(bank, keep, seed=self.seed)] if keep < bank.shape[0] else bank
+        self.model.memory_bank = subsample(bank, self.coreset_ratio, self.seed)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()

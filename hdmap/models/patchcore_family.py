@@ -39,7 +39,7 @@ from pydantic import Field, field_validator
 
 from hdmap.models.backbones import load_pretrained
 from hdmap.models.base import AnomalyModule, StrictModel
-from hdmap.models.coreset import k_center_greedy
+from hdmap.models.coreset import subsample
 from hdmap.models.knn import nn_distance
 
 GATINGS = ("mixed", "oracle", "p90", "random", "soft")
@@ -228,13 +228,7 @@ class CAPatchCoreModule(AnomalyModule):
         self._store = {COLD: [], WARM: []}
         if self.cfg.gating == "mixed":
             stores = {COLD: torch.cat([s for s in stores.values() if s.numel()])}
-        self.banks = {b: self._coreset(s) for b, s in stores.items()}
-
-    def _coreset(self, bank: torch.Tensor) -> torch.Tensor:
-        keep = int(bank.shape[0] * self.cfg.coreset_ratio)
-        if keep < 1:
-            raise ValueError(f"model.coreset_ratio={self.cfg.coreset_ratio} keeps no patch of {bank.shape[0]}; raise it")
-        return bank[k_center_greedy(bank, keep, seed=self.seed)] if keep < bank.shape[0] else bank
+        self.banks = {b: subsample(s, self.cfg.coreset_ratio, self.seed) for b, s in stores.items()}
 
     # ---- predict
 
