@@ -47,13 +47,15 @@ def trial(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="trial YAML (sections data, model, eval, seed)"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override PATH=VALUE, e.g. model.name=draem (repeatable)"),
     out: Path = typer.Option(Path("runs/trial"), "--out", "-o", help="output directory"),
+    feature_cache: Optional[Path] = typer.Option(
+        None, help="disk cache for backbone features / coreset / kNN, shared with later trials (default: none)"),
 ) -> None:
     """Run one trial without Ray: fit, score, metrics -> OUT/results.parquet, OUT/scores.parquet."""
     from hdmap.config import load_trial_config
     from hdmap.trial import failed_trial, run_trial, write_outputs
 
     try:
-        cfg = load_trial_config(config, set_)
+        cfg = load_trial_config(config, set_ + ([f"runtime.feature_cache={feature_cache}"] if feature_cache else []))
     except _user_errors() as exc:
         fail(str(exc))
     console.print(f"trial {cfg.trial_id}: model={cfg.model.name} domain={cfg.data.domain} seed={cfg.seed}")
@@ -124,6 +126,8 @@ def sweep_run(
     address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or ray://host:10001; default: a local Ray instance"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run trials recorded as failed"),
     report: bool = typer.Option(True, help="write the comparison report at the end"),
+    feature_cache: bool = typer.Option(True, help="share backbone features, coresets and kNN searches between "
+                                       "trials (SWEEP_DIR/cache); --no-feature-cache recomputes them per trial"),
 ) -> None:
     """Validate, then run every trial not already in the store on Ray Tune; write the report."""
     from sweeps.runner import run_sweep
@@ -132,7 +136,7 @@ def sweep_run(
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
     try:
-        outcome = run_sweep(plan, address=address, retry_failed=retry_failed)
+        outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
     except (SpecError, *_user_errors()) as exc:
         fail(str(exc))
     console.print(f"finished: {outcome.ok} ok, {len(outcome.failed)} failed, {outcome.pruned} stopped early, "

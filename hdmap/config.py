@@ -73,6 +73,8 @@ class RuntimeConfig(StrictModel):
     accelerator: str = "auto"
     num_workers: int = Field(0, ge=0)
     progress: bool = False
+    feature_cache: str | None = Field(
+        None, description="directory of the disk cache shared by trials (backbone features, coreset, kNN); None = off")
 
 
 ModelConfig = Annotated[Union[tuple(entry.config for entry in MODELS.values())], Field(discriminator="name")]

@@ -31,11 +31,14 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("epochs_run", pa.int64()),  # epochs actually trained (early stopping may end before model.epochs)
     ("references_removed", pa.int64()),
     ("pretrained_weights", pa.string()),
+    ("features_s", pa.float64()),  # feature cache: time to compute or map the splits' backbone features
     ("fit_s", pa.float64()),
     ("predict_s", pa.float64()),
     ("total_s", pa.float64()),
     ("peak_rss_mb", pa.float64()),
     ("peak_gpu_mb", pa.float64()),
+    ("cache_hits", pa.int64()),  # disk-cache entries (features, coreset, kNN) reused / computed by this trial;
+    ("cache_misses", pa.int64()),  # null = no cache (`--no-feature-cache`, or `hdmap trial` without one)
     ("device", pa.string()),
     ("host", pa.string()),
     ("git_sha", pa.string()),

@@ -27,10 +27,12 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hdmap.cache import DiskCache
 from hdmap.config import TrialConfig
 from hdmap.data.arrays import SplitArrays
 from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
+from hdmap.features import FeatureLookup, cached_features
 from hdmap.metrics import evaluate
 from hdmap.models.registry import MODELS
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
@@ -50,7 +52,9 @@ class TrialResult:
 
 
 class _ArrayDataset(Dataset):
-    def __init__(self, split: SplitArrays) -> None:
+    def __init__(self, split: SplitArrays, features: FeatureLookup | None = None) -> None:
+        self.files = split.files
+        self.features = features
         self.images = torch.from_numpy(np.require(split.images, np.float32, ['C', 'W']))
         self.labels = torch.from_numpy(split.labels)
         self.conditions = torch.tensor([{"cold": 0, "warm": 1}.get(c, -1) for c in split.conditions], dtype=torch.long)
@@ -60,7 +64,10 @@ class _ArrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         # condition: 0 cold, 1 warm, -1 unknown (train/val normals) — for oracle gating only
-        return {"raw": self.images[i], "label": self.labels[i], "index": i, "condition": self.conditions[i]}
+        item = {"raw": self.images[i], "label": self.labels[i], "index": i, "condition": self.conditions[i]}
+        if self.features is not None:
+            item["features"] = self.features[self.files[i]]
+        return item
 
 
 def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
@@ -73,10 +80,12 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     data = build_trial_data(cfg.data, cfg.seed)
     transform = HdmapTransform(cfg.data.image_size, cfg.data.resize, cfg.data.to_rgb, cfg.data.normalization)
     module = MODELS[cfg.model.name].build(cfg.model, transform, cfg.seed)
+    cache = DiskCache(cfg.runtime.feature_cache) if cfg.runtime.feature_cache else None
+    features: FeatureLookup | None = None
 
     def loader(split: SplitArrays, shuffle: bool = False) -> DataLoader:
         generator = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(_ArrayDataset(split), batch_size=cfg.model.batch_size, shuffle=shuffle,
+        return DataLoader(_ArrayDataset(split, features), batch_size=cfg.model.batch_size, shuffle=shuffle,
                           num_workers=cfg.runtime.num_workers, generator=generator)
 
     trainer = L.Trainer(
@@ -92,6 +101,14 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
         deterministic="warn",
         callbacks=callbacks or [],
     )
+    t_features = time.perf_counter()
+    if cache is not None:
+        module.disk_cache = cache
+        model_key = module.feature_key()
+        if model_key is not None:
+            features = cached_features(cache, module, model_key, cfg.data, trainer.strategy.root_device,
+                                       cfg.model.batch_size)
+    features_s = time.perf_counter() - t_features
     t_fit = time.perf_counter()
     trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
     fit_s = time.perf_counter() - t_fit
@@ -104,7 +121,8 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     base = _base_row(cfg)
     base.update(
         status="ok", n_fit=len(data.fit), epochs_run=trainer.current_epoch, references_removed=data.references_removed,
-        pretrained_weights=_weights_label(cfg), fit_s=fit_s, predict_s=predict_s,
+        pretrained_weights=_weights_label(cfg), features_s=features_s, fit_s=fit_s,
+        cache_hits=cache.hits if cache else None, cache_misses=cache.misses if cache else None, predict_s=predict_s,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         device=str(trainer.strategy.root_device), started_at=started,

@@ -23,6 +23,7 @@ from sweeps.store import ResultStore
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 NODE_ARRAY_CACHE = "/tmp/hdmap-array-cache"
+NODE_FEATURE_CACHE = "/tmp/hdmap-feature-cache"  # when results go to object storage: features stay on the node
 
 
 @dataclass
@@ -47,7 +48,9 @@ def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[
 
 
 def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
-              live: bool = True) -> SweepOutcome:
+              live: bool = True, feature_cache: bool = True) -> SweepOutcome:
+    """Run every planned trial not yet in the store. `feature_cache=False` (`--no-feature-cache`) makes each
+    trial compute its own backbone features, coreset and kNN search: for checking the cache changes nothing."""
     spec = plan.spec
     prepare_data(plan)
     store = ResultStore(spec.sweep_dir())
@@ -62,7 +65,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
         if not todo:
             break
         try:
-            _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome)
+            _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome, feature_cache)
             break
         except Exception as exc:
             if not _is_ray_worker_loss(exc):
@@ -87,7 +90,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
 
 
 def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, address: str | None,
-              num_cpus: int | None, live: bool, outcome: SweepOutcome) -> None:
+              num_cpus: int | None, live: bool, outcome: SweepOutcome, feature_cache: bool) -> None:
     import ray
     from ray import tune
 
@@ -117,6 +120,9 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
         "sweep": spec.name, "spec_hash": plan.spec_hash, "sweep_dir": store.uri,
         "timeout_s": spec.trial_timeout_s, "wandb": spec.tracking.wandb.model_dump(mode="json"),
         "per_epoch_metric": asha.metric if asha else None,
+        # shared by every trial of the sweep on a node (or on a shared file system), content-keyed (hdmap.cache)
+        "feature_cache": (str(store.local_path() / "cache") if store.local_path() else NODE_FEATURE_CACHE)
+        if feature_cache else None,
     }
     resources = {name: plan.resources_for(name) for name in MODELS}
 
@@ -154,6 +160,8 @@ def trial_trainable(config: dict) -> None:
 
     ctx = config["ctx"]
     cfg = TrialConfig.model_validate(config["trial"])
+    if cfg.runtime.feature_cache is None or ctx["feature_cache"] is None:  # a spec's own cache dir is kept
+        cfg.runtime.feature_cache = ctx["feature_cache"]
     store = ResultStore(ctx["sweep_dir"])
     store.mark_attempt(cfg.trial_id)
     watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)

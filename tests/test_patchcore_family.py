@@ -10,7 +10,7 @@ import torch
 
 from hdmap.config import ConfigError, load_trial_config
 from hdmap.models.backbones import WeightsNotFoundError
-from hdmap.models.knn import nn_distance
+from hdmap.models.knn import knn_search
 from hdmap.models.patchcore_family import add_context, p90, row_context, two_means_1d
 from hdmap.trial import run_trial
 from tests.conftest import tiny_overrides
@@ -149,11 +149,36 @@ def test_two_means_midpoint():
 def test_faiss_scores_equal_dense_torch():
     torch.manual_seed(0)
     bank, queries = torch.randn(3000, 384), torch.randn(6 * 500, 384) * 1.3
-    fast, dense = nn_distance(queries, bank, "faiss"), nn_distance(queries, bank, "torch")
+    (fast, fast_i), (dense, dense_i) = knn_search(queries, bank, 4, "faiss"), knn_search(queries, bank, 4, "torch")
     torch.testing.assert_close(fast, dense, atol=1e-4, rtol=0)
-    image_fast = fast.reshape(6, 500).max(dim=1).values
+    assert (fast_i == dense_i).float().mean() > 0.999  # indices agree except on float near-ties
+    assert torch.all(fast[:, 1:] >= fast[:, :-1])  # nearest first
+    image_fast = fast[:, 0].reshape(6, 500).max(dim=1).values
     image_dense = torch.cdist(queries.reshape(6, 500, 384), bank.expand(6, -1, -1)).min(dim=2).values.max(dim=1).values
     torch.testing.assert_close(image_fast, image_dense, atol=1e-4, rtol=0)
+
+
+def test_ivf_is_exact_when_every_cell_is_probed_and_approximate_otherwise():
+    torch.manual_seed(0)
+    bank, queries = torch.randn(4000, 64), torch.randn(500, 64)
+    exact_d, exact_i = knn_search(queries, bank, 1, "faiss")
+    all_d, all_i = knn_search(queries, bank, 1, "faiss_ivf", nprobe=10_000)  # every cell = exact
+    torch.testing.assert_close(all_d, exact_d, atol=1e-4, rtol=0)
+    one_d, one_i = knn_search(queries, bank, 1, "faiss_ivf", nprobe=1)
+    recall = (one_i == exact_i).float().mean().item()
+    assert 0.05 < recall < 1.0 and torch.all(one_d >= exact_d - 1e-4)  # approximate: never closer than exact
+
+
+def test_k_reweighting_matches_anomalib_patchcore(sim_root):
+    """ca_patchcore gating=mixed is PatchCore: same features, bank and anomalib's image-score reweighting."""
+    common = [o for o in tiny_overrides(sim_root, "patchcore") if not o.startswith("model.coreset")]
+    common += ["model.coreset_ratio=1.0", "data.train_shots=10", "model.k=9"]
+    ours = run_trial(load_trial_config(None, common + ["model.name=ca_patchcore", "model.layers=[layer2,layer3]"]))
+    anomalib = run_trial(load_trial_config(None, common))  # anomalib's PatchcoreModel (default layers layer2+3)
+    np.testing.assert_allclose(ours.scores["score"].to_numpy(), anomalib.scores["score"].to_numpy(), atol=1e-4, rtol=0)
+    k1 = run_trial(load_trial_config(None, common + ["model.name=ca_patchcore", "model.layers=[layer2,layer3]",
+                                                       "model.k=1"]))
+    assert not np.allclose(k1.scores["score"].to_numpy(), ours.scores["score"].to_numpy())  # k is not ignored
 
 
 def test_faiss_trial_equals_dense_trial(sim_root):

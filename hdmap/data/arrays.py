@@ -20,8 +20,6 @@ Unset ``HDMAP_ARRAY_CACHE`` = per-process caching only, nothing written to disk.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from hdmap.cache import locked
 from hdmap.data.layout import IMAGE_SHAPE, DataLayoutError, FileEntry, normalize_domain, scan_split
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, en
     hit = _read_entry(cache_dir, key, len(entries))  # fast path: no lock once the entry exists
     if hit is not None:
         return hit
-    with _locked(cache_dir / f"{key}.lock"):
+    with locked(cache_dir / f"{key}.lock"):
         hit = _read_entry(cache_dir, key, len(entries))  # another process may have written it meanwhile
         if hit is not None:
             return hit
@@ -146,23 +145,6 @@ def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, en
         except OSError as exc:
             warnings.warn(f"{CACHE_ENV}={cache_dir}: could not write cache entry ({exc})", stacklevel=3)
         return decoded
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """Exclusive flock for the duration of the block (closing the fd releases it); no lock if unopenable."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        warnings.warn(f"{path}: cannot open lock file ({exc}); concurrent processes may decode twice", stacklevel=4)
-        fd = None
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _read_entry(cache_dir: Path, key: str, n_files: int):

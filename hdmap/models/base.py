@@ -43,6 +43,18 @@ class AnomalyModule(L.LightningModule):
         patience = self.early_stopping_patience
         return [EarlyStopping(monitor="val_loss", mode="min", patience=patience)] if patience else []
 
+    # ---- the feature cache (hdmap.features): models whose fit and scoring start from frozen backbone
+    # features declare them here; the trial then computes them once per data split and passes them in
+    # batches as `features`. `disk_cache` (set by the trial, or None) also memoises other pure work.
+    disk_cache = None
+
+    def feature_key(self) -> dict | None:
+        """What determines `base_features` besides the input image (backbone, layers, weight hash); None = not cacheable."""
+        return None
+
+    def base_features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return {"score": self.score(batch["image"])}
 

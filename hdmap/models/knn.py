@@ -1,41 +1,61 @@
-"""Exact nearest-neighbour distance of query patches to a memory bank: faiss flat index or dense torch.
+"""Nearest neighbours of query patches in a memory bank: faiss (exact flat or IVF) or dense torch.
 
-Both return the Euclidean distance (sqrt of L2) of every query row to its nearest bank row, so the
-image score (max over an image's patches) is the same whichever path runs (tested within 1e-4).
+Every path returns Euclidean distances (sqrt of L2) and bank indices, sorted nearest first, so an image
+score is the same whichever exact path runs (tested within 1e-4). `faiss_ivf` is approximate: it searches
+`nprobe` of `nlist` k-means cells; `benchmarks/knn.py` reports its recall against the exact search.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 TORCH_CHUNK = 4096  # query rows per torch.cdist call: bounds the (chunk x bank) distance matrix
+METHODS = ("faiss", "faiss_ivf", "torch")
 
 
-def nn_distance(queries: torch.Tensor, bank: torch.Tensor, method: str = "faiss") -> torch.Tensor:
-    """(N, D) queries, (M, D) bank -> (N,) distance to the nearest bank row, on the queries' device."""
+def knn_search(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, method: str = "faiss",
+               nprobe: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) queries, (M, D) bank -> distances (N, k) and bank indices (N, k), on the queries' device."""
     if bank.shape[0] == 0:
         raise ValueError("memory bank is empty")
-    if method == "faiss":
-        return _faiss(queries, bank)
+    k = min(k, bank.shape[0])
     if method == "torch":
-        return _dense(queries, bank)
-    raise ValueError(f"unknown kNN method {method!r}; use 'faiss' or 'torch'")
-
-
-def _faiss(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        return _dense(queries, bank, k)
+    if method not in METHODS:
+        raise ValueError(f"unknown kNN method {method!r}; use one of {', '.join(METHODS)}")
     import faiss
 
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))  # respect the trial's CPU share
     xb = np.ascontiguousarray(bank.detach().float().cpu().numpy())
     xq = np.ascontiguousarray(queries.detach().float().cpu().numpy())
-    index = faiss.IndexFlatL2(xb.shape[1])  # exact search; returns squared L2
+    index = faiss.IndexFlatL2(xb.shape[1])  # exact; returns squared L2
+    if method == "faiss_ivf":
+        index = ivf_index(xb, nprobe, seed)
+    else:
+        index.add(xb)
+    squared, ids = index.search(xq, k)
+    distances = torch.from_numpy(np.sqrt(np.maximum(squared, 0.0)))
+    return distances.to(queries.device), torch.from_numpy(ids).to(queries.device)
+
+
+def ivf_index(xb: np.ndarray, nprobe: int, seed: int = 0):
+    """faiss IVF-flat over the bank: nlist ~ sqrt(M) cells (at least 39 training points each), `nprobe` searched."""
+    import faiss
+
+    nlist = max(1, min(int(math.sqrt(xb.shape[0])), xb.shape[0] // 39))
+    index = faiss.index_factory(xb.shape[1], f"IVF{nlist},Flat")  # owns its coarse quantizer
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    index.train(xb)
     index.add(xb)
-    squared, _ = index.search(xq, 1)
-    return torch.from_numpy(np.sqrt(np.maximum(squared[:, 0], 0.0))).to(queries.device)
+    ivf.nprobe = min(nprobe, nlist)
+    return index
 
 
-def _dense(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+def _dense(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     bank = bank.float().to(queries.device)
-    parts = [torch.cdist(chunk.float(), bank).min(dim=1).values for chunk in queries.split(TORCH_CHUNK)]
-    return torch.cat(parts)
+    parts = [torch.cdist(chunk.float(), bank).topk(k, dim=1, largest=False) for chunk in queries.split(TORCH_CHUNK)]
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])

@@ -24,14 +24,25 @@ One model covers the researcher's PatchCore line (prior-work digest §3, §4.7-4
   time axis. `context_include_self` (default true, as in the researcher's CPD) keeps j itself in the
   window; at the left/right edges the window is truncated to the patches that exist. A list concatenates
   one context block per k: [f | ctx_k1 | ctx_k2].
-- **Score**: exact nearest-neighbour Euclidean distance of each patch to its bank (faiss `IndexFlatL2`,
-  or dense `torch.cdist` with `knn: torch`); image score = max over patches (no reweighting).
+- **Score**: nearest-neighbour Euclidean distance of each patch to its bank (`knn`: faiss `IndexFlatL2`,
+  exact, the default; `faiss_ivf`, approximate; dense `torch.cdist`); image score = the max patch distance,
+  reweighted as in PatchCore (anomalib's `compute_anomaly_score`) by its nearest bank patch's `k` neighbours
+  (`k: 1` = the plain max). Hard gates search every image of a batch in each bank any of them is routed
+  to (the same work as one mixed bank), so gating modes and cached runs make identical search calls.
+- **Sweep speed**: with a feature cache (`runtime.feature_cache`, on in sweeps) the backbone features of
+  each data split are computed once and arrive in batches (`base_features`, before context); the coreset
+  selection and the patch search are memoised by content hash, so trials that differ only in `k`, the
+  gating mode or the context of other trials reuse them. `k` never changes the patch search (k=1); its
+  own support search is over one patch per image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Literal
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +51,8 @@ from pydantic import Field, field_validator
 from hdmap.models.backbones import load_pretrained
 from hdmap.models.base import AnomalyModule, StrictModel
 from hdmap.models.coreset import subsample
-from hdmap.models.knn import nn_distance
+from hdmap.cache import hash_array
+from hdmap.models.knn import METHODS, knn_search
 
 GATINGS = ("mixed", "oracle", "p90", "random", "soft")
 COLD, WARM = 0, 1
@@ -62,7 +74,9 @@ class CAPatchCoreConfig(StrictModel):
     context_k: int | list[int] = Field(0, description="row-context half width(s), e.g. 2 or [2, 3]; 0 = no context")
     context_agg: Literal["mean", "max"] = "mean"
     context_include_self: bool = True
-    knn: Literal["faiss", "torch"] = "faiss"
+    k: int = Field(9, ge=1, description="PatchCore image-score reweighting neighbours (anomalib num_neighbors); 1 = max")
+    knn: Literal[METHODS] = "faiss"  # type: ignore[valid-type]
+    ivf_nprobe: int = Field(8, ge=1, description="knn=faiss_ivf: k-means cells searched per query")
     batch_size: int = Field(8, ge=1)
 
     @field_validator("context_k")
@@ -155,6 +169,7 @@ class CAPatchCoreModule(AnomalyModule):
         self.selected: dict[int, set[int]] = {}  # bank -> fit-set indices whose features are stored
         self._store: dict[int, list[torch.Tensor]] = {COLD: [], WARM: []}
         self.banks: dict[int, torch.Tensor] = {}
+        self._bank_keys: dict[int, str] = {}  # content hashes of the banks: keys of memoised searches
         self.gate_stats: dict = {}
 
     def configure_optimizers(self) -> None:
@@ -162,17 +177,32 @@ class CAPatchCoreModule(AnomalyModule):
 
     # ---- features
 
+    def feature_key(self) -> dict:
+        weights = hashlib.sha1()
+        for name, tensor in self.extractor.state_dict().items():
+            weights.update(name.encode())
+            weights.update(hash_array(tensor.detach().cpu().numpy()).encode())
+        return {"backbone": self.cfg.backbone, "layers": self.cfg.layers, "feature_pool": self.cfg.feature_pool,
+                "weights_sha1": weights.hexdigest()}
+
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D, h, w) patch features (pooled, layers concatenated, row context added)."""
+    def base_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D, h, w): layers pooled, resized to the first layer's grid, concatenated."""
         self.extractor.eval()
         feats = self.extractor(images)
         pool = self.cfg.feature_pool
         maps = [F.avg_pool2d(feats[name], pool, 1, pool // 2) if pool > 1 else feats[name] for name in self.cfg.layers]
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
-        emb = torch.cat(maps, dim=1)
-        return add_context(emb, self.cfg.context_ks(), self.cfg.context_agg, self.cfg.context_include_self)
+        return torch.cat(maps, dim=1)
+
+    def embed(self, batch: dict, rows: list[int] | None = None) -> torch.Tensor:
+        """Patch features of a batch (or its `rows`), (B, D, h, w): cached base features if given, + row context."""
+        if "features" in batch:
+            base = batch["features"] if rows is None else batch["features"][rows]
+        else:
+            base = self.base_features(batch["image"] if rows is None else batch["image"][rows])
+        return add_context(base.float(), self.cfg.context_ks(), self.cfg.context_agg, self.cfg.context_include_self)
 
     # ---- fit: gate the fit images (raw only, one cheap pass), pick the references, then embed only those
 
@@ -216,7 +246,7 @@ class CAPatchCoreModule(AnomalyModule):
         wanted = rows[COLD] + rows[WARM]
         if not wanted:
             return
-        emb = self.embed(batch["image"][wanted])  # one backbone pass for both banks' references
+        emb = self.embed(batch, wanted)  # one backbone pass for both banks' references
         emb = emb.permute(0, 2, 3, 1).reshape(len(wanted), -1, emb.shape[1])
         n_cold = len(rows[COLD])
         for bank, part in ((COLD, emb[:n_cold]), (WARM, emb[n_cold:])):
@@ -228,7 +258,16 @@ class CAPatchCoreModule(AnomalyModule):
         self._store = {COLD: [], WARM: []}
         if self.cfg.gating == "mixed":
             stores = {COLD: torch.cat([s for s in stores.values() if s.numel()])}
-        self.banks = {b: subsample(s, self.cfg.coreset_ratio, self.seed) for b, s in stores.items()}
+        self.banks = {b: self._coreset(s) for b, s in stores.items()}
+        self._bank_keys = {b: hash_array(bank.numpy()) for b, bank in self.banks.items()} if self.disk_cache else {}
+
+    def _coreset(self, features: torch.Tensor) -> torch.Tensor:
+        if self.disk_cache is None or self.cfg.coreset_ratio == 1:
+            return subsample(features, self.cfg.coreset_ratio, self.seed)
+        key = {"features": hash_array(features.numpy()), "ratio": self.cfg.coreset_ratio, "seed": self.seed}
+        entry = self.disk_cache.get("coreset", key, lambda w: w.put(
+            "bank", subsample(features, self.cfg.coreset_ratio, self.seed).numpy()))
+        return torch.from_numpy(np.array(entry["bank"]))
 
     # ---- predict
 
@@ -236,16 +275,15 @@ class CAPatchCoreModule(AnomalyModule):
         self._coin = torch.Generator().manual_seed(self.seed + 7919)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        emb = self.embed(batch["image"])
+        emb = self.embed(batch)
         b, d = emb.shape[:2]
         patches = emb.permute(0, 2, 3, 1).reshape(b, -1, d)
         if self.cfg.gating == "mixed":
-            return {"score": self._score(patches, self.banks[COLD])}
+            return {"score": self._score(patches, COLD)}
         raw_p90 = p90(batch["raw"]).to(emb.device)
         if self.cfg.gating == "soft":
             w = torch.sigmoid((raw_p90 - self.threshold) / self.temperature)
-            score = w * self._score(patches, self.banks[WARM]) + (1 - w) * self._score(patches, self.banks[COLD])
-            return {"score": score, "gate": w}
+            return {"score": w * self._score(patches, WARM) + (1 - w) * self._score(patches, COLD), "gate": w}
         gate = (raw_p90 > self.threshold).long()
         if self.cfg.gating == "oracle":
             cond = batch.get("condition")
@@ -258,15 +296,48 @@ class CAPatchCoreModule(AnomalyModule):
             gate = (torch.rand(b, generator=self._coin) < 0.5).long().to(emb.device)
         score = torch.empty(b, device=emb.device)
         for bank in (COLD, WARM):
-            rows = (gate == bank).nonzero().flatten()
-            if rows.numel():
-                score[rows] = self._score(patches[rows], self.banks[bank])
+            routed = gate == bank
+            if routed.any():  # the whole batch against this bank: one search call, shared by every gating mode
+                score = torch.where(routed, self._score(patches, bank), score)
         return {"score": score, "gate": gate.float()}
 
-    def _score(self, patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """(B, P, D) patches -> (B,) max over patches of the nearest-neighbour distance."""
+    def _score(self, patches: torch.Tensor, bank_id: int) -> torch.Tensor:
+        """(B, P, D) patches -> (B,) PatchCore image scores against one bank (anomalib's reweighting for k > 1)."""
+        bank = self.banks[bank_id].to(patches.device)
         b, p, d = patches.shape
-        return nn_distance(patches.reshape(-1, d), bank, self.cfg.knn).reshape(b, p).max(dim=1).values
+        flat = patches.reshape(-1, d)
+        distances, locations = self._nearest(flat, bank_id)
+        patch_scores, locations = distances.reshape(b, p), locations.reshape(b, p)
+        if self.cfg.k == 1:
+            return patch_scores.amax(dim=1)
+        rows = torch.arange(b, device=patches.device)
+        worst = patch_scores.argmax(dim=1)  # m^test,* of the PatchCore paper
+        score = patch_scores[rows, worst]
+        nearest = bank[locations[rows, worst]]  # m^*
+        _, support = knn_search(nearest, bank, self.cfg.k, self.cfg.knn, self.cfg.ivf_nprobe, self.seed)  # N_b(m^*)
+        to_support = torch.linalg.vector_norm(patches[rows, worst].unsqueeze(1) - bank[support], dim=-1)
+        return (1 - torch.softmax(to_support, dim=1)[:, 0]) * score
+
+    def _nearest(self, flat: torch.Tensor, bank_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's nearest bank patch (distance, index); memoised by content in the trial's disk cache."""
+        def search():
+            d, i = knn_search(flat, self.banks[bank_id], 1, self.cfg.knn, self.cfg.ivf_nprobe, self.seed)
+            return d[:, 0], i[:, 0]
+
+        if self.disk_cache is None:
+            return search()
+        key = {"bank": self._bank_keys[bank_id], "queries": hash_array(flat.cpu().numpy()), "knn": self.cfg.knn}
+        if self.cfg.knn == "faiss_ivf":
+            key.update(nprobe=self.cfg.ivf_nprobe, seed=self.seed)
+
+        def compute(writer):
+            d, i = search()
+            writer.put("distance", d.cpu().numpy())
+            writer.put("index", i.cpu().numpy())
+
+        entry = self.disk_cache.get("knn", key, compute)
+        return (torch.from_numpy(np.array(entry["distance"])).to(flat.device),
+                torch.from_numpy(np.array(entry["index"])).to(flat.device))
 
     def score(self, images: torch.Tensor) -> torch.Tensor:  # gate-free scoring is not defined here
         raise NotImplementedError("ca_patchcore scores through predict_step (it needs the raw image for the gate)")

@@ -1,0 +1,67 @@
+"""The feature cache: a frozen backbone's features of a data split, computed once and shared by trials.
+
+Most PatchCore trials of a study differ only in what happens after the backbone (shots, gating, k,
+coreset ratio, context). For a model that declares `feature_key()`, the trial asks this module for the
+features of every split it touches — (data root, domain, train|test) — and gets a memory-mapped array
+computed at most once per node: the entry key holds the split's file listing (paths, sizes, mtimes),
+the transform (image size, resize, channels, normalisation) and the model's key (backbone, layers,
+pooling, a hash of the actual weights — so random-init seeds and weight files never collide).
+Concurrency and atomicity come from `hdmap.cache.DiskCache`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdmap.cache import DiskCache
+from hdmap.data.arrays import cache_key, load_split
+from hdmap.data.layout import scan_split
+
+
+class FeatureLookup:
+    """file (relative to the data root) -> its row of a cached feature array."""
+
+    def __init__(self) -> None:
+        self._where: dict[str, tuple[np.ndarray, int]] = {}
+
+    def add(self, files, features: np.ndarray) -> None:
+        for row, file in enumerate(files):
+            self._where[str(file)] = (features, row)
+
+    def __getitem__(self, file: str) -> torch.Tensor:
+        features, row = self._where[str(file)]
+        return torch.from_numpy(np.array(features[row]))
+
+
+def cached_features(cache: DiskCache, module, model_key: dict, data_cfg, device: torch.device,
+                    batch_size: int) -> FeatureLookup:
+    """Features of every split the trial reads (train and test of its domain, test of its test domains)."""
+    root = str(Path(data_cfg.root).resolve())
+    sources = {(data_cfg.domain, "train"), (data_cfg.domain, "test")} if data_cfg.reference_source == "test" \
+        else {(data_cfg.domain, "train")}
+    sources |= {(domain, "test") for domain in data_cfg.resolved_test_domains()}
+    transform = {"image_size": list(data_cfg.image_size), "resize": data_cfg.resize, "to_rgb": data_cfg.to_rgb,
+                 "normalization": data_cfg.normalization}
+    lookup = FeatureLookup()
+    for domain, split in sorted(sources):
+        files_key = cache_key(root, domain, split, scan_split(root, domain, split))
+        key = {"split": f"{root}/{domain}/{split}", "files": files_key, "transform": transform, "model": model_key}
+        arrays = load_split(root, domain, split)
+        entry = cache.get("features", key, lambda w, a=arrays: _compute(w, module, a.images, device, batch_size))
+        lookup.add(arrays.files, entry["features"])
+    return lookup
+
+
+@torch.no_grad()
+def _compute(writer, module, images: np.ndarray, device: torch.device, batch_size: int) -> None:
+    module.to(device).eval()
+    out = None
+    for start in range(0, len(images), batch_size):
+        raw = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
+        feats = module.base_features(module.transform(raw)).float().cpu().numpy()
+        if out is None:
+            out = writer.array("features", (len(images), *feats.shape[1:]), np.float32)
+        out[start:start + len(feats)] = feats
