@@ -1,9 +1,11 @@
-"""Exact nearest-neighbour search: faiss IndexFlatL2 vs anomalib's PatchCore path (chunked matmul).
+"""Nearest-neighbour search: faiss IndexFlatL2 vs anomalib's PatchCore path (chunked matmul), and faiss IVF.
 
-    python benchmarks/knn.py --bank 20000 --dim 384 --images 200 --patches 1369
+    python benchmarks/knn.py --bank 20000 --dim 384 --images 200 --patches 1369 --nprobe 1,8,32
 
 Reports wall time, peak RSS growth, achieved GFLOP/s (2*N*M*d / t) and this machine's matmul peak
-(a large float32 torch.mm) for scale; checks both paths agree on the distances (max abs difference).
+(a large float32 torch.mm) for scale; checks both exact paths agree on the distances (max abs difference).
+The approximate `knn: faiss_ivf` path (`hdmap.models.knn.ivf_index`) is timed per nprobe with its recall@1
+against the exact search (the share of queries whose nearest-neighbour distance it finds exactly).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--patches", type=int, default=1369)
+    p.add_argument("--nprobe", default="1,8,32", help="IVF cells searched per query, comma-separated ('' = skip IVF)")
+    p.add_argument("--data", default="normal", choices=["normal", "clustered"],
+                   help="random normal rows, or rows drawn around 256 centres (closer to real patch features)")
     args = p.parse_args()
 
     import faiss
@@ -52,6 +57,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((args.bank, args.dim), dtype=np.float32)
     queries = rng.standard_normal((args.images * args.patches, args.dim), dtype=np.float32)
+    if args.data == "clustered":
+        centres = rng.standard_normal((256, args.dim), dtype=np.float32) * 3
+        bank = 0.5 * bank + centres[rng.integers(0, 256, len(bank))]
+        queries = 0.5 * queries + centres[rng.integers(0, 256, len(queries))]
     flops = 2.0 * bank.shape[0] * queries.shape[0] * args.dim
 
     a = torch.randn(4096, 4096)
@@ -64,8 +73,8 @@ def main() -> None:
     def run_faiss():
         index = faiss.IndexFlatL2(args.dim)
         index.add(bank)
-        d, _ = index.search(queries, 1)
-        return np.sqrt(np.maximum(d[:, 0], 0))
+        d, i = index.search(queries, 1)
+        return np.sqrt(np.maximum(d[:, 0], 0)), i[:, 0]
 
     def run_anomalib():
         model = PatchcoreModel(layers=["layer2"], backbone="resnet18", pre_trained=False)
@@ -74,15 +83,30 @@ def main() -> None:
             d, _ = model.nearest_neighbors(torch.from_numpy(queries), n_neighbors=1)
         return d.numpy().reshape(-1)
 
-    d_faiss, t_faiss, m_faiss = peak_rss_during(run_faiss)
+    (d_faiss, i_faiss), t_faiss, m_faiss = peak_rss_during(run_faiss)
     d_anom, t_anom, m_anom = peak_rss_during(run_anomalib)
-    print(json.dumps({
+    ivf = {}
+    for nprobe in [int(v) for v in args.nprobe.split(",") if v]:
+        from hdmap.models.knn import ivf_index
+
+        t0 = time.perf_counter()
+        index = ivf_index(bank, nprobe)
+        t_build = time.perf_counter() - t0
+        (d_ivf, i_ivf), t_ivf, m_ivf = peak_rss_during(lambda: index.search(queries, 1))
+        d_ivf = np.sqrt(np.maximum(d_ivf[:, 0], 0))
+        # a hit: the exact nearest row, or one at the same distance up to float32 rounding (a tie)
+        hit = (i_ivf[:, 0] == i_faiss) | (np.abs(d_ivf - d_faiss) <= 1e-5 * np.maximum(d_faiss, 1.0))
+        ivf[f"nprobe={nprobe}"] = {
+            "nlist": faiss.extract_index_ivf(index).nlist, "build_s": round(t_build, 2), "search_s": round(t_ivf, 2),
+            "speedup_vs_flat": round(t_faiss / t_ivf, 1), "recall_at_1": round(float(np.mean(hit)), 4),
+            "peak_rss_mb": round(m_ivf)}
+    print(json.dumps({"data": args.data,
         "bank": list(bank.shape), "queries": list(queries.shape), "threads": torch.get_num_threads(),
         "cores": os.cpu_count(), "machine_matmul_peak_gflops": round(peak_gflops, 1),
         "faiss_s": round(t_faiss, 2), "faiss_gflops": round(flops / t_faiss / 1e9, 1), "faiss_peak_rss_mb": round(m_faiss),
         "anomalib_s": round(t_anom, 2), "anomalib_gflops": round(flops / t_anom / 1e9, 1),
         "anomalib_peak_rss_mb": round(m_anom), "speedup": round(t_anom / t_faiss, 2),
-        "max_abs_distance_diff": float(np.abs(d_faiss - d_anom).max()),
+        "max_abs_distance_diff": float(np.abs(d_faiss - d_anom).max()), "faiss_ivf": ivf,
     }, indent=2))
 
 

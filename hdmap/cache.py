@@ -62,10 +62,18 @@ class DiskCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, kind: str, key: dict, compute: Callable[[EntryWriter], None]) -> dict[str, np.ndarray]:
-        """The arrays stored under (kind, key), computing them with `compute(writer)` on a miss."""
+    def entry_path(self, kind: str, key: dict) -> Path:
         digest = hashlib.sha1(json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str).encode()).hexdigest()
-        final = self.root / kind / digest
+        return self.root / kind / digest
+
+    def get(self, kind: str, key: dict, compute: Callable[[EntryWriter], None],
+            wait: bool = True) -> dict[str, np.ndarray] | None:
+        """The arrays stored under (kind, key), computing them with `compute(writer)` on a miss.
+
+        `wait=False`: None instead of blocking while another process computes this entry (so the caller
+        can compute a different one meanwhile)."""
+        final = self.entry_path(kind, key)
+        digest = final.name
         hit = _read(final)
         if hit is not None:
             self.hits += 1
@@ -75,7 +83,9 @@ class DiskCache:
         except OSError as exc:
             warnings.warn(f"cache {self.root} unusable ({exc}); computing {kind} without it", stacklevel=2)
             return _compute_in_memory(compute)
-        with locked(final.parent / f"{digest}.lock"):
+        with locked(final.parent / f"{digest}.lock", wait) as acquired:
+            if not acquired:
+                return None
             hit = _read(final)  # another process may have committed it while we waited
             if hit is not None:
                 self.hits += 1
@@ -126,8 +136,10 @@ def hash_array(array: np.ndarray) -> str:
 
 
 @contextlib.contextmanager
-def locked(path: Path):
-    """Exclusive flock for the duration of the block (closing the fd releases it); no lock if unopenable."""
+def locked(path: Path, wait: bool = True):
+    """Exclusive flock for the block (closing the fd releases it); yields False if `wait=False` and it is taken.
+
+    An unopenable lock file is a warning: the block then runs unlocked."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
@@ -135,8 +147,12 @@ def locked(path: Path):
         fd = None
     try:
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+        yield True
     finally:
         if fd is not None:
             os.close(fd)

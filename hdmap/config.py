@@ -114,8 +114,15 @@ def parse_value(text: str) -> Any:
 
 
 def set_path(tree: dict, path: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict, creating intermediate dicts."""
-    *parents, leaf = path.split(".")
+    """Set `a.b.c` in a nested dict, creating intermediate dicts.
+
+    Under a sweep spec's `axes` the rest of the path is one key, since axes are named by dotted config
+    paths: `axes.model.k=[1,9]` and `models.ca_patchcore.axes.model.gating=[mixed,p90]` set one axis."""
+    parts = path.split(".")
+    if "axes" in parts[:-1]:
+        cut = parts.index("axes") + 1
+        parts = parts[:cut] + [".".join(parts[cut:])]
+    *parents, leaf = parts
     node = tree
     for key in parents:
         node = node.setdefault(key, {})

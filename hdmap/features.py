@@ -11,6 +11,7 @@ Concurrency and atomicity come from `hdmap.cache.DiskCache`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,20 @@ def cached_features(cache: DiskCache, module, model_key: dict, data_cfg, device:
     transform = {"image_size": list(data_cfg.image_size), "resize": data_cfg.resize, "to_rgb": data_cfg.to_rgb,
                  "normalization": data_cfg.normalization}
     lookup = FeatureLookup()
-    for domain, split in sorted(sources):
-        files_key = cache_key(root, domain, split, scan_split(root, domain, split))
-        key = {"split": f"{root}/{domain}/{split}", "files": files_key, "transform": transform, "model": model_key}
-        arrays = load_split(root, domain, split)
-        entry = cache.get("features", key, lambda w, a=arrays: _compute(w, module, a.images, device, batch_size))
-        lookup.add(arrays.files, entry["features"])
+    pending = sorted(sources)
+    while pending:  # a split another trial is computing is skipped until the others are done (then waited for)
+        before = len(pending)
+        for domain, split in list(pending):
+            files_key = cache_key(root, domain, split, scan_split(root, domain, split))
+            key = {"split": f"{root}/{domain}/{split}", "files": files_key, "transform": transform, "model": model_key}
+            arrays = load_split(root, domain, split)
+            entry = cache.get("features", key, lambda w, a=arrays: _compute(w, module, a.images, device, batch_size),
+                              wait=len(pending) == 1)
+            if entry is not None:
+                lookup.add(arrays.files, entry["features"])
+                pending.remove((domain, split))
+        if len(pending) == before:
+            time.sleep(0.2)  # every remaining split is being computed elsewhere
     return lookup
 
 

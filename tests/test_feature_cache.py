@@ -110,3 +110,29 @@ tracking: {{wandb: {{mode: disabled}}}}
     assert all(r["cache_hits"] is None for r in plain.values())
     assert sorted(r["cache_misses"] == 0 for r in rows.values()) == [False, True]  # the 2nd trial reused everything
     assert len(list((Path(cached.sweep_dir) / "cache" / "features").glob("*/features.npy"))) == 2
+
+
+def test_busy_entry_is_skipped_without_waiting(tmp_path):
+    import threading
+
+    from hdmap.cache import locked
+
+    cache = DiskCache(tmp_path)
+    lock = cache.entry_path("demo", {"a": 1}).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # flock conflicts between two open() calls even within one process
+        with locked(lock):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    t0 = time.perf_counter()
+    assert cache.get("demo", {"a": 1}, lambda w: w.put("x", np.ones(1)), wait=False) is None
+    assert time.perf_counter() - t0 < 0.5
+    threading.Timer(0.5, release.set).start()
+    assert cache.get("demo", {"a": 1}, lambda w: w.put("x", np.ones(1)))["x"][0] == 1.0  # waits, then computes
+    holder.join(10)

@@ -216,3 +216,12 @@ def test_context_config_validation(sim_root):
     cfg = load_trial_config(None, ca_overrides(sim_root, "model.context_k=[2,3]"))
     assert cfg.model.context_ks() == [2, 3]
     assert load_trial_config(None, ca_overrides(sim_root, "model.context_k=0")).model.context_ks() == []  # no context
+
+
+def test_cpd_patchcore_is_ca_patchcore_with_context_on(sim_root):
+    cpd = run_trial(load_trial_config(None, ca_overrides(sim_root, "model.name=cpd_patchcore", "model.gating=p90")))
+    ca = run_trial(load_trial_config(None, ca_overrides(sim_root, "model.gating=p90", "model.context_k=[2,3]")))
+    assert cpd.rows[0]["model"] == "cpd_patchcore" and cpd.rows[0]["model.context_k"] == [2, 3]
+    np.testing.assert_array_equal(cpd.scores["score"].to_numpy(), ca.scores["score"].to_numpy())
+    with pytest.raises(ConfigError, match="needs row context"):
+        load_trial_config(None, ca_overrides(sim_root, "model.name=cpd_patchcore", "model.context_k=0"))

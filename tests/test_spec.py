@@ -74,3 +74,7 @@ def test_plan_cli_fails_before_running(tmp_path):
 def test_spec_overrides(tmp_path):
     plan = load_spec("sweeps/examples/quickstart.yaml", ["seeds=[0, 1]", "name=other"])
     assert len(plan.trials) == 24 and plan.spec.name == "other"
+    # an axis is named by a dotted config path: `--set` on it replaces that one axis
+    plan = load_spec("sweeps/examples/quickstart.yaml", ["axes.data.domain=[C]", "models.patchcore.axes.model.k=[3]"])
+    assert len(plan.trials) == 4 and plan.axis_values["data.domain"] == ["C"]
+    assert {t.model.k for t in plan.trials if t.model.name == "patchcore"} == {3}

@@ -93,6 +93,21 @@ class CAPatchCoreConfig(StrictModel):
         return [] if self.context_k == 0 else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
 
 
+class CPDPatchCoreConfig(CAPatchCoreConfig):
+    """`cpd_patchcore`: the same model under the researcher's 006 name, row context on (default: the best
+    multi-k concat [2, 3]); combinable with every gating mode."""
+
+    name: Literal["cpd_patchcore"] = "cpd_patchcore"  # type: ignore[assignment]
+    context_k: int | list[int] = Field([2, 3], description="row-context half width(s), e.g. 2 or [2, 3]")
+
+    @field_validator("context_k")
+    @classmethod
+    def _has_context(cls, v: int | list[int]) -> int | list[int]:
+        if v == 0:
+            raise ValueError("cpd_patchcore needs row context (context_k >= 1); ca_patchcore is the model without it")
+        return v
+
+
 # ---------------------------------------------------------------- gate
 
 

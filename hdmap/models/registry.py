@@ -21,4 +21,5 @@ MODELS: dict[str, ModelEntry] = {
     "draem": ModelEntry(draem.DraemConfig, draem.build, per_epoch_metric="val_loss"),
     "draem_sevnet": ModelEntry(draem_sevnet.DraemSevNetConfig, draem_sevnet.build, per_epoch_metric="val_loss"),
     "ca_patchcore": ModelEntry(patchcore_family.CAPatchCoreConfig, patchcore_family.build),
+    "cpd_patchcore": ModelEntry(patchcore_family.CPDPatchCoreConfig, patchcore_family.build),
 }
