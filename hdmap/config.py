@@ -35,7 +35,8 @@ class DataConfig(StrictModel):
         "train", description="'test' takes references from test/good and removes them from evaluation"
     )
     val_fraction: float = Field(0.1, gt=0, lt=1, description="train normals held out for thresholds / early stopping")
-    image_size: tuple[int, int] = Field((224, 224), description="model input (H, W); an int means square")
+    image_size: tuple[int, int] = Field(
+        (224, 224), description="model input (H, W); an int means square; unset: the backbone's pretraining size")
     resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
     to_rgb: bool = True
     normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
@@ -93,6 +94,18 @@ class TrialConfig(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("model"), dict) and "name" not in data["model"]:
             data = {**data, "model": {"name": DEFAULT_MODEL, **data["model"]}}
         return data
+
+    @model_validator(mode="after")
+    def _backbone_input_size(self) -> "TrialConfig":
+        """`data.image_size` not given: the backbone's pretraining size (timm), e.g. 518 x 518 for DINOv2 ViTs."""
+        backbone = getattr(self.model, "backbone", None)
+        if backbone and "image_size" not in self.data.model_fields_set:
+            from hdmap.models.backbones import native_input_size
+
+            size = native_input_size(backbone)
+            if size is not None:
+                self.data.image_size = size
+        return self
 
     def canonical(self) -> dict:
         """The semantic config (runtime excluded), as plain JSON data."""

@@ -225,3 +225,12 @@ def test_cpd_patchcore_is_ca_patchcore_with_context_on(sim_root):
     np.testing.assert_array_equal(cpd.scores["score"].to_numpy(), ca.scores["score"].to_numpy())
     with pytest.raises(ConfigError, match="needs row context"):
         load_trial_config(None, ca_overrides(sim_root, "model.name=cpd_patchcore", "model.context_k=0"))
+
+
+def test_dinov2_defaults_to_518_bilinear_and_explicit_sizes_win():
+    cfg = load_trial_config(None, ["model.name=ca_patchcore", "model.backbone=vit_base_patch14_dinov2"])
+    assert cfg.data.image_size == (518, 518) and cfg.data.resize == "bilinear"
+    assert load_trial_config(None, ["model.name=ca_patchcore", "data.image_size=224"]).data.image_size == (224, 224)
+    assert load_trial_config(None, ["model.name=patchcore", "model.backbone=resnet18"]).data.image_size == (224, 224)
+    resolved = load_trial_config(None, ["model.name=cpd_patchcore"])
+    assert load_trial_config(None, ["model.name=cpd_patchcore", "data.image_size=518"]).trial_id == resolved.trial_id

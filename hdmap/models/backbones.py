@@ -19,6 +19,12 @@ class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights requested but not available locally."""
 
 
+def native_input_size(backbone: str) -> tuple[int, int] | None:
+    """(H, W) the backbone was pretrained at (timm's pretrained config): 518 for DINOv2 ViTs, 224 for ResNets."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    return tuple(cfg.input_size[-2:]) if cfg is not None and cfg.input_size else None
+
+
 def find_weights(backbone: str, weights: str | None = None) -> Path:
     """Locate a pretrained checkpoint for a timm model: an explicit file, else the HF / torch-hub cache."""
     if weights:
