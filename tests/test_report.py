@@ -253,3 +253,22 @@ def test_statistics_helpers():
     assert value_key(None) == value_key(float("nan"))
     assert first_error_line("Traceback (most recent call last):\n  x\nKeyError: 'k'") == "KeyError: 'k'"
     assert first_error_line("bad config\nmore") == "bad config"
+
+
+def test_optional_metric_only_in_axis_tables_where_it_applies(tmp_path):
+    """Gating accuracy (reported by cpd_patchcore only) is a column of an axis table only if a row there has it."""
+    from sweeps.report.analysis import axis_summary, load
+
+    path = make_sweep(tmp_path / "gated")
+    table = pq.read_table(path / "results.parquet")
+    models = table["model"].to_pylist()
+    gated = [0.9 if m == "cpd_patchcore" else None for m in models]
+    layers = ['["layer2"]' if m == "patchcore" else None for m in models]  # an axis of patchcore only
+    table = table.set_column(table.schema.get_field_index("gating_accuracy"), "gating_accuracy", pa.array(gated))
+    table = table.set_column(table.schema.get_field_index("model.layers"), "model.layers", pa.array(layers))
+    pq.write_table(table, path / "results.parquet")
+    data = load(path)
+    assert "gating_accuracy" in set(axis_summary(data, "model.k")["metric"])  # both models; cpd reports it
+    patchcore_only = axis_summary(data, "model.layers")
+    assert set(patchcore_only["model"]) == {"patchcore"}
+    assert "gating_accuracy" not in set(patchcore_only["metric"])

@@ -23,9 +23,9 @@ def write(tmp_path, body):
 
 def test_quickstart_expands():
     plan = load_spec("sweeps/examples/quickstart.yaml")
-    assert len(plan.trials) == 12 and plan.breakdown() == {"patchcore": 8, "draem": 4}
-    assert len({t.trial_id for t in plan.trials}) == 12
-    assert plan.axes == ["data.domain", "model.coreset_ratio", "model.k", "model.lr"]
+    assert len(plan.trials) == 16 and plan.breakdown() == {"patchcore": 8, "ca_patchcore": 4, "draem": 4}
+    assert len({t.trial_id for t in plan.trials}) == 16
+    assert plan.axes == ["data.domain", "model.coreset_ratio", "model.k", "model.gating", "model.lr"]
     assert all(t.data.root.startswith("/") for t in plan.trials)  # workers run elsewhere: roots are absolute
 
 
@@ -73,8 +73,8 @@ def test_plan_cli_fails_before_running(tmp_path):
 
 def test_spec_overrides(tmp_path):
     plan = load_spec("sweeps/examples/quickstart.yaml", ["seeds=[0, 1]", "name=other"])
-    assert len(plan.trials) == 24 and plan.spec.name == "other"
+    assert len(plan.trials) == 32 and plan.spec.name == "other"
     # an axis is named by a dotted config path: `--set` on it replaces that one axis
     plan = load_spec("sweeps/examples/quickstart.yaml", ["axes.data.domain=[C]", "models.patchcore.axes.model.k=[3]"])
-    assert len(plan.trials) == 4 and plan.axis_values["data.domain"] == ["C"]
+    assert len(plan.trials) == 6 and plan.axis_values["data.domain"] == ["C"]
     assert {t.model.k for t in plan.trials if t.model.name == "patchcore"} == {3}

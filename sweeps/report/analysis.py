@@ -360,12 +360,13 @@ def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) 
     seed first, so the std is across seeds (n = seeds); without a seed column, across trials.
     """
     cols = ["model", "test_domain", "value", "metric", "mean", "std", "n"]
-    metrics = list(metrics) + [m for m in OPTIONAL_AXIS_METRICS
-                               if m not in metrics and m in data.ok.columns and data.ok[m].notna().any()]
     k = data.keys[axis]
     mask = k != NULL
     if not mask.any():
         return pd.DataFrame(columns=cols)
+    # e.g. gating accuracy, only where some trial of this axis reports it
+    metrics = list(metrics) + [m for m in OPTIONAL_AXIS_METRICS
+                               if m not in metrics and m in data.ok.columns and data.ok.loc[mask, m].notna().any()]
     frame = pd.DataFrame(
         {
             "model": data.ok.loc[mask, "model"],
