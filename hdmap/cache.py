@@ -152,6 +152,8 @@ def locked(path: Path, wait: bool = True):
             except BlockingIOError:
                 yield False
                 return
+            except OSError as exc:  # e.g. ENOLCK on a shared file system mounted without lock support
+                warnings.warn(f"{path}: cannot lock ({exc}); concurrent processes may compute twice", stacklevel=4)
         yield True
     finally:
         if fd is not None:

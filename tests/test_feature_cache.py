@@ -136,3 +136,17 @@ def test_busy_entry_is_skipped_without_waiting(tmp_path):
     threading.Timer(0.5, release.set).start()
     assert cache.get("demo", {"a": 1}, lambda w: w.put("x", np.ones(1)))["x"][0] == 1.0  # waits, then computes
     holder.join(10)
+
+
+def test_file_system_without_locks_warns_and_still_caches(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cache = DiskCache(tmp_path)
+    with pytest.warns(UserWarning, match="cannot lock"):
+        out = cache.get("demo", {"a": 1}, lambda w: w.put("x", np.arange(2.0)))
+    assert out["x"].tolist() == [0.0, 1.0] and cache.get("demo", {"a": 1}, None)["x"].tolist() == [0.0, 1.0]
