@@ -98,11 +98,10 @@ class TrialConfig(StrictModel):
     @model_validator(mode="after")
     def _backbone_input_size(self) -> "TrialConfig":
         """`data.image_size` not given: the backbone's pretraining size (timm), e.g. 518 x 518 for DINOv2 ViTs."""
-        backbone = getattr(self.model, "backbone", None)
-        if backbone and "image_size" not in self.data.model_fields_set:
-            from hdmap.models.backbones import native_input_size
+        from hdmap.models.backbones import BackboneConfig, native_input_size
 
-            size = native_input_size(backbone)
+        if isinstance(self.model, BackboneConfig) and "image_size" not in self.data.model_fields_set:
+            size = native_input_size(self.model.backbone)
             if size is not None:
                 self.data.image_size = size
         return self

@@ -11,12 +11,25 @@ from pathlib import Path
 
 import timm
 import torch
+from pydantic import Field
+
+from hdmap.models.base import StrictModel
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights requested but not available locally."""
+
+
+class BackboneConfig(StrictModel):
+    """The fields of every model built on a timm backbone; each model sets its name, default backbone and layers."""
+
+    name: str  # first in error messages and result columns
+    backbone: str
+    layers: list[str]
+    pretrained: bool = True
+    weights: str | None = Field(None, description="local checkpoint file; default: timm/HF cache")
 
 
 def native_input_size(backbone: str) -> tuple[int, int] | None:

@@ -16,12 +16,18 @@ from pydantic import Field, field_validator
 from hdmap.models.base import AnomalyModule, StrictModel
 
 
-class DraemConfig(StrictModel):
-    name: Literal["draem"] = "draem"
+class TrainedModelConfig(StrictModel):
+    """The training fields of the models fitted by gradient descent (draem, draem_sevnet)."""
+
+    name: str  # each model sets its own: first in error messages and result columns
     epochs: int = Field(10, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val_loss improvement")
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1)
+
+
+class DraemConfig(TrainedModelConfig):
+    name: Literal["draem"] = "draem"
     base_width: int = Field(128, ge=8, description="reconstructive width (anomalib default 128); discriminative gets half")
     beta: tuple[float, float] = Field((0.1, 1.0), description="blend factor range of synthetic anomalies")
     dtd_dir: str | None = Field(None, description="existing local DTD texture folder; None = Perlin noise only")

@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range
-from hdmap.models.base import AnomalyModule, StrictModel
-from hdmap.models.draem import DraemNet
+from hdmap.models.base import AnomalyModule
+from hdmap.models.draem import DraemNet, TrainedModelConfig
 
 SEVERITY_INPUT_CHANNELS = {
     "discriminative_only": 2,
@@ -43,12 +43,8 @@ _VAL_SEED = 10_000
 _VAL_WEIGHTS = (1.0, 1.0, 0.5)
 
 
-class DraemSevNetConfig(StrictModel):
+class DraemSevNetConfig(TrainedModelConfig):
     name: Literal["draem_sevnet"] = "draem_sevnet"
-    epochs: int = Field(10, ge=1)
-    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val_loss improvement")
-    lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
     base_width: int = Field(64, ge=8, description="reconstructive width; discriminative gets half (min 8)")
     severity_input: Literal[tuple(SEVERITY_INPUT_CHANNELS)] = "discriminative_only"  # type: ignore[valid-type]
     severity_width: int = Field(16, ge=4, description="channels of the severity CNN's first layer")

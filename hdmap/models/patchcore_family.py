@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from hdmap.models.backbones import load_pretrained
-from hdmap.models.base import AnomalyModule, StrictModel
+from hdmap.models.backbones import BackboneConfig, load_pretrained
+from hdmap.models.base import AnomalyModule
 from hdmap.models.coreset import subsample
 from hdmap.cache import hash_array
 from hdmap.models.knn import METHODS, knn_search
@@ -58,12 +58,10 @@ GATINGS = ("mixed", "oracle", "p90", "random", "soft")
 COLD, WARM = 0, 1
 
 
-class CAPatchCoreConfig(StrictModel):
+class CAPatchCoreConfig(BackboneConfig):
     name: Literal["ca_patchcore"] = "ca_patchcore"
     backbone: str = "vit_small_patch14_dinov2"
     layers: list[str] = ["blocks.8", "blocks.11"]
-    pretrained: bool = True
-    weights: str | None = Field(None, description="local checkpoint file; default: timm/HF cache")
     feature_pool: int = Field(3, ge=1, description="average-pool kernel over each layer's grid (1 = none)")
     gating: Literal[GATINGS] = "mixed"  # type: ignore[valid-type]
     gate_threshold: float | None = Field(None, description="p90 threshold; None = calibrated on fit images")
