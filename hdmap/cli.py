@@ -142,6 +142,8 @@ def sweep_run(
     console.print(f"finished: {outcome.ok} ok, {len(outcome.failed)} failed, {outcome.pruned} stopped early, "
                   f"{outcome.skipped} already done; wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
                   + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else ""))
+    if outcome.cache_computed is not None:
+        console.print(f"feature cache: {outcome.cache_computed} entries computed, {outcome.cache_reused} reused")
     if report:
         _write_report(outcome.sweep_dir, plan.spec.tracking.wandb, plan.spec.name)
     if outcome.failed:

@@ -37,6 +37,8 @@ class SweepOutcome:
     wall_s: float = 0.0
     ray_start_s: float = 0.0
     restarts: int = 0  # fresh Tune runs after Tune itself stopped on a lost worker
+    cache_computed: int | None = None  # feature-cache entries computed / reused by this run's trials
+    cache_reused: int | None = None
 
 
 def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[TrialConfig], int]:
@@ -60,6 +62,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     })
     todo, skipped = plan_todo(plan, store, retry_failed)
     outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped)
+    ran = {t.trial_id for t in todo}
     t0 = time.perf_counter()
     for _ in range(spec.max_failures + 1):
         if not todo:
@@ -85,6 +88,10 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
     outcome.failed = [{"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
                       for r in rows if r["trial_id"] in wanted and r["status"] == "error"]
+    cached = {r["trial_id"]: r for r in rows if r["trial_id"] in ran and r.get("cache_misses") is not None}
+    if cached:
+        outcome.cache_computed = sum(r["cache_misses"] for r in cached.values())
+        outcome.cache_reused = sum(r["cache_hits"] for r in cached.values())
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 

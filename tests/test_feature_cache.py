@@ -106,6 +106,7 @@ tracking: {{wandb: {{mode: disabled}}}}
     rows = {r["trial_id"]: r for r in pq.read_table(Path(cached.sweep_dir) / "results.parquet").to_pylist()}
     plain = {r["trial_id"]: r for r in pq.read_table(Path(uncached.sweep_dir) / "results.parquet").to_pylist()}
     assert set(rows) == set(plain) and len(rows) == 2
+    assert cached.cache_reused > 0 and cached.cache_computed > 0 and uncached.cache_computed is None
     assert all(rows[t]["image_auroc"] == plain[t]["image_auroc"] for t in rows)
     assert all(r["cache_hits"] is None for r in plain.values())
     assert sorted(r["cache_misses"] == 0 for r in rows.values()) == [False, True]  # the 2nd trial reused everything
