@@ -13,7 +13,7 @@ arrays plus `meta.json` (the key, for humans), found by the sha1 of its key:
 - An unusable cache (read-only disk, full disk) is a warning, not a failed trial: the value is computed
   and returned uncached.
 
-Nothing is evicted: the cache lives under the sweep directory and goes away with it.
+Nothing is evicted: delete the directory (a sweep's `<output>/<name>/cache`, or the node-local one).
 """
 
 from __future__ import annotations

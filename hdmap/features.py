@@ -47,18 +47,19 @@ def cached_features(cache: DiskCache, module, model_key: dict, data_cfg, device:
     transform = {"image_size": list(data_cfg.image_size), "resize": data_cfg.resize, "to_rgb": data_cfg.to_rgb,
                  "normalization": data_cfg.normalization}
     lookup = FeatureLookup()
-    pending = sorted(sources)
+    pending = {}  # (domain, split) -> (entry key, decoded split): file listings are stat-ed once, not per pass
+    for domain, split in sorted(sources):
+        files_key = cache_key(root, domain, split, scan_split(root, domain, split))
+        key = {"split": f"{root}/{domain}/{split}", "files": files_key, "transform": transform, "model": model_key}
+        pending[(domain, split)] = (key, load_split(root, domain, split))
     while pending:  # a split another trial is computing is skipped until the others are done (then waited for)
         before = len(pending)
-        for domain, split in list(pending):
-            files_key = cache_key(root, domain, split, scan_split(root, domain, split))
-            key = {"split": f"{root}/{domain}/{split}", "files": files_key, "transform": transform, "model": model_key}
-            arrays = load_split(root, domain, split)
+        for source, (key, arrays) in list(pending.items()):
             entry = cache.get("features", key, lambda w, a=arrays: _compute(w, module, a.images, device, batch_size),
                               wait=len(pending) == 1)
             if entry is not None:
                 lookup.add(arrays.files, entry["features"])
-                pending.remove((domain, split))
+                del pending[source]
         if len(pending) == before:
             time.sleep(0.2)  # every remaining split is being computed elsewhere
     return lookup

@@ -31,10 +31,10 @@ def knn_search(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, method: st
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))  # respect the trial's CPU share
     xb = np.ascontiguousarray(bank.detach().float().cpu().numpy())
     xq = np.ascontiguousarray(queries.detach().float().cpu().numpy())
-    index = faiss.IndexFlatL2(xb.shape[1])  # exact; returns squared L2
     if method == "faiss_ivf":
         index = ivf_index(xb, nprobe, seed)
     else:
+        index = faiss.IndexFlatL2(xb.shape[1])  # exact; both return squared L2
         index.add(xb)
     squared, ids = index.search(xq, k)
     distances = torch.from_numpy(np.sqrt(np.maximum(squared, 0.0)))

@@ -31,9 +31,10 @@ One model covers the researcher's PatchCore line (prior-work digest §3, §4.7-4
   to (the same work as one mixed bank), so gating modes and cached runs make identical search calls.
 - **Sweep speed**: with a feature cache (`runtime.feature_cache`, on in sweeps) the backbone features of
   each data split are computed once and arrive in batches (`base_features`, before context); the coreset
-  selection and the patch search are memoised by content hash, so trials that differ only in `k`, the
-  gating mode or the context of other trials reuse them. `k` never changes the patch search (k=1); its
-  own support search is over one patch per image.
+  selection and the patch search are memoised by content hash, so trials that differ only in `k` or the
+  gating mode reuse them (context, shots and coreset ratio change the bank or the queries, so those
+  trials share the features only). `k` never changes the patch search (k=1); its own support search is
+  over one patch per image.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ import warnings
 from typing import Literal
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
+from hdmap.cache import hash_array
 from hdmap.models.backbones import BackboneConfig, load_pretrained
 from hdmap.models.base import AnomalyModule
 from hdmap.models.coreset import subsample
-from hdmap.cache import hash_array
 from hdmap.models.knn import METHODS, knn_search
 
 GATINGS = ("mixed", "oracle", "p90", "random", "soft")
