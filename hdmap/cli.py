@@ -9,18 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hdmap.errors import UserError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="HDMAP anomaly-detection trials and sweeps.")
 console = Console()
-err_console = Console(stderr=True)
-
-# Errors a user can fix from the message alone: print it, no traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from hdmap.config import ConfigError
-    from hdmap.data.layout import DataLayoutError
-    from hdmap.models.backbones import WeightsNotFoundError
-
-    return ConfigError, DataLayoutError, WeightsNotFoundError
-
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow
 
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -30,15 +23,26 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def simulate(
     root: Path = typer.Argument(..., help="where to write <root>/domain_X/{train,test}/..."),
-    n_train: int = typer.Option(200, help="train/good images per domain"),
-    n_test: int = typer.Option(100, help="test/good and test/fault images per domain (each; first half cold)"),
+    n_train: int = typer.Option(200, min=1, help="train/good images per domain"),
+    n_test: int = typer.Option(100, min=2, help="test/good and test/fault images per domain (each; first half cold)"),
     domains: str = typer.Option("A,B,C,D", help="comma-separated domains"),
     seed: int = typer.Option(0),
 ) -> None:
     """Write a simulated HDMAP data set in the real layout (plus a ground-truth sidecar)."""
+    from hdmap.data.layout import normalize_domain
     from hdmap.data.simulate import simulate as run
 
-    out = run(root, n_train=n_train, n_test=n_test, domains=[d for d in domains.split(",") if d], seed=seed)
+    try:
+        names = [normalize_domain(d) for d in domains.split(",") if d.strip()]
+    except ValueError as exc:
+        fail(f"--domains {domains!r}: {exc}")
+    if not names:
+        fail(f"--domains {domains!r}: name at least one of A, B, C, D")
+    try:
+        out = run(root, n_train=n_train, n_test=n_test, domains=names, seed=seed)
+    except OSError as exc:  # a file in the way, a read-only folder, or a root holding data we did not write
+        fail(f"cannot simulate into {root}: {exc.strerror if exc.filename else exc}"
+             + (f" ({exc.filename})" if exc.filename else ""))
     console.print(f"simulated HDMAP data written to {out}")
 
 
@@ -46,25 +50,26 @@ def simulate(
 def trial(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="trial YAML (sections data, model, eval, seed)"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override PATH=VALUE, e.g. model.name=draem (repeatable)"),
-    out: Path = typer.Option(Path("runs/trial"), "--out", "-o", help="output directory"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/<trial_id>)"),
     feature_cache: Optional[Path] = typer.Option(
         None, help="disk cache for backbone features / coreset / kNN, shared with later trials (default: none)"),
 ) -> None:
     """Run one trial without Ray: fit, score, metrics -> OUT/results.parquet, OUT/scores.parquet."""
     from hdmap.config import load_trial_config
-    from hdmap.trial import failed_trial, run_trial, write_outputs
+    from hdmap.trial import failed_trial, prepare_output_dir, run_trial, write_outputs
 
     try:
         cfg = load_trial_config(config, set_ + ([f"runtime.feature_cache={feature_cache}"] if feature_cache else []))
-    except _user_errors() as exc:
+        out = prepare_output_dir(out or Path("runs") / cfg.trial_id, cfg.trial_id)
+    except UserError as exc:
         fail(str(exc))
     console.print(f"trial {cfg.trial_id}: model={cfg.model.name} domain={cfg.data.domain} seed={cfg.seed}")
     try:
         result = run_trial(cfg)
     except Exception as exc:  # record the failure like a sweep would, then report it
-        write_outputs(failed_trial(cfg, exc), out, cfg)
-        if isinstance(exc, _user_errors()):
-            fail(str(exc))
+        written = write_outputs(failed_trial(cfg, exc), out, cfg)
+        if isinstance(exc, UserError):
+            fail(f"{exc} [error row: {written}]")
         raise
     write_outputs(result, out, cfg)
     console.print(metrics_table(result.rows))
@@ -104,7 +109,14 @@ def sweep_plan(
     from sweeps.runner import plan_todo
     from sweeps.store import ResultStore
 
+    from sweeps.preflight import check_data, check_output
+
     plan = _load_plan(spec, set_)
+    try:
+        check_output(plan.spec.sweep_dir())
+        notes = check_data(plan)
+    except UserError as exc:
+        fail(f"{spec}: {exc}")
     table = Table(title=f"sweep {plan.spec.name}: {len(plan.trials)} trials (spec {plan.spec_hash})")
     for column in ("model", "trials", "cpu / trial", "gpu / trial"):
         table.add_column(column, justify="right" if column != "model" else "left")
@@ -114,6 +126,8 @@ def sweep_plan(
     console.print(table)
     console.print(f"axes: {', '.join(plan.axes) or '-'}; scheduler: {'asha' if plan.spec.asha else 'fifo'}; "
                   f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; output: {plan.spec.sweep_dir()}")
+    for note in notes:
+        console.print(f"note: {note}")
     if Path(plan.spec.sweep_dir()).exists():
         _, done = plan_todo(plan, ResultStore(plan.spec.sweep_dir()), retry_failed=False)
         console.print(f"already in the store (will not re-run): {done}")
@@ -133,11 +147,14 @@ def sweep_run(
     from sweeps.runner import run_sweep
     from sweeps.spec import SpecError
 
+    from sweeps.preflight import check_output
+
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
     try:
+        check_output(plan.spec.sweep_dir())
         outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
-    except (SpecError, *_user_errors()) as exc:
+    except (SpecError, UserError) as exc:
         fail(str(exc))
     console.print(f"finished: {outcome.ok} ok, {len(outcome.failed)} failed, {outcome.pruned} stopped early, "
                   f"{outcome.skipped} already done; wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
@@ -158,28 +175,41 @@ def sweep_run(
 
 
 @app.command()
-def report(sweep_dir: Path = typer.Argument(..., help="a sweep output directory (<output>/<name>)")) -> None:
+def report(
+    sweep_dir: Path = typer.Argument(..., help="a sweep output directory (<output>/<name>) or an `hdmap trial` --out"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write the report (default: SWEEP_DIR)"),
+) -> None:
     """Write report.html (self-contained) and report.md from a sweep's Parquet results."""
     import json
 
     from sweeps.tracking import WandbSettings
 
+    if not (sweep_dir / "results.parquet").is_file() and not (sweep_dir / "parts" / "results").is_dir():
+        fail(f"{sweep_dir} holds no sweep results (expected {sweep_dir / 'results.parquet'} or parts/results/)")
     meta = sweep_dir / "sweep.json"
-    name = json.loads(meta.read_text())["name"] if meta.exists() else sweep_dir.name
-    if not (sweep_dir / "results.parquet").exists() and not (sweep_dir / "parts").exists():
-        fail(f"{sweep_dir} holds no sweep results (expected results.parquet)")
-    _write_report(str(sweep_dir), WandbSettings(), name)
+    try:
+        name = json.loads(meta.read_text())["name"] if meta.exists() else sweep_dir.name
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"{meta}: not a readable sweep metadata file ({type(exc).__name__}: {exc})")
+    _write_report(str(sweep_dir), WandbSettings(), name, out)
 
 
-def _write_report(sweep_dir: str, wandb_settings, name: str) -> None:
+def _write_report(sweep_dir: str, wandb_settings, name: str, out: Path | None = None) -> None:
+    """Compact the store (only from parts that hold every result: nothing is ever lost), then render the report."""
+    import pyarrow as pa
+
     from sweeps.report import build_report
     from sweeps.store import ResultStore
     from sweeps.tracking import log_summary
 
     store = ResultStore(sweep_dir)
-    store.compact()
-    paths = build_report(store.local_path() or sweep_dir)
-    status = log_summary(wandb_settings, sweep=name, table=paths.summary, run_dir=sweep_dir)
+    try:
+        store.compact()
+        paths = build_report(store.local_path() or sweep_dir, out)
+    except (pa.ArrowInvalid, OSError) as exc:  # a damaged results file, or a report folder we cannot write
+        fail(f"cannot write the report of {sweep_dir}{f' into {out}' if out else ''}: {type(exc).__name__}: {exc}"
+             + ("" if out else " (write it elsewhere with --out DIR)"))
+    status = log_summary(wandb_settings, sweep=name, table=paths.summary, run_dir=str(out or sweep_dir))
     console.print(f"report: {paths.html}  (markdown: {paths.markdown}; W&B summary: {status})")
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from hdmap.data.layout import normalize_domain
+from hdmap.errors import ConfigError
 from hdmap.data.transforms import NORMALIZATIONS, RESIZE_METHODS
 from hdmap.metrics import THRESHOLD_METHODS
 from hdmap.models.base import StrictModel
@@ -22,6 +23,7 @@ from hdmap.models.registry import MODELS
 
 Domain = Annotated[str, BeforeValidator(normalize_domain)]
 DEFAULT_MODEL = "patchcore"
+MAX_IMAGE_SIDE = 4096
 
 
 class DataConfig(StrictModel):
@@ -45,6 +47,13 @@ class DataConfig(StrictModel):
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
+
+    @field_validator("image_size")
+    @classmethod
+    def _sane_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not all(1 <= side <= MAX_IMAGE_SIDE for side in v):
+            raise ValueError(f"each side must be between 1 and {MAX_IMAGE_SIDE} px, e.g. 224 or [64, 192]")
+        return v
 
     @model_validator(mode="after")
     def _test_refs_need_shots(self) -> "DataConfig":
@@ -104,6 +113,9 @@ class TrialConfig(StrictModel):
             size = native_input_size(self.model.backbone)
             if size is not None:
                 self.data.image_size = size
+        problem = self.model.input_size_problem(self.data.image_size)
+        if problem:
+            raise ValueError(f"data.image_size does not suit model {self.model.name}: {problem}")
         return self
 
     def canonical(self) -> dict:
@@ -114,10 +126,6 @@ class TrialConfig(StrictModel):
     def trial_id(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-class ConfigError(ValueError):
-    """A config that does not validate; the message names the source, field path and allowed values."""
 
 
 def parse_value(text: str) -> Any:
@@ -156,6 +164,10 @@ def read_yaml_tree(path: str | Path, expected: str) -> dict:
         tree = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; expected a YAML file ({expected})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as a YAML file ({exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
@@ -195,11 +207,13 @@ def describe_errors(exc: ValidationError, source: str) -> str:
         path, owner = _resolve_loc(loc)
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(owner.model_fields) if owner else "?"
-            lines.append(f"{source}: {path}: unknown field; allowed here: {allowed}")
+            lines.append(f"{source + ': ' if source else ''}{path}: unknown field; allowed here: {allowed}")
         elif err["type"] == "union_tag_invalid":
-            lines.append(f"{source}: {path}.name: unknown model {err['input'].get('name')!r}; allowed: {', '.join(MODELS)}")
+            lines.append(f"{source + ': ' if source else ''}{path}.name: unknown model {err['input'].get('name')!r}; allowed: {', '.join(MODELS)}")
         else:
-            lines.append(f"{source}: {path}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"  # a section: too long
+            lines.append(f"{source + ': ' if source else ''}{path + ': ' if path else ''}{msg}{got}")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from hdmap.config import TrialConfig
 from hdmap.data.arrays import SplitArrays
 from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
+from hdmap.errors import OutputError
 from hdmap.features import FeatureLookup, cached_features
 from hdmap.metrics import evaluate
 from hdmap.models.registry import MODELS
@@ -166,17 +167,57 @@ def failed_trial(cfg: TrialConfig, exc: BaseException) -> TrialResult:
     return TrialResult(rows=[row], scores=SCORE_SCHEMA.empty_table())
 
 
+def prepare_output_dir(out_dir: str | Path, trial_id: str) -> Path:
+    """Check, before anything is fitted, that `out_dir` can take this trial's results without losing others'.
+
+    A directory holding another trial's results is refused: results are never overwritten by a different trial."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; expected a directory (default runs/<trial_id>)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"--out {out} is not writable ({exc.strerror or exc})") from None
+    held = _held_trial_ids(out / "results.parquet")
+    others = sorted(held - {trial_id})
+    if others:
+        raise OutputError(f"--out {out} holds the results of trial {others[0]}, not {trial_id}; results are never "
+                          f"overwritten by another trial: choose another --out (default runs/<trial_id>)")
+    return out
+
+
 def write_outputs(result: TrialResult, out_dir: str | Path, cfg: TrialConfig | None = None) -> Path:
-    """`results.parquet`, `scores.parquet` (and `config.yaml`) in out_dir; each written atomically."""
+    """`results.parquet`, `scores.parquet` (and `config.yaml`) in out_dir; each written atomically.
+
+    A failed run never replaces a successful result of the same trial: its error row goes beside it, to
+    `results.failed-<UTC time>.parquet`. Returns the results file written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_parquet(result.results_table(), out / "results.parquet")
+    target = out / "results.parquet"
+    if not result.ok and _has_ok_rows(target):
+        target = out / f"results.failed-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.parquet"
+        _atomic_parquet(result.results_table(), target)
+        return target
+    _atomic_parquet(result.results_table(), target)
     _atomic_parquet(result.scores, out / "scores.parquet")
     if cfg is not None:
         import yaml
 
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    return out
+    return target
+
+
+def _held_trial_ids(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return set(pq.read_table(path, columns=["trial_id"])["trial_id"].to_pylist())
+
+
+def _has_ok_rows(path: Path) -> bool:
+    return path.is_file() and "ok" in pq.read_table(path, columns=["status"])["status"].to_pylist()
 
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hdmap.config import ConfigError, TrialConfig, apply_overrides, describe_errors, read_yaml_tree, set_path
+from hdmap.errors import UserError
 from hdmap.models.registry import MODELS
 from sweeps.tracking import WandbSettings
 
@@ -102,7 +103,7 @@ class SweepSpec(_Strict):
         return f"{base.rstrip('/')}/{self.name}{sep}{query}"
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """Everything wrong with a spec, one line per problem, each naming file, field path and what is allowed."""
 
 
@@ -269,14 +270,24 @@ def _check_path(path: str, model: str, where: str) -> list[str]:
 
 
 def _check_values(base: dict, grid: list[list[dict]], model: str, source: str, problems: list[str]) -> None:
-    """Validate every axis value on its own against the base config, so an error names the one bad value."""
+    """Validate every axis value on its own against the base config, so an error names the one bad value.
+
+    A problem of the base config itself (every axis value shows it) is named once, as the model's."""
+    base_problems = _problems(base)
+    problems += [f"{source}: model {model}: {p}" for p in base_problems]
     for options in grid:
         for assignment in options:
             tree = copy.deepcopy(base)
             for path, value in assignment.items():
                 set_path(tree, path, copy.deepcopy(value))
-            try:
-                TrialConfig.model_validate(tree)
-            except ValidationError as exc:
-                label = ", ".join(f"{p}={v!r}" for p, v in assignment.items())
-                problems.append(describe_errors(exc, f"{source}: model {model}, axis value {label}"))
+            label = ", ".join(f"{p}={v!r}" for p, v in assignment.items())
+            problems += [f"{source}: model {model}, axis value {label}: {p}"
+                         for p in _problems(tree) if p not in base_problems]
+
+
+def _problems(tree: dict) -> list[str]:
+    try:
+        TrialConfig.model_validate(tree)
+    except ValidationError as exc:
+        return describe_errors(exc, "").splitlines()
+    return []

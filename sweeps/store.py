@@ -32,9 +32,7 @@ class ResultStore:
         else:  # absolute: trials write from other processes and working directories
             self.uri = self.root = os.path.abspath(sweep_dir)
             self.fs = pafs.LocalFileSystem()
-        self._cache: dict[str, tuple] = {}
-        for sub in ("parts/results", "parts/scores"):
-            self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
+        self._cache: dict[str, tuple] = {}  # reading creates nothing: `hdmap report` may point at a copied folder
 
     # -- written by trials -------------------------------------------------------------------
     def mark_attempt(self, trial_id: str) -> None:
@@ -56,6 +54,8 @@ class ResultStore:
         scores = result.scores.set_column(
             result.scores.schema.get_field_index("sweep"), "sweep", pa.array([sweep] * result.scores.num_rows, pa.string())
         )
+        for sub in ("parts/results", "parts/scores"):
+            self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
         # scores first: a results part is the commit marker of a finished trial.
         self._atomic_write(scores, f"parts/scores/{trial_id}.parquet")
         self._atomic_write(result.results_table(), f"parts/results/{trial_id}.parquet")
@@ -94,14 +94,28 @@ class ResultStore:
         table = self.results()
         return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
 
-    def compact(self, scores: bool = True) -> None:
-        """Rewrite results.parquet (and scores.parquet, the big one) from the parts (single writer: the driver)."""
-        self._atomic_write(self.results(), "results.parquet")
+    def compact(self, scores: bool = True) -> bool:
+        """Rewrite results.parquet (and scores.parquet, the big one) from the parts (single writer: the driver).
+
+        Only from parts that hold every trial the compacted file holds: a folder copied without its parts, an
+        `hdmap trial` output or a store whose parts were pruned keeps its files as they are (returns False)."""
+        results = self.results()
+        compacted = f"{self.root}/results.parquet"
+        if self.fs.get_file_info(compacted).type != pafs.FileType.NotFound:
+            held = set(pq.read_table(compacted, columns=["trial_id"], filesystem=self.fs)["trial_id"].to_pylist())
+            if not held <= set(results["trial_id"].to_pylist()):
+                return False
+        elif not results.num_rows:
+            return False
+        self._atomic_write(results, "results.parquet")
         if scores:
             self._atomic_write(self.scores(), "scores.parquet")
+        return True
 
     def write_json(self, relative: str, payload: dict) -> None:
-        with self.fs.open_output_stream(f"{self.root}/{relative}") as f:
+        path = f"{self.root}/{relative}"
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as f:
             f.write(json.dumps(payload, indent=2, default=str).encode())
 
     def local_path(self) -> Path | None:

@@ -24,8 +24,10 @@ def test_same_config_same_metrics(sim_root):
 
 def test_outputs_follow_schema_and_auroc_recomputes(sim_root, tmp_path):
     cfg = load_trial_config(None, tiny_overrides(sim_root) + ["data.test_domains=[A, C]"])
-    out = write_outputs(run_trial(cfg), tmp_path / "t", cfg)
-    results = pq.read_table(out / "results.parquet")
+    written = write_outputs(run_trial(cfg), tmp_path / "t", cfg)
+    out = written.parent
+    assert written == out / "results.parquet"
+    results = pq.read_table(written)
     assert results.schema.equals(results_schema())
     assert sorted(results["test_domain"].to_pylist()) == ["domain_A", "domain_C"]
     assert results["model.k"].to_pylist() == [9, 9] and results["data.domain"].to_pylist() == ["domain_C"] * 2

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hdmap.errors import DataLayoutError
+
 DOMAINS = ("domain_A", "domain_B", "domain_C", "domain_D")
 IMAGE_SHAPE = (31, 95)  # (H, W)
 TIFF_SUFFIXES = (".tiff", ".tif", ".TIFF", ".TIF")
@@ -21,10 +23,6 @@ SPLIT_FOLDERS = {
     "test": (("test/good", 0), ("test/fault", 1)),
 }
 CONDITIONS = ("cold", "warm")
-
-
-class DataLayoutError(ValueError):
-    """A data root does not follow the documented layout; the message names what and where."""
 
 
 def normalize_domain(name: str) -> str:

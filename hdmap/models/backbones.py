@@ -6,30 +6,66 @@ cluster node a missing cache must fail at once with a message that says how to p
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from pathlib import Path
 
 import timm
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from hdmap.models.base import StrictModel
+from hdmap.errors import WeightsNotFoundError
+from hdmap.models.base import ModelConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights requested but not available locally."""
+class BackboneConfig(ModelConfig):
+    """The fields of every model built on a timm backbone; each model sets its name, default backbone and layers.
 
+    The backbone name and its layers are checked against timm when the config is validated (a typo fails
+    `hdmap trial` and `sweep plan` at once, not a trial after its data is loaded)."""
 
-class BackboneConfig(StrictModel):
-    """The fields of every model built on a timm backbone; each model sets its name, default backbone and layers."""
-
-    name: str  # first in error messages and result columns
     backbone: str
     layers: list[str]
     pretrained: bool = True
     weights: str | None = Field(None, description="local checkpoint file; default: timm/HF cache")
+
+    @model_validator(mode="after")
+    def _known_backbone_and_layers(self) -> "BackboneConfig":
+        strides = backbone_strides(self.backbone)
+        unknown = [layer for layer in self.layers if layer not in strides]
+        if not self.layers or unknown:
+            what = "none given" if not self.layers else f"{unknown} not in backbone {self.backbone!r}"
+            raise ValueError(f"layers {self.layers}: {what}; {self.backbone} has: {', '.join(strides)}")
+        return self
+
+    def input_size_problem(self, size: tuple[int, int]) -> str | None:
+        stride = max(backbone_strides(self.backbone)[layer] for layer in self.layers)
+        if min(size) < stride:
+            return (f"{self.backbone} layer(s) {', '.join(self.layers)} downsample by {stride}: "
+                    f"each side needs >= {stride} px, got {list(size)}")
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_strides(backbone: str) -> dict[str, int]:
+    """Feature layer name -> stride for a timm backbone, built on the meta device (no weights, no memory).
+
+    Follows anomalib's TimmFeatureExtractor: a name containing "vit" is a transformer read at `blocks.N`
+    (stride = patch size); any other model exposes its `features_only` stages (`layer2`, ...)."""
+    if not timm.is_model(backbone):
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
+        raise ValueError(f"unknown backbone {backbone!r} (not a timm model)"
+                         + (f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"))
+    vit = "vit" in backbone.lower()
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, features_only=not vit)
+    if vit:
+        patch = model.patch_embed.patch_size[0]
+        return {f"blocks.{i}": patch for i in range(len(model.blocks))}
+    return dict(zip(model.feature_info.module_name(), model.feature_info.reduction()))
 
 
 def native_input_size(backbone: str) -> tuple[int, int] | None:

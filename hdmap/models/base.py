@@ -13,6 +13,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ModelConfig(StrictModel):
+    """Base of every model's config: the checks a trial runs before it loads data or builds anything."""
+
+    name: str  # each model sets its own: first in error messages and result columns
+
+    def input_size_problem(self, size: tuple[int, int]) -> str | None:
+        """Why the model cannot take (H, W) inputs, or None; checked at config validation, before any fit."""
+        return None
+
+
 class AnomalyModule(L.LightningModule):
     """The contract between a model and `hdmap.trial`.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from hdmap.errors import ConfigError
+
 
 def k_center_greedy(features: torch.Tensor, n_select: int, seed: int = 0, project_dim: int | None = 128) -> torch.Tensor:
     """Indices of `n_select` rows chosen farthest-first (the first one at random, seeded)."""
@@ -36,5 +38,12 @@ def subsample(bank: torch.Tensor, ratio: float, seed: int = 0) -> torch.Tensor:
     """PatchCore's memory bank: the `ratio` share of `bank` chosen by k-center greedy (all of it at ratio 1)."""
     keep = int(bank.shape[0] * ratio)
     if keep < 1:
-        raise ValueError(f"model.coreset_ratio={ratio} keeps no patch of {bank.shape[0]}; raise it")
+        raise ConfigError(f"model.coreset_ratio={ratio} keeps no patch of {bank.shape[0]}; raise it")
     return bank[k_center_greedy(bank, keep, seed=seed)] if keep < bank.shape[0] else bank
+
+
+def check_neighbours(k: int, bank: torch.Tensor, which: str = "memory bank") -> None:
+    """`model.k` neighbours must exist in the bank: k is never clamped behind the results row's back."""
+    if k > bank.shape[0]:
+        raise ConfigError(f"model.k={k} but the {which} holds only {bank.shape[0]} patch features (fit images x "
+                          f"patches per image x coreset_ratio); lower model.k or raise model.coreset_ratio / shots")

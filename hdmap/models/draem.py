@@ -13,13 +13,12 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from hdmap.models.base import AnomalyModule, StrictModel
+from hdmap.models.base import AnomalyModule, ModelConfig
 
 
-class TrainedModelConfig(StrictModel):
+class TrainedModelConfig(ModelConfig):
     """The training fields of the models fitted by gradient descent (draem, draem_sevnet)."""
 
-    name: str  # each model sets its own: first in error messages and result columns
     epochs: int = Field(10, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val_loss improvement")
     lr: float = Field(1e-4, gt=0)
@@ -38,6 +37,16 @@ class DraemConfig(TrainedModelConfig):
         if v is not None and not Path(v).is_dir():
             raise ValueError(f"dtd_dir {v!r} is not an existing folder (textures are never downloaded)")
         return v
+
+    def input_size_problem(self, size: tuple[int, int]) -> str | None:
+        return draem_size_problem(size)
+
+
+def draem_size_problem(size: tuple[int, int]) -> str | None:
+    """DRAEM's U-Nets halve the input five times and concatenate skips: each side a multiple of 32."""
+    if any(side % 32 for side in size):
+        return f"DRAEM networks need each side a multiple of 32 (e.g. [32, 96] or [64, 192]), got {list(size)}"
+    return None
 
 
 class DraemNet(torch.nn.Module):

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range
 from hdmap.models.base import AnomalyModule
-from hdmap.models.draem import DraemNet, TrainedModelConfig
+from hdmap.models.draem import DraemNet, TrainedModelConfig, draem_size_problem
 
 SEVERITY_INPUT_CHANNELS = {
     "discriminative_only": 2,
@@ -79,6 +79,9 @@ class DraemSevNetConfig(TrainedModelConfig):
         if self.w_recon + self.w_seg + self.w_sev == 0:
             raise ValueError("w_recon, w_seg and w_sev are all 0: nothing to train")
         return self
+
+    def input_size_problem(self, size: tuple[int, int]) -> str | None:
+        return draem_size_problem(size)
 
 
 class SeverityNet(nn.Module):

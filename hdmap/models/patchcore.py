@@ -9,7 +9,7 @@ from pydantic import Field
 
 from hdmap.models.backbones import BackboneConfig, load_pretrained
 from hdmap.models.base import AnomalyModule
-from hdmap.models.coreset import subsample
+from hdmap.models.coreset import check_neighbours, subsample
 
 
 class PatchCoreConfig(BackboneConfig):
@@ -47,6 +47,7 @@ class PatchCoreModule(AnomalyModule):
         bank = torch.vstack(self.model.embedding_store)
         self.model.embedding_store.clear()
         self.model.memory_bank = subsample(bank, self.coreset_ratio, self.seed)
+        check_neighbours(self.model.num_neighbors, self.model.memory_bank)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()

@@ -51,7 +51,7 @@ from pydantic import Field, field_validator
 from hdmap.cache import hash_array
 from hdmap.models.backbones import BackboneConfig, load_pretrained
 from hdmap.models.base import AnomalyModule
-from hdmap.models.coreset import subsample
+from hdmap.models.coreset import check_neighbours, subsample
 from hdmap.models.knn import METHODS, knn_search
 
 GATINGS = ("mixed", "oracle", "p90", "random", "soft")
@@ -272,6 +272,8 @@ class CAPatchCoreModule(AnomalyModule):
         if self.cfg.gating == "mixed":
             stores = {COLD: torch.cat([s for s in stores.values() if s.numel()])}
         self.banks = {b: self._coreset(s) for b, s in stores.items()}
+        for b, bank in self.banks.items():
+            check_neighbours(self.cfg.k, bank, "memory bank" if len(self.banks) == 1 else f"{('cold', 'warm')[b]} bank")
         self._bank_keys = {b: hash_array(bank.numpy()) for b, bank in self.banks.items()} if self.disk_cache else {}
 
     def _coreset(self, features: torch.Tensor) -> torch.Tensor:

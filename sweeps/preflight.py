@@ -1,0 +1,59 @@
+"""What `sweep plan` and `sweep run` check before Ray starts, beyond the spec itself (sweeps.spec).
+
+A mistake found here costs a second; found by the trials, it costs a Ray start and one failed trial
+per config. Nothing here writes: `sweep plan` runs nothing and leaves no trace.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from hdmap.data.layout import scan_split
+from hdmap.errors import DataLayoutError, OutputError
+from sweeps.spec import Plan
+
+
+def check_output(sweep_dir: str) -> None:
+    """The sweep's output location can take results: local (no file in the way, writable) or object storage."""
+    if "://" in sweep_dir:
+        try:
+            fs, path = pafs.FileSystem.from_uri(sweep_dir)
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise OutputError(f"output {sweep_dir}: bucket {bucket!r} does not exist")
+        except OutputError:
+            raise
+        except Exception as exc:  # bad URI, unreachable endpoint, missing credentials
+            raise OutputError(f"output {sweep_dir}: not reachable ({type(exc).__name__}: {exc})") from None
+        return
+    path = Path(sweep_dir).resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"output {sweep_dir}: {existing} is a file, not a directory (spec field `output`)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output {sweep_dir}: {existing} is not writable (spec field `output`)")
+
+
+def check_data(plan: Plan) -> list[str]:
+    """Every domain a trial reads has the layout's folders and readable files; returns what could not be checked.
+
+    A root the spec will simulate at launch is skipped with a note."""
+    data = plan.spec.data
+    notes: list[str] = []
+    roots = sorted({t.data.root for t in plan.trials})
+    for root in roots:
+        if not Path(root).exists():
+            if data.simulate is not None:
+                notes.append(f"{root} does not exist yet: it will be simulated at launch")
+                continue
+            raise DataLayoutError(f"data root {root} does not exist (spec field data.root; expected "
+                                  f"<root>/domain_{{A,B,C,D}}/...)")
+        domains = {d for t in plan.trials if t.data.root == root
+                   for d in [t.data.domain, *t.data.resolved_test_domains()]}
+        for domain in sorted(domains):
+            for split in ("train", "test"):
+                scan_split(root, domain, split)
+    return notes
