@@ -45,7 +45,7 @@ class DataConfig(StrictModel):
     cold_below: int | None = Field(
         None, ge=0, description="test file number < cold_below is cold (any numbering); None: the index rule or "
                                 "<root>/conditions.csv (hdmap/data/layout.py)")
-    allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are min-max scaled >= 0)")
+    allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are scaled to >= 0)")
 
     @field_validator("image_size", mode="before")
     @classmethod

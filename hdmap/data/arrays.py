@@ -2,20 +2,22 @@
 
 Two cache levels sit in front of the decoder:
 
-* per process: an ``lru_cache`` keyed by (resolved root, domain, split, cache dir, cold_below, allow_negative);
+* per process: an ``lru_cache`` keyed by (resolved root, domain, split, cache dir, cold_below,
+  allow_negative);
 * per node (optional): when the environment variable ``HDMAP_ARRAY_CACHE`` names a directory
   (the sweep runner points it at a node-local temp dir), each decoded split is stored there as
   ``<key>.npy`` (the images, opened with ``mmap_mode="r"`` so every worker process on the node
   shares the page cache) plus ``<key>.json`` (files, labels, conditions). ``<key>`` is the sha1 of
   the resolved root, domain, split, every file's (relative path, size, mtime_ns), label and condition
   (so the cold/warm source — index rule, ``data.cold_below`` or ``conditions.csv`` — is in it) and
-  ``allow_negative``: editing, adding or removing a file or changing the split yields a new key. Both files are written under temporary names and
-  ``os.replace``d, the JSON last: an entry exists only once its JSON does, so a crash or a
+  ``allow_negative``: editing, adding or removing a file or changing the split yields a new key.
+  Both files are written under temporary names and ``os.replace``d, the JSON last: an entry exists only once its JSON does, so a crash or a
   concurrent writer never exposes a half-written entry. An ``fcntl.flock`` on ``<key>.lock``
   makes concurrent first loads on a node decode once: the others wait, then read the entry.
 
 Validation errors (unreadable TIFF, wrong dtype or shape, non-finite or negative values) are raised
-exactly as without the cache and never cached: ``_decode`` validates every file before anything is written; severity ground truth is always recomputed from the simulator's sidecar.
+exactly as without the cache and never cached: ``_decode`` validates every file before anything is
+written. Severity ground truth is always recomputed from the simulator's sidecar.
 Unset ``HDMAP_ARRAY_CACHE`` = per-process caching only, nothing written to disk.
 """
 
@@ -110,9 +112,9 @@ def check_headers(root: str | Path, domain: str, split: str, cold_below: int | N
 
 def _header_problem(path: Path) -> DataLayoutError | None:
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]  # what imread decodes: shape and dtype from the IFDs, no pixel data read
-            shape, dtype = series.shape, series.dtype
+        with tifffile.TiffFile(path) as tif:  # reads the IFDs only, no pixel data; pages[0] is half the cost of series
+            page, n_pages = tif.pages[0], len(tif.pages)
+            shape, dtype = page.shape if n_pages == 1 else (n_pages, *page.shape), page.dtype
     except Exception as exc:  # tifffile raises several types for corrupt / non-TIFF input
         return DataLayoutError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})")
     try:

@@ -139,8 +139,8 @@ def _conditions_by_number(root: Path, folder: Path, files: list[Path],
     """The index rule or `cold_below`: files in number order and their conditions; errors name the folder."""
     unnumbered = [p.name for p in files if not NUMBERED_NAME.match(p.name)]
     if unnumbered:
-        raise DataLayoutError(f"{folder}: test file names must be <digits>.tif[f] to assign cold/warm by number; "
-                              f"found {_examples(unnumbered)}; rename or move them, or "
+        raise DataLayoutError(f"{folder}: test file names must be <digits>.tiff (or .tif) to assign cold/warm by "
+                              f"number; found {_examples(unnumbered)}; rename or move them, or "
                               f"{_how_to_state(root, folder / unnumbered[0])}")
     numbered = sorted((int(NUMBERED_NAME.match(p.name).group(1)), p) for p in files)
     numbers = [n for n, _ in numbered]
