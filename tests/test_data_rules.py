@@ -159,7 +159,7 @@ def all_rows(root, condition_of=lambda i: "cold" if i % 2 else "warm"):
 def test_conditions_csv_states_the_split_for_any_names(root):
     rename(root / GOOD, {"000000.tiff": "run-17.tiff"})  # names need not be numbers with a conditions.csv
     rows = all_rows(root)
-    rows[0] = "domain_C/test/good/run-17.tiff,cold"
+    rows[0] = "domain_C/test/good/run-17.tiff,cold,a surplus field"
     conditions_csv(root, rows + ["domain_C/train/good/000000.tiff,warm", "domain_A/test/good/000000.tiff,cold"])
     test = load_split(root, "C", "test")
     got = dict(zip(test.files, test.conditions))

@@ -11,9 +11,10 @@ Two cache levels sit in front of the decoder:
   the resolved root, domain, split, every file's (relative path, size, mtime_ns), label and condition
   (so the cold/warm source — index rule, ``data.cold_below`` or ``conditions.csv`` — is in it) and
   ``allow_negative``: editing, adding or removing a file or changing the split yields a new key.
-  Both files are written under temporary names and ``os.replace``d, the JSON last: an entry exists only once its JSON does, so a crash or a
-  concurrent writer never exposes a half-written entry. An ``fcntl.flock`` on ``<key>.lock``
-  makes concurrent first loads on a node decode once: the others wait, then read the entry.
+  Both files are written under temporary names and ``os.replace``d, the JSON last: an entry exists
+  only once its JSON does, so a crash or a concurrent writer never exposes a half-written entry.
+  An ``fcntl.flock`` on ``<key>.lock`` makes concurrent first loads on a node decode once: the
+  others wait, then read the entry.
 
 Validation errors (unreadable TIFF, wrong dtype or shape, non-finite or negative values) are raised
 exactly as without the cache and never cached: ``_decode`` validates every file before anything is
@@ -112,7 +113,7 @@ def check_headers(root: str | Path, domain: str, split: str, cold_below: int | N
 
 def _header_problem(path: Path) -> DataLayoutError | None:
     try:
-        with tifffile.TiffFile(path) as tif:  # reads the IFDs only, no pixel data; pages[0] is half the cost of series
+        with tifffile.TiffFile(path) as tif:  # IFDs only, no pixel data (pages[0]: half the cost of series[0])
             page, n_pages = tif.pages[0], len(tif.pages)
             shape, dtype = page.shape if n_pages == 1 else (n_pages, *page.shape), page.dtype
     except Exception as exc:  # tifffile raises several types for corrupt / non-TIFF input

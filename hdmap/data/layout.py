@@ -176,7 +176,7 @@ def read_conditions(root: Path) -> dict[str, tuple[str, int]] | None:
         raise DataLayoutError(f"{path}: line 1 must name the columns file,condition (found {reader.fieldnames})")
     table: dict[str, tuple[str, int]] = {}
     for row in reader:
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}  # None: surplus fields
         line = reader.line_num
         file = row["file"].replace("\\", "/").removeprefix("./")
         parts = file.split("/")
