@@ -24,6 +24,8 @@ from hdmap.models.registry import MODELS
 Domain = Annotated[str, BeforeValidator(normalize_domain)]
 DEFAULT_MODEL = "patchcore"
 MAX_IMAGE_SIDE = 4096
+# data fields added after results existed: left out of `trial_id` at their default, so earlier ids stay valid
+ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative")
 
 
 class DataConfig(StrictModel):
@@ -42,6 +44,10 @@ class DataConfig(StrictModel):
     resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
     to_rgb: bool = True
     normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
+    cold_below: int | None = Field(
+        None, ge=0, description="test file number < cold_below is cold (any numbering); None: the index rule or "
+                                "<root>/conditions.csv (hdmap/data/layout.py)")
+    allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are scaled to >= 0)")
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -120,7 +126,11 @@ class TrialConfig(StrictModel):
 
     def canonical(self) -> dict:
         """The semantic config (runtime excluded), as plain JSON data."""
-        return self.model_dump(mode="json", exclude={"runtime"})
+        tree = self.model_dump(mode="json", exclude={"runtime"})
+        for name in ID_OMITTED_AT_DEFAULT:
+            if tree["data"][name] == DataConfig.model_fields[name].default:
+                del tree["data"][name]
+        return tree
 
     @property
     def trial_id(self) -> str:

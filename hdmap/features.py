@@ -3,7 +3,9 @@
 Most PatchCore trials of a study differ only in what happens after the backbone (shots, gating, k,
 coreset ratio, context). For a model that declares `feature_key()`, the trial asks this module for the
 features of every split it touches — (data root, domain, train|test) — and gets a memory-mapped array
-computed at most once per node: the entry key holds the split's file listing (paths, sizes, mtimes),
+computed at most once per node: the entry key holds the split's file listing (paths, sizes, mtimes;
+not the cold/warm conditions, which change no feature: features are looked up per file, and nothing
+cached downstream — coreset, kNN — is keyed by anything but feature content),
 the transform (image size, resize, channels, normalisation) and the model's key (backbone, layers,
 pooling, a hash of the actual weights — so random-init seeds and weight files never collide).
 Concurrency and atomicity come from `hdmap.cache.DiskCache`.
@@ -18,8 +20,7 @@ import numpy as np
 import torch
 
 from hdmap.cache import DiskCache
-from hdmap.data.arrays import cache_key, load_split
-from hdmap.data.layout import scan_split
+from hdmap.data.arrays import files_key, load_split
 
 
 class FeatureLookup:
@@ -49,9 +50,10 @@ def cached_features(cache: DiskCache, module, model_key: dict, data_cfg, device:
     lookup = FeatureLookup()
     pending = {}  # (domain, split) -> (entry key, decoded split): file listings are stat-ed once, not per pass
     for domain, split in sorted(sources):
-        files_key = cache_key(root, domain, split, scan_split(root, domain, split))
-        key = {"split": f"{root}/{domain}/{split}", "files": files_key, "transform": transform, "model": model_key}
-        pending[(domain, split)] = (key, load_split(root, domain, split))
+        arrays = load_split(root, domain, split, data_cfg.cold_below, data_cfg.allow_negative)
+        key = {"split": f"{root}/{domain}/{split}", "files": files_key(root, domain, split, arrays.files),
+               "transform": transform, "model": model_key}
+        pending[(domain, split)] = (key, arrays)
     while pending:  # a split another trial is computing is skipped until the others are done (then waited for)
         before = len(pending)
         for source, (key, arrays) in list(pending.items()):

@@ -30,3 +30,14 @@ def tiny_overrides(root, model="patchcore"):
         return common + ["model.name=draem", "model.epochs=2", "model.base_width=16", "data.image_size=[32,96]",
                          "data.normalization=none"]
     raise ValueError(model)
+
+
+@pytest.fixture
+def fresh_arrays(monkeypatch):
+    """Split loading from scratch: no node cache from the environment, an empty per-process cache before and after."""
+    from hdmap.data.arrays import CACHE_ENV, clear_cache
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    clear_cache()
+    yield
+    clear_cache()

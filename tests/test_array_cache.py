@@ -85,12 +85,7 @@ def assert_no_temp_files(cache):
     assert not stray, stray
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.delenv(CACHE_ENV, raising=False)
-    clear_cache()
-    yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_arrays")
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import tifffile
 import torch
 
 from hdmap.config import ConfigError, load_trial_config
-from hdmap.data.arrays import clear_cache, load_split
+from hdmap.data.arrays import load_split
 from hdmap.data.layout import DataLayoutError, condition_of, normalize_domain
 from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
@@ -27,11 +27,7 @@ def write_layout(root, domains=("domain_C",), n_train=6, n_test=4, value=0.5):
     return root
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    clear_cache()
-    yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_arrays")
 
 
 def test_loads_real_layout_as_float32_unclipped(tmp_path):

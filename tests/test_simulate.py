@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from hdmap.data.layout import DOMAINS, IMAGE_SHAPE, condition_of, scan_split
+from hdmap.data.arrays import check_headers
+from hdmap.data.layout import CONDITIONS_FILE, DOMAINS, IMAGE_SHAPE, condition_of, scan_split
 from hdmap.data.simulate import read_ground_truth, simulate
 
 N_TRAIN, N_TEST, SEED = 100, 200, 0
@@ -52,11 +53,15 @@ def test_layout_counts_dtype_shape_and_range(sim):
             assert images.dtype == np.float32, f"{domain}/{key}: dtype {images.dtype}, expected float32"
             assert images.shape == (n, *IMAGE_SHAPE), f"{domain}/{key}: shape {images.shape}"
             assert images.min() >= 0, f"{domain}/{key}: min {images.min()} < 0"
-        # the layout module (what the loader uses) accepts the tree and assigns cold/warm by index
+            assert np.isfinite(images).all(), f"{domain}/{key}: non-finite values"
+        # the layout module (what the loader uses) accepts the tree under every rule and assigns cold/warm by index
+        check_headers(root, domain, "train")
+        check_headers(root, domain, "test")
         test = scan_split(root, domain, "test")
         assert len(test) == 2 * N_TEST and len(scan_split(root, domain, "train")) == N_TRAIN
         assert [e.condition for e in test[:N_TEST]] == [condition_of(i, N_TEST) for i in range(N_TEST)]
     assert (root / "ground_truth.csv").is_file() and (root / "simulation.json").is_file()
+    assert not (root / CONDITIONS_FILE).exists()  # the index rule states the split; nothing else may compete
 
 
 def test_train_max_is_one_and_test_exceeds_it(sim):

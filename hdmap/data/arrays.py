@@ -2,19 +2,23 @@
 
 Two cache levels sit in front of the decoder:
 
-* per process: an ``lru_cache`` keyed by (resolved root, domain, split, cache dir);
+* per process: an ``lru_cache`` keyed by (resolved root, domain, split, cache dir, cold_below,
+  allow_negative);
 * per node (optional): when the environment variable ``HDMAP_ARRAY_CACHE`` names a directory
   (the sweep runner points it at a node-local temp dir), each decoded split is stored there as
   ``<key>.npy`` (the images, opened with ``mmap_mode="r"`` so every worker process on the node
   shares the page cache) plus ``<key>.json`` (files, labels, conditions). ``<key>`` is the sha1 of
-  the resolved root, domain, split and every file's (relative path, size, mtime_ns), so editing,
-  adding or removing a file yields a new key. Both files are written under temporary names and
-  ``os.replace``d, the JSON last: an entry exists only once its JSON does, so a crash or a
-  concurrent writer never exposes a half-written entry. An ``fcntl.flock`` on ``<key>.lock``
-  makes concurrent first loads on a node decode once: the others wait, then read the entry.
+  the resolved root, domain, split, every file's (relative path, size, mtime_ns), label and condition
+  (so the cold/warm source — index rule, ``data.cold_below`` or ``conditions.csv`` — is in it) and
+  ``allow_negative``: editing, adding or removing a file or changing the split yields a new key.
+  Both files are written under temporary names and ``os.replace``d, the JSON last: an entry exists
+  only once its JSON does, so a crash or a concurrent writer never exposes a half-written entry.
+  An ``fcntl.flock`` on ``<key>.lock`` makes concurrent first loads on a node decode once: the
+  others wait, then read the entry.
 
-Validation errors (unreadable TIFF, wrong dtype or shape) are raised exactly as without the cache
-and never cached; severity ground truth is always recomputed from the simulator's sidecar.
+Validation errors (unreadable TIFF, wrong dtype or shape, non-finite or negative values) are raised
+exactly as without the cache and never cached: ``_decode`` validates every file before anything is
+written. Severity ground truth is always recomputed from the simulator's sidecar.
 Unset ``HDMAP_ARRAY_CACHE`` = per-process caching only, nothing written to disk.
 """
 
@@ -27,6 +31,7 @@ import logging
 import os
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +44,7 @@ from hdmap.data.layout import IMAGE_SHAPE, DataLayoutError, FileEntry, normalize
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "HDMAP_ARRAY_CACHE"
-_CACHE_FORMAT = 1  # bump when the entry format or decoding changes: old entries are then ignored
+_CACHE_FORMAT = 2  # bump when the entry format or decoding changes: old entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -63,32 +68,83 @@ class SplitArrays:
         )
 
 
-def read_tiff(path: Path) -> np.ndarray:
+def read_tiff(path: Path, allow_negative: bool = False) -> np.ndarray:
     """One HDMAP file -> (31, 95) float32, or a DataLayoutError naming the file and what was found."""
     try:
         array = tifffile.imread(path)
     except Exception as exc:  # tifffile raises several types for corrupt / non-TIFF input
         raise DataLayoutError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    if array.dtype != np.float32:
-        raise DataLayoutError(f"{path}: dtype {array.dtype}, expected float32 (31x95 single channel)")
-    if array.shape != IMAGE_SHAPE:
-        raise DataLayoutError(f"{path}: shape {array.shape}, expected {IMAGE_SHAPE} (H x W, single channel)")
+    _check_format(path, array.shape, array.dtype)
+    non_finite = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if non_finite:
+        raise DataLayoutError(f"{path}: {non_finite} non-finite pixel values (NaN/inf); HDMAP files must be finite")
+    negative = int(np.count_nonzero(array < 0))
+    if negative and not allow_negative:
+        raise DataLayoutError(f"{path}: {negative} negative pixel values (min {array.min():.4g}); HDMAP files are "
+                              f"min-max scaled to >= 0 (set data.allow_negative: true if yours are not)")
     return array
 
 
-def load_split(root: str | Path, domain: str, split: str) -> SplitArrays:
-    """Cached per process (and per node when ``HDMAP_ARRAY_CACHE`` is set): trials decode each split once."""
+def _check_format(path: Path, shape: tuple, dtype: np.dtype) -> None:
+    """The same message for a decoded file and a header-only check."""
+    if dtype != np.float32:
+        raise DataLayoutError(f"{path}: dtype {dtype}, expected float32 (31x95 single channel)")
+    if tuple(shape) != IMAGE_SHAPE:
+        raise DataLayoutError(f"{path}: shape {tuple(shape)}, expected {IMAGE_SHAPE} (H x W, single channel)")
+
+
+def check_headers(root: str | Path, domain: str, split: str, cold_below: int | None = None,
+                  workers: int = 8) -> None:
+    """Pre-launch check of a split without decoding pixels: the layout rules, then every file's TIFF header.
+
+    Headers (readable, shape, dtype of what `read_tiff` would return) are read in a thread pool; the first bad
+    file in listing order raises a DataLayoutError naming it. Pixel values (NaN/inf, negatives) need a decode:
+    `load_split` checks them, still before any fitting.
+    """
+    entries = scan_split(Path(root), domain, split, cold_below)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for problem in pool.map(_header_problem, [e.path for e in entries]):
+            if problem is not None:
+                raise problem
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _header_problem(path: Path) -> DataLayoutError | None:
+    try:
+        with tifffile.TiffFile(path) as tif:  # IFDs only, no pixel data (pages[0]: half the cost of series[0])
+            page, n_pages = tif.pages[0], len(tif.pages)
+            shape, dtype = page.shape if n_pages == 1 else (n_pages, *page.shape), page.dtype
+    except Exception as exc:  # tifffile raises several types for corrupt / non-TIFF input
+        return DataLayoutError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})")
+    try:
+        _check_format(path, shape, dtype)
+    except DataLayoutError as exc:
+        return exc
+    return None
+
+
+def load_split(root: str | Path, domain: str, split: str, cold_below: int | None = None,
+               allow_negative: bool = False) -> SplitArrays:
+    """Cached per process (and per node when ``HDMAP_ARRAY_CACHE`` is set): trials decode each split once.
+
+    ``cold_below`` and ``allow_negative`` are the trial's `data.*` fields (see `hdmap.data.layout`).
+    """
     cache_dir = os.environ.get(CACHE_ENV) or None
-    return _load_split_cached(str(Path(root).resolve()), normalize_domain(domain), split, cache_dir)
+    return _load_split_cached(str(Path(root).resolve()), normalize_domain(domain), split, cache_dir,
+                              cold_below, allow_negative)
 
 
 @functools.lru_cache(maxsize=32)
-def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None = None) -> SplitArrays:
-    entries = scan_split(root, domain, split)
+def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None = None,
+                       cold_below: int | None = None, allow_negative: bool = False) -> SplitArrays:
+    entries = scan_split(root, domain, split, cold_below)
     if cache_dir is None:
-        images, files, labels, conditions = _decode(root, entries)
+        images, files, labels, conditions = _decode(root, entries, allow_negative)
     else:
-        images, files, labels, conditions = _load_via_node_cache(Path(cache_dir), root, domain, split, entries)
+        images, files, labels, conditions = _load_via_node_cache(Path(cache_dir), root, domain, split, entries,
+                                                                 allow_negative)
     images.setflags(write=False)
     return SplitArrays(
         domain=domain,
@@ -100,9 +156,10 @@ def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None
     )
 
 
-def _decode(root: str, entries: list[FileEntry]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _decode(root: str, entries: list[FileEntry],
+            allow_negative: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The uncached path: read and validate every file (raises DataLayoutError naming the first bad one)."""
-    images = np.stack([read_tiff(e.path) for e in entries])
+    images = np.stack([read_tiff(e.path, allow_negative) for e in entries])
     files = np.array([e.path.relative_to(root).as_posix() for e in entries], dtype=object)
     labels = np.array([e.label for e in entries], dtype=np.int64)
     conditions = np.array([e.condition for e in entries], dtype=object)
@@ -113,23 +170,36 @@ def _decode(root: str, entries: list[FileEntry]) -> tuple[np.ndarray, np.ndarray
 # node-local disk cache
 
 
-def cache_key(root: str, domain: str, split: str, entries: list[FileEntry]) -> str:
-    """sha1 over the split's identity and every file's (relative path, size, mtime_ns)."""
+def files_key(root: str, domain: str, split: str, files) -> str:
+    """sha1 over the split's identity and every file's (path relative to root, size, mtime_ns): its pixels."""
     listing = []
-    for e in entries:
-        st = os.stat(e.path)
-        listing.append([e.path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
-    payload = {"format": _CACHE_FORMAT, "root": root, "domain": domain, "split": split, "files": listing}
+    for rel in files:
+        st = os.stat(Path(root) / rel)
+        listing.append([str(rel), st.st_size, st.st_mtime_ns])
+    payload = {"root": root, "domain": domain, "split": split, "files": listing}
+    return _sha1(payload)
+
+
+def cache_key(root: str, domain: str, split: str, entries: list[FileEntry], allow_negative: bool = False) -> str:
+    """Node-cache key: the files (`files_key`), each one's label and condition, and the validation rule."""
+    rels = [e.path.relative_to(root).as_posix() for e in entries]
+    payload = {"format": _CACHE_FORMAT, "files": files_key(root, domain, split, rels), "allow_negative": allow_negative,
+               "labels": [e.label for e in entries], "conditions": [e.condition for e in entries]}
+    return _sha1(payload)
+
+
+def _sha1(payload: dict) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, entries: list[FileEntry]):
+def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, entries: list[FileEntry],
+                         allow_negative: bool):
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        key = cache_key(root, domain, split, entries)
+        key = cache_key(root, domain, split, entries, allow_negative)
     except OSError as exc:
         warnings.warn(f"{CACHE_ENV}={cache_dir}: node cache unusable ({exc}); decoding without it", stacklevel=3)
-        return _decode(root, entries)
+        return _decode(root, entries, allow_negative)
     hit = _read_entry(cache_dir, key, len(entries))  # fast path: no lock once the entry exists
     if hit is not None:
         return hit
@@ -137,7 +207,7 @@ def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, en
         hit = _read_entry(cache_dir, key, len(entries))  # another process may have written it meanwhile
         if hit is not None:
             return hit
-        decoded = _decode(root, entries)  # validation errors propagate here, before anything is written
+        decoded = _decode(root, entries, allow_negative)  # validation errors propagate here, before any write
         log.info("decoded %d files of %s/%s/%s into node cache %s (%s)",
                  len(entries), root, domain, split, cache_dir, key)
         try:
