@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hdmap.errors import UserError
@@ -16,7 +17,7 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -147,12 +148,13 @@ def sweep_run(
     from sweeps.runner import run_sweep
     from sweeps.spec import SpecError
 
-    from sweeps.preflight import check_output
+    from sweeps.preflight import check_data, check_output
 
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
     try:
         check_output(plan.spec.sweep_dir())
+        check_data(plan)  # a root the spec simulates at launch is checked by the runner after simulating
         outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
     except (SpecError, UserError) as exc:
         fail(str(exc))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from hdmap.data.layout import scan_split
+from hdmap.data.arrays import check_headers
+from hdmap.data.splits import check_sizes
 from hdmap.errors import DataLayoutError, OutputError
 from sweeps.spec import Plan
 
@@ -51,9 +52,10 @@ def check_data(plan: Plan) -> list[str]:
                 continue
             raise DataLayoutError(f"data root {root} does not exist (spec field data.root; expected "
                                   f"<root>/domain_{{A,B,C,D}}/...)")
-        domains = {d for t in plan.trials if t.data.root == root
-                   for d in [t.data.domain, *t.data.resolved_test_domains()]}
-        for domain in sorted(domains):
-            for split in ("train", "test"):
-                scan_split(root, domain, split)
+        splits = {(d, split, t.data.cold_below) for t in plan.trials if t.data.root == root
+                  for d, split in [(t.data.domain, "train"), *((d, "test") for d in t.data.resolved_test_domains())]}
+        for domain, split, cold_below in sorted(splits, key=str):
+            check_headers(root, domain, split, cold_below)  # listing rules + every file's header, no decoding
+        for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():
+            check_sizes(data_cfg)  # train_shots / val_fraction against what the folders hold
     return notes
