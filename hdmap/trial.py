@@ -10,9 +10,9 @@ import functools
 import json
 import logging
 import os
-import resource
 import socket
 import subprocess
+import threading
 import time
 import traceback
 import warnings
@@ -75,6 +75,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     """Fit and evaluate one config. Raises on failure; `failed_trial` turns an exception into a row."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
+    memory = PeakMemory()
     _quiet_libraries(cfg.runtime.progress)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -124,8 +125,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
         status="ok", n_fit=len(data.fit), epochs_run=trainer.current_epoch, references_removed=data.references_removed,
         pretrained_weights=_weights_label(cfg), features_s=features_s, fit_s=fit_s,
         cache_hits=cache.hits if cache else None, cache_misses=cache.misses if cache else None, predict_s=predict_s,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        **memory.stop(),
         device=str(trainer.strategy.root_device), started_at=started,
     )
     rows, score_parts = [], []
@@ -146,6 +146,43 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     for row in rows:
         row["total_s"] = total
     return TrialResult(rows=rows, scores=pa.concat_tables(score_parts))
+
+
+class PeakMemory:
+    """Peak RSS and GPU memory of this trial alone, also when a Ray actor runs many trials in one process.
+
+    The process high-water marks are reset at the start: Linux's VmHWM through /proc/self/clear_refs ("5"),
+    CUDA's through reset_peak_memory_stats. Where clear_refs is unavailable a 50 ms sampling thread stands in."""
+
+    def __init__(self) -> None:
+        self._sampled = 0
+        self._sampler: threading.Thread | None = None
+        self._done = threading.Event()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while not self._done.wait(0.05):
+            self._sampled = max(self._sampled, process.memory_info().rss)
+
+    def stop(self) -> dict[str, float | None]:
+        self._done.set()
+        if self._sampler is None:
+            status = Path("/proc/self/status").read_text()
+            rss_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+        else:
+            self._sampler.join()
+            rss_mb = self._sampled / 2**20
+        gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        return {"peak_rss_mb": rss_mb, "peak_gpu_mb": gpu_mb}
 
 
 def _quiet_libraries(progress: bool) -> None:

@@ -67,3 +67,17 @@ def test_cli_bad_input_one_clear_error(tmp_path):
     assert "error: data root" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("trial", "--set", "model.colour=red")
     assert proc.returncode == 2 and "model.colour: unknown field" in proc.stderr
+
+
+def test_peak_memory_is_per_trial_not_per_process():
+    """A reused Ray actor runs many trials in one process: each trial's peak must be its own."""
+    import numpy as np
+
+    from hdmap.trial import PeakMemory
+
+    first = PeakMemory()
+    big = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+    big_peak = first.stop()["peak_rss_mb"]
+    del big
+    later = PeakMemory().stop()["peak_rss_mb"]
+    assert big_peak - later > 200, (big_peak, later)
