@@ -180,8 +180,10 @@ def sweep_run(
 def report(
     sweep_dir: Path = typer.Argument(..., help="a sweep output directory (<output>/<name>) or an `hdmap trial` --out"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write the report (default: SWEEP_DIR)"),
+    wandb: bool = typer.Option(False, "--wandb", help="also write the W&B Report definition (wandb_report.json "
+                               "beside the report) and publish it when W&B is online"),
 ) -> None:
-    """Write report.html (self-contained) and report.md from a sweep's Parquet results."""
+    """Write report.html (self-contained) and report.md from a sweep's Parquet results; --wandb: a W&B Report too."""
     import json
 
     from sweeps.tracking import WandbSettings
@@ -194,6 +196,21 @@ def report(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         fail(f"{meta}: not a readable sweep metadata file ({type(exc).__name__}: {exc})")
     _write_report(str(sweep_dir), WandbSettings(), name, out)
+    if wandb:
+        _wandb_report(sweep_dir, WandbSettings(), out)
+
+
+def _wandb_report(sweep_dir: Path, wandb_settings, out: Path | None) -> None:
+    """Save the W&B Report definition beside the report; publish it when online (bounded; one line if it fails)."""
+    from sweeps.wandb_report import write_wandb_report
+
+    try:
+        outcome = write_wandb_report(sweep_dir, wandb_settings, out)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot write the W&B report definition of {sweep_dir}: {type(exc).__name__}: {exc}")
+    console.print(escape(outcome.message(sweep_dir)), highlight=False, soft_wrap=True)
+    if outcome.failed:
+        raise typer.Exit(1)
 
 
 def _write_report(sweep_dir: str, wandb_settings, name: str, out: Path | None = None) -> None:
