@@ -28,14 +28,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hdmap.cache import DiskCache
-from hdmap.config import TrialConfig
+from hdmap.config import ConfigError, TrialConfig
 from hdmap.data.arrays import SplitArrays
+from hdmap.data.layout import DataLayoutError
 from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
 from hdmap.features import FeatureLookup, cached_features
 from hdmap.metrics import evaluate
+from hdmap.models.backbones import WeightsNotFoundError
 from hdmap.models.registry import MODELS
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
+
+# Mistakes in the config, the data or the weights (and their subclasses): a user fixes them from the message
+# alone, and running the trial again cannot succeed, so a sweep records them once instead of retrying.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataLayoutError, WeightsNotFoundError)
 
 
 @dataclass

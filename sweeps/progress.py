@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 
-from ray.tune import Callback
+from ray.tune.progress_reporter import TrialProgressCallback
 from rich.console import Console
 from rich.live import Live
 from rich.console import Group
 from rich.text import Text
 
 
-class SweepProgress(Callback):
+class SweepProgress(TrialProgressCallback):
+    """Takes the place of Tune's own TrialProgressCallback (Tune adds one unless there is one), which prints
+    "Trial ... completed" even at verbose=0 for a trial that ends without a report (a recorded user error).
+    Every hook that prints there is overridden here."""
+
     def __init__(self, total: int, skipped: int, store, live: bool = True, console: Console | None = None) -> None:
         self.total, self.skipped, self.store = total, skipped, store
         self.running: set[str] = set()
@@ -55,7 +59,9 @@ class SweepProgress(Callback):
                                 f"{trial.config['trial']['data']['domain']})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, failed=False)
+        from sweeps.runner import trial_end
+
+        self._finish(trial, failed=trial_end(trial) == "error")  # a user error the trial recorded itself
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, failed=True)
