@@ -22,7 +22,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # paths stay copyable
     raise typer.Exit(code)
 
 

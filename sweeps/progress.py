@@ -19,6 +19,7 @@ class SweepProgress(TrialProgressCallback):
     def __init__(self, total: int, skipped: int, store, live: bool = True, console: Console | None = None) -> None:
         self.total, self.skipped, self.store = total, skipped, store
         self.running: set[str] = set()
+        self.pruned: set[str] = set()  # stopped by the scheduler
         self.done = self.failed = self.retries = 0
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
@@ -53,15 +54,19 @@ class SweepProgress(TrialProgressCallback):
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from sweeps.runner import stopped_by_scheduler
+
+        if stopped_by_scheduler(result):
+            self.pruned.add(trial.trial_id)
         auroc = result.get("image_auroc")
         if result.get("hdmap_done") and auroc is not None and (self.best is None or auroc > self.best[0]):
             self.best = (auroc, f"{result.get('hdmap_trial_id')} ({trial.config['trial']['model']['name']}, "
                                 f"{trial.config['trial']['data']['domain']})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from sweeps.runner import trial_end
-
-        self._finish(trial, failed=trial_end(trial) == "error")  # a user error the trial recorded itself
+        # neither its final report nor a scheduler's stop: the trial recorded a user error itself and returned
+        failed = not (trial.last_result or {}).get("hdmap_done") and trial.trial_id not in self.pruned
+        self._finish(trial, failed=failed)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, failed=True)

@@ -56,6 +56,12 @@ def ray_local():
     ray.shutdown()
 
 
+def truncate(tiff: Path) -> Path:
+    """A corrupt file that only decoding finds: its header (shape, dtype) is intact, the pixels are cut short."""
+    tiff.write_bytes(tiff.read_bytes()[:-5000])
+    return tiff
+
+
 def results(sweep_dir):
     return pq.read_table(Path(sweep_dir) / "results.parquet").to_pylist()
 
@@ -135,8 +141,7 @@ def test_bad_file_fails_once_named_in_full_without_ray_tracebacks(tmp_path):
     """A corrupt TIFF (readable header, truncated pixels) is a data error: recorded once, not retried by Tune."""
     root = tmp_path / ("long-folder-name-" * 6) / "data"  # the error's first line is over 200 characters
     simulate(root, n_train=30, n_test=20, domains=["C"], seed=0)
-    bad = root / "domain_C" / "train" / "good" / "000003.tiff"
-    bad.write_bytes(bad.read_bytes()[:-5000])
+    bad = truncate(root / "domain_C" / "train" / "good" / "000003.tiff")
     spec = tmp_path / "bad.yaml"
     spec.write_text(SPEC.format(name="bad", root=root, ks="[1]", ratios="[0.1]", max_failures=1, out=tmp_path / "out"))
     env = {**os.environ, "COLUMNS": "400"}  # a wide terminal: the failure table keeps each error on one line
@@ -185,6 +190,19 @@ def test_asha_scheduler_runs_on_per_epoch_val_loss(tmp_path, ray_local):
     statuses = sorted(r["status"] for r in rows)
     assert outcome.ok + outcome.pruned == 3 and outcome.ok >= 1, statuses
     assert all(r["image_auroc"] is not None for r in rows if r["status"] == "ok")
+
+
+def test_user_error_under_asha_is_an_error_not_a_pruned_trial(tmp_path, ray_local):
+    """The trial ends without its final report (and without the scheduler's metric): neither Tune's metric check
+    nor the prune recorder may take that for a scheduler's stop."""
+    simulate(tmp_path / "data", n_train=30, n_test=20, domains=["C"], seed=0)
+    truncate(tmp_path / "data" / "domain_C" / "test" / "fault" / "000002.tiff")
+    spec = draem_spec(tmp_path, "asha-bad", epochs=2,
+                      scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}")
+    outcome = run_sweep(load_spec(spec, ["max_failures=1"]), live=False)
+    assert outcome.ok == 0 and outcome.pruned == 0 and len(outcome.failed) == 3
+    assert all("000002.tiff" in f["error"] for f in outcome.failed), outcome.failed
+    assert {r["attempts"] for r in results(outcome.sweep_dir)} == {1}
 
 
 def test_trial_timeout_is_a_recorded_failure(tmp_path, ray_local):
