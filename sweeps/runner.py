@@ -313,7 +313,7 @@ def trial_trainable(config: dict) -> None:
     first = result.rows[0]
     final = {"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
              "accuracy": first.get("accuracy"), "wandb": tracked}
-    if metric:  # schedulers check every result for their metric
+    if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
     tune.report(final)
 
@@ -396,8 +396,7 @@ class PruneRecorder:
     """Tune callback: a trial the scheduler stopped gets a 'pruned' row.
 
     Not decided in `on_trial_complete`: a trial that recorded its own user error and returned also completes
-    without its final report. Trials cut short by Ctrl-C or a dead driver do not reach `on_trial_complete`, so they stay unrecorded and
-    run again on resume.
+    without its final report. Trials cut short by Ctrl-C or a dead driver get no row and run again on resume.
     """
 
     def __new__(cls, sweep_dir: str, sweep: str, spec_hash: str):
