@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -144,8 +145,12 @@ def sweep_run(
     feature_cache: bool = typer.Option(True, help="share backbone features, coresets and kNN searches between "
                                        "trials (SWEEP_DIR/cache); --no-feature-cache recomputes them per trial"),
 ) -> None:
-    """Validate, then run every trial not already in the store on Ray Tune; write the report."""
-    from sweeps.runner import run_sweep
+    """Validate, then run every trial not already in the store on Ray Tune; write the report.
+
+    Exit code: 0 all trials have a result, 1 some failed, 2 a mistake in the spec or the environment,
+    130 (Ctrl-C) / 143 (SIGTERM) interrupted: the trials that did not run are named with the command to resume.
+    """
+    from sweeps.runner import SweepEnvironmentError, run_sweep
     from sweeps.spec import SpecError
 
     from sweeps.preflight import check_data, check_output
@@ -156,23 +161,38 @@ def sweep_run(
         check_output(plan.spec.sweep_dir())
         check_data(plan)  # a root the spec simulates at launch is checked by the runner after simulating
         outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
-    except (SpecError, UserError) as exc:
+    except (SpecError, SweepEnvironmentError, UserError) as exc:
         fail(str(exc))
-    console.print(f"finished: {outcome.ok} ok, {len(outcome.failed)} failed, {outcome.pruned} stopped early, "
-                  f"{outcome.skipped} already done; wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
+    except KeyboardInterrupt:
+        fail("interrupted before any trial started", 130)
+    console.print(f"{'interrupted' if outcome.interrupted else 'finished'}: {outcome.ok} ok, "
+                  f"{len(outcome.failed)} failed, {outcome.pruned} stopped early, {outcome.skipped} already done; "
+                  f"wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
                   + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else ""))
     if outcome.cache_computed is not None:
         console.print(f"feature cache: {outcome.cache_computed} entries computed, {outcome.cache_reused} reused")
-    if report:
+    if outcome.not_run:
+        resume = ["hdmap", "sweep", "run", str(spec), *(a for s in set_ for a in ("--set", s))]
+        resume += (["--address", address] if address else []) + (["--retry-failed"] if retry_failed else [])
+        resume += ([] if feature_cache else ["--no-feature-cache"]) + ([] if report else ["--no-report"])
+        console.print(f"[bold red]{outcome.not_run} of {outcome.total} trials did not run[/]; resume them with:\n"
+                      f"  {shlex.join(resume)}", highlight=False, soft_wrap=True)
+    if report and not outcome.interrupted:
         _write_report(outcome.sweep_dir, plan.spec.tracking.wandb, plan.spec.name)
     if outcome.failed:
         table = Table(title="failed trials", title_style="bold red")
-        for column in ("trial_id", "model", "error"):
-            table.add_column(column)
+        table.add_column("trial_id", no_wrap=True)
+        table.add_column("model", no_wrap=True)
+        table.add_column("error (first line)", overflow="fold")
         for f in outcome.failed:
-            table.add_row(f["trial_id"], f["model"], f["error"][:200])
+            table.add_row(f["trial_id"], f["model"], f["error"])
         console.print(table)
+        console.print(f"tracebacks: the error column of {outcome.sweep_dir}/results.parquet; Ray's log: "
+                      f"{outcome.log_path}", highlight=False, soft_wrap=True)
         console.print("re-run them with --retry-failed once fixed")
+    if outcome.interrupted:
+        raise typer.Exit(128 + outcome.interrupted)
+    if outcome.failed or outcome.not_run:
         raise typer.Exit(1)
 
 

@@ -39,6 +39,7 @@ from hdmap.models.registry import MODELS
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
 
 
+
 @dataclass
 class TrialResult:
     rows: list[dict]  # one per test domain (one error row if the trial failed)

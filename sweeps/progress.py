@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import time
 
-from ray.tune import Callback
+from ray.tune.progress_reporter import TrialProgressCallback
 from rich.console import Console
 from rich.live import Live
 from rich.console import Group
 from rich.text import Text
 
 
-class SweepProgress(Callback):
+class SweepProgress(TrialProgressCallback):
+    """Takes the place of Tune's own TrialProgressCallback (Tune adds one unless there is one), which prints
+    "Trial ... completed" even at verbose=0 for a trial that ends without a report (a recorded user error).
+    Every hook that prints there is overridden here."""
+
     def __init__(self, total: int, skipped: int, store, live: bool = True, console: Console | None = None) -> None:
         self.total, self.skipped, self.store = total, skipped, store
         self.running: set[str] = set()
+        self.pruned: set[str] = set()  # stopped by the scheduler
         self.done = self.failed = self.retries = 0
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
@@ -49,13 +54,19 @@ class SweepProgress(Callback):
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from sweeps.runner import stopped_by_scheduler
+
+        if stopped_by_scheduler(result):
+            self.pruned.add(trial.trial_id)
         auroc = result.get("image_auroc")
         if result.get("hdmap_done") and auroc is not None and (self.best is None or auroc > self.best[0]):
             self.best = (auroc, f"{result.get('hdmap_trial_id')} ({trial.config['trial']['model']['name']}, "
                                 f"{trial.config['trial']['data']['domain']})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, failed=False)
+        # neither its final report nor a scheduler's stop: the trial recorded a user error itself and returned
+        failed = not (trial.last_result or {}).get("hdmap_done") and trial.trial_id not in self.pruned
+        self._finish(trial, failed=failed)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, failed=True)

@@ -9,21 +9,33 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hdmap.config import TrialConfig
+from hdmap.errors import UserError
 from hdmap.models.registry import MODELS
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # _StopSignals handles Ctrl-C (and SIGTERM) the same way
+# A trial that records its own user error ends without a final report, so without the scheduler's metric; that
+# every model reports the metric is checked by the spec (sweeps/spec.py), before launch.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 NODE_ARRAY_CACHE = "/tmp/hdmap-array-cache"
 NODE_FEATURE_CACHE = "/tmp/hdmap-feature-cache"  # when results go to object storage: features stay on the node
+
+
+class SweepEnvironmentError(UserError):
+    """The machine, not the spec, is wrong (output not writable, no Ray cluster at --address): one line, exit 2."""
 
 
 @dataclass
@@ -39,6 +51,9 @@ class SweepOutcome:
     restarts: int = 0  # fresh Tune runs after Tune itself stopped on a lost worker
     cache_computed: int | None = None  # feature-cache entries computed / reused by this run's trials
     cache_reused: int | None = None
+    not_run: int = 0  # planned trials with no row in the store after this run
+    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the sweep early
+    log_path: str | None = None  # Ray's driver log: trial tracebacks go there, not to the terminal
 
 
 def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[TrialConfig], int]:
@@ -54,34 +69,40 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     """Run every planned trial not yet in the store. `feature_cache=False` (`--no-feature-cache`) makes each
     trial compute its own backbone features, coreset and kNN search: for checking the cache changes nothing."""
     spec = plan.spec
+    store = open_store(spec.sweep_dir())
     prepare_data(plan)
-    store = ResultStore(spec.sweep_dir())
-    store.write_json("sweep.json", {
-        "name": spec.name, "spec_hash": plan.spec_hash, "source": plan.source, "axes": plan.axis_values,
-        "n_trials": len(plan.trials), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    })
+    write_sweep_meta(store, plan, state="running")
     todo, skipped = plan_todo(plan, store, retry_failed)
-    outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped)
+    outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped,
+                           log_path=str(driver_log_path(store, spec.name)))
     ran = {t.trial_id for t in todo}
+    stop = _StopSignals()
     t0 = time.perf_counter()
-    for _ in range(spec.max_failures + 1):
-        if not todo:
-            break
-        try:
-            _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome, feature_cache)
-            break
-        except Exception as exc:
-            if not _is_ray_worker_loss(exc):
-                raise
-            # Ray 2.60's Tune controller dies on an OOM-killed worker (ray#28937: OutOfMemoryError is neither an
-            # actor nor a task error). The store knows what finished: start a fresh Tune run for the rest.
-            outcome.restarts += 1
-            print(f"Tune stopped after a worker was lost ({type(exc).__name__}); restarting the unfinished trials")
-            todo, skipped = plan_todo(plan, store, retry_failed)
-    else:
-        _record_lost(todo, store, plan)
+    try:
+        for _ in range(spec.max_failures + 1):
+            if not todo or stop.received:
+                break
+            try:
+                _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome, feature_cache, stop)
+                break
+            except Exception as exc:
+                if not _is_ray_worker_loss(exc):
+                    raise
+                # Ray 2.60's Tune controller dies on an OOM-killed worker (ray#28937: OutOfMemoryError is neither an
+                # actor nor a task error). The store knows what finished: start a fresh Tune run for the rest.
+                outcome.restarts += 1
+                print(f"Tune stopped after a worker was lost ({type(exc).__name__}); restarting the unfinished trials")
+                todo, skipped = plan_todo(plan, store, retry_failed)
+        else:
+            _record_lost(todo, store, plan)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
+        stop.received = stop.received or signal.SIGINT
     store.compact()
     status = store.status_by_trial()
+    outcome.interrupted = stop.received
+    outcome.not_run = sum(1 for t in plan.trials if t.trial_id not in status)
+    write_sweep_meta(store, plan, state="interrupted" if stop.received else "complete" if not outcome.not_run
+                     else "incomplete", without_result=outcome.not_run)
     rows = store.results().to_pylist()
     wanted = {t.trial_id for t in plan.trials}
     outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
@@ -96,19 +117,125 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     return outcome
 
 
-def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, address: str | None,
-              num_cpus: int | None, live: bool, outcome: SweepOutcome, feature_cache: bool) -> None:
-    import ray
-    from ray import tune
+def open_store(sweep_dir: str) -> ResultStore:
+    """The sweep's store, or a SweepEnvironmentError when the output location cannot hold it (read-only, a file)."""
+    try:
+        store = ResultStore(sweep_dir)
+        store.write_json("sweep.json.probe", {})
+        store.fs.delete_file(f"{store.root}/sweep.json.probe")
+    except OSError as exc:
+        raise SweepEnvironmentError(f"sweep output {sweep_dir} is not a writable directory ({exc}); "
+                                    "choose another with --set output=DIR") from None
+    return store
 
+
+def write_sweep_meta(store: ResultStore, plan: Plan, state: str, without_result: int | None = None) -> None:
+    """sweep.json: what the report needs beyond the rows: axes, the planned trial ids, and whether the last run
+    finished ("running" is left behind by a killed driver), so an incomplete sweep says so."""
     spec = plan.spec
+    store.write_json("sweep.json", {
+        "name": spec.name, "spec_hash": plan.spec_hash, "source": plan.source, "axes": plan.axis_values,
+        "n_trials": len(plan.trials), "state": state, "n_without_result": without_result,
+        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), "trial_ids": [t.trial_id for t in plan.trials],
+    })
+
+
+def driver_log_path(store: ResultStore, sweep: str) -> Path:
+    """Where Ray's and Tune's driver log goes (worker tracebacks included): the sweep dir, or this machine's disk
+    when results go to object storage."""
+    base = store.local_path() or Path.home() / "ray_results" / "hdmap" / sweep
+    return base / "logs" / "ray-driver.log"
+
+
+@contextmanager
+def _ray_logs_to(path: Path):
+    """Ray's and Tune's log records (a traceback per failed attempt) go to `path`, not the terminal: the
+    progress display and the failure table are what a user reads; the log is where the details are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ray_logger = logging.getLogger("ray")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = ray_logger.handlers[:]
+    ray_logger.handlers = [handler]
+    try:
+        yield
+    finally:
+        ray_logger.handlers = saved
+        handler.close()
+
+
+class _StopSignals:
+    """Ctrl-C and SIGTERM stop a sweep the way Tune stops on Ctrl-C: no new trials start, running ones end
+    without a row (they run again on resume), `tuner.fit()` returns. The signal is kept for the exit code.
+
+    Tune's own SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER) because it swallows the signal: the driver
+    could not tell an interrupted sweep from a finished one. Tune's graceful stop is the handler it installs
+    for SIGUSR1 inside `fit()` (ray/tune/tune.py, _setup_signal_catching); a second signal stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.in_fit = False
+
+    @contextmanager
+    def handling(self):
+        """Install the handlers (after `ray.init`, which installs its own SIGTERM handler); main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        saved = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    @contextmanager
+    def fitting(self):
+        self.in_fit = True
+        try:
+            yield
+        finally:
+            self.in_fit = False
+
+    def _handle(self, signum, frame) -> None:
+        first, self.received = self.received is None, self.received or signum
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if first and self.in_fit and callable(tune_stop):
+            tune_stop(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+
+def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, address: str | None,
+              num_cpus: int | None, live: bool, outcome: SweepOutcome, feature_cache: bool,
+              stop: _StopSignals) -> None:
+    import ray
+
     t0 = time.perf_counter()
     if not ray.is_initialized():
         # decoded splits are shared by every worker of a node through a node-local memory-mapped cache
         env = {"HDMAP_ARRAY_CACHE": os.environ.get("HDMAP_ARRAY_CACHE", NODE_ARRAY_CACHE)}
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=True, logging_level="ERROR", runtime_env={"env_vars": env})
+        try:
+            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                     log_to_driver=False, configure_logging=True, logging_level="ERROR",
+                     runtime_env={"env_vars": env})
+        except ConnectionError as exc:
+            raise SweepEnvironmentError(
+                f"--address {address}: no Ray cluster to connect to ({str(exc).splitlines()[0]}); start one with "
+                "`ray start --head` (see cluster/README.md) or drop --address to run on a local Ray instance"
+            ) from None
     outcome.ray_start_s = time.perf_counter() - t0
+    with stop.handling(), _ray_logs_to(Path(outcome.log_path)):
+        _fit(plan, todo, store, skipped, live, feature_cache, stop)
+
+
+def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, live: bool, feature_cache: bool,
+         stop: _StopSignals) -> None:
+    import ray
+    from ray import tune
+
+    spec = plan.spec
     check_resources(plan, todo, ray.cluster_resources())
 
     from sweeps.progress import SweepProgress
@@ -151,7 +278,7 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
         ),
     )
     try:
-        with progress:
+        with progress, stop.fitting():
             grid = tuner.fit()
         _record_unfinished(grid, store, plan)
     finally:
@@ -176,6 +303,9 @@ def trial_trainable(config: dict) -> None:
     callbacks = [_EpochReporter(metric)] if metric else []
     try:
         result = run_trial(cfg, callbacks=callbacks)
+    except UserError as exc:  # a retry cannot fix the config, the data or the weights: record once, end the trial
+        record_failure(store, cfg, exc, ctx["sweep"], ctx["spec_hash"])
+        return  # no final report: the trial ends without error for Tune, which never retries it
     finally:
         watchdog.cancel()
     store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
@@ -184,7 +314,7 @@ def trial_trainable(config: dict) -> None:
     first = result.rows[0]
     final = {"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
              "accuracy": first.get("accuracy"), "wandb": tracked}
-    if metric:  # schedulers check every result for their metric
+    if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
     tune.report(final)
 
@@ -232,10 +362,24 @@ class _Watchdog:
             self.timer.cancel()
 
 
-def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
-    """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""
+def record_failure(store: ResultStore, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str,
+                   status: str = "error") -> None:
+    """The one writer of a trial's row when it has no result: status error (or pruned), the error's text."""
     from hdmap.trial import failed_trial
 
+    failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error)))
+    failed.rows[0].update(status=status)
+    store.write_trial(failed, sweep, spec_hash)
+
+
+def stopped_by_scheduler(result: dict) -> bool:
+    """A result a Tune callback's `on_trial_result` receives: Tune marks `done` the one on which the scheduler
+    decided STOP (our trainable never reports `done` itself; a trial that returns reaches no `on_trial_result`)."""
+    return bool(result.get("done")) and not result.get("hdmap_done")
+
+
+def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
+    """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""
     by_id = {t.trial_id: t for t in plan.trials}
     for result in grid:
         cfg_tree = (result.config or {}).get("trial")
@@ -246,31 +390,27 @@ def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
             continue
         if result.error is not None:
             error = _timeout_note(store, cfg.trial_id) or getattr(result.error, "cause", None) or result.error
-            store.write_trial(failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error))),
-                              plan.spec.name, plan.spec_hash)
+            record_failure(store, cfg, error, plan.spec.name, plan.spec_hash)
 
 
 class PruneRecorder:
-    """Tune callback: a trial the scheduler stopped (TERMINATED without its final report) gets a 'pruned' row.
+    """Tune callback: a trial the scheduler stopped gets a 'pruned' row.
 
-    Only a scheduler's stop reaches `on_trial_complete` unfinished; trials cut short by Ctrl-C or a dead
-    driver do not, so they stay unrecorded and run again on resume.
+    Not decided in `on_trial_complete`: a trial that recorded its own user error and returned also completes
+    without its final report. Trials cut short by Ctrl-C or a dead driver get no row and run again on resume.
     """
 
     def __new__(cls, sweep_dir: str, sweep: str, spec_hash: str):
         from ray.tune import Callback
 
         class Recorder(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                if (trial.last_result or {}).get("hdmap_done"):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if not stopped_by_scheduler(result):
                     return
-                from hdmap.trial import failed_trial
-
-                cfg = TrialConfig.model_validate(trial.config["trial"])
-                pruned = failed_trial(cfg, RuntimeError(f"stopped early by the scheduler after "
-                                                        f"{(trial.last_result or {}).get('training_iteration', 0)} reports"))
-                pruned.rows[0].update(status="pruned")
-                ResultStore(sweep_dir).write_trial(pruned, sweep, spec_hash)
+                reports = result.get("training_iteration", 0)
+                record_failure(ResultStore(sweep_dir), TrialConfig.model_validate(trial.config["trial"]),
+                               f"stopped early by the scheduler after {reports} reports", sweep, spec_hash,
+                               status="pruned")
 
         return Recorder()
 
@@ -283,12 +423,10 @@ def _is_ray_worker_loss(exc: BaseException) -> bool:
 
 def _record_lost(todo: list[TrialConfig], store: ResultStore, plan: Plan) -> None:
     """Trials still unfinished after every restart: error rows, so the failure is visible and --retry-failed works."""
-    from hdmap.trial import failed_trial
-
     for cfg in todo:
         if store.attempts(cfg.trial_id) > plan.spec.max_failures:
-            lost = RuntimeError(f"worker lost {store.attempts(cfg.trial_id)} times (out of memory or node failure)")
-            store.write_trial(failed_trial(cfg, lost), plan.spec.name, plan.spec_hash)
+            lost = f"worker lost {store.attempts(cfg.trial_id)} times (out of memory or node failure)"
+            record_failure(store, cfg, lost, plan.spec.name, plan.spec_hash)
 
 
 def _timeout_note(store: ResultStore, trial_id: str) -> BaseException | None:

@@ -1,5 +1,6 @@
 """Sweeps on a local Ray instance: failures recorded, nothing lost, resume after a kill, growing a spec."""
 
+import json
 import os
 import signal
 import subprocess
@@ -8,11 +9,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from hdmap.config import validate_trial_config
+from hdmap.data.simulate import simulate
 from hdmap.trial import run_trial
+from sweeps.report.analysis import load
+from sweeps.report.render import header_section
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec
 
@@ -51,6 +56,12 @@ def ray_local():
     ray.shutdown()
 
 
+def truncate(tiff: Path) -> Path:
+    """A corrupt file that only decoding finds: its header (shape, dtype) is intact, the pixels are cut short."""
+    tiff.write_bytes(tiff.read_bytes()[:-5000])
+    return tiff
+
+
 def results(sweep_dir):
     return pq.read_table(Path(sweep_dir) / "results.parquet").to_pylist()
 
@@ -69,7 +80,7 @@ def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_
 
     # the trainable computes exactly what `hdmap trial` computes for the same config
     ok = next(r for r in rows if r["status"] == "ok" and r["model.k"] == 9)
-    alone = run_trial(validate_trial_config(__import__("json").loads(ok["config_json"]))).rows[0]
+    alone = run_trial(validate_trial_config(json.loads(ok["config_json"]))).rows[0]
     assert alone["trial_id"] == ok["trial_id"] and alone["image_auroc"] == ok["image_auroc"]
     assert alone["accuracy"] == ok["accuracy"]
 
@@ -92,25 +103,59 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path, sig):
     spec = spec_file(tmp_path, name="k", ks="[1, 2, 3, 4, 5, 6]", ratios="[0.1]", extra="max_concurrent: 1\n")
     cmd = [sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--no-report"]
     parts = tmp_path / "out" / "k" / "parts" / "results"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
-        time.sleep(0.5)
-    if sig == signal.SIGKILL:
-        os.killpg(proc.pid, sig)  # the driver and its local Ray instance, mid-sweep
-    else:
-        os.kill(proc.pid, sig)  # Ctrl-C: Tune stops gracefully; interrupted trials must not count as finished
-    proc.wait(timeout=120)
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+            time.sleep(0.5)
+        # SIGKILL: the driver and its local Ray instance, mid-sweep. Ctrl-C: a terminal signals the whole process
+        # group; Tune stops gracefully and interrupted trials must not count as finished.
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=120)
     before = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
     assert 2 <= len(before) < 6, before
+    if sig == signal.SIGINT:  # an honest exit: code 130, what did not run, the exact command that resumes it
+        printed = log.read_text()
+        assert proc.returncode == 130, printed
+        assert f"{6 - len(before)} of 6 trials did not run" in printed, printed
+        assert f"hdmap sweep run {spec} --no-report\n" in printed, printed
+        assert "Traceback" not in printed, printed
+        meta = json.loads((tmp_path / "out" / "k" / "sweep.json").read_text())
+        assert meta["state"] == "interrupted" and meta["n_without_result"] == 6 - len(before)
+        data = load(tmp_path / "out" / "k")
+        header = "\n".join(header_section(data, pd.DataFrame(), "now").md)
+        assert f"**Incomplete:** {6 - len(before)} of 6 trials have no result" in header, header
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{len(before)} already done" in done.stdout
+    assert f"{len(before)} already done" in done.stdout and "did not run" not in done.stdout
     after = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
     assert len(after) == 6 and all(after[name] == mtime for name, mtime in before.items())  # finished: not re-run
     rows = results(tmp_path / "out" / "k")
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert json.loads((tmp_path / "out" / "k" / "sweep.json").read_text())["state"] == "complete"
+
+
+def test_bad_file_fails_once_named_in_full_without_ray_tracebacks(tmp_path):
+    """A corrupt TIFF (readable header, truncated pixels) is a data error: recorded once, not retried by Tune."""
+    root = tmp_path / ("long-folder-name-" * 6) / "data"  # the error's first line is over 200 characters
+    simulate(root, n_train=30, n_test=20, domains=["C"], seed=0)
+    bad = truncate(root / "domain_C" / "train" / "good" / "000003.tiff")
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(SPEC.format(name="bad", root=root, ks="[1]", ratios="[0.1]", max_failures=1, out=tmp_path / "out"))
+    env = {**os.environ, "COLUMNS": "400"}  # a wide terminal: the failure table keeps each error on one line
+    done = subprocess.run([sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--no-report"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 1, printed
+    [row] = results(tmp_path / "out" / "bad")
+    assert row["status"] == "error" and row["attempts"] == 1, row  # max_failures=1, yet a single attempt
+    first_line = row["error"].splitlines()[0]
+    assert str(bad) in first_line and len(first_line) > 200 and first_line in done.stdout, printed
+    assert "Traceback" not in printed and "Trial trial_trainable" not in printed, printed
+    log = tmp_path / "out" / "bad" / "logs" / "ray-driver.log"
+    assert log.exists() and f"Ray's log: {log}" in done.stdout, printed
 
 
 DRAEM_SPEC = """
@@ -145,6 +190,19 @@ def test_asha_scheduler_runs_on_per_epoch_val_loss(tmp_path, ray_local):
     statuses = sorted(r["status"] for r in rows)
     assert outcome.ok + outcome.pruned == 3 and outcome.ok >= 1, statuses
     assert all(r["image_auroc"] is not None for r in rows if r["status"] == "ok")
+
+
+def test_user_error_under_asha_is_an_error_not_a_pruned_trial(tmp_path, ray_local):
+    """The trial ends without its final report (and without the scheduler's metric): neither Tune's metric check
+    nor the prune recorder may take that for a scheduler's stop."""
+    simulate(tmp_path / "data", n_train=30, n_test=20, domains=["C"], seed=0)
+    truncate(tmp_path / "data" / "domain_C" / "test" / "fault" / "000002.tiff")
+    spec = draem_spec(tmp_path, "asha-bad", epochs=2,
+                      scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}")
+    outcome = run_sweep(load_spec(spec, ["max_failures=1"]), live=False)
+    assert outcome.ok == 0 and outcome.pruned == 0 and len(outcome.failed) == 3
+    assert all("000002.tiff" in f["error"] for f in outcome.failed), outcome.failed
+    assert {r["attempts"] for r in results(outcome.sweep_dir)} == {1}
 
 
 def test_trial_timeout_is_a_recorded_failure(tmp_path, ray_local):

@@ -121,6 +121,8 @@ class SweepData:
     notes: list[str] = field(default_factory=list)
     n_trials_ok: int = 0
     n_trials_error: int = 0
+    n_trials_missing: int = 0  # planned (sweep.json) but without any row: interrupted, killed or still running
+    n_trials_planned: int | None = None
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -259,6 +261,7 @@ def load(sweep_dir: str | Path) -> SweepData:
 
     # trials and failures ------------------------------------------------------------------
     failures = failures_table(err, axes)
+    n_planned, n_missing = missing_trials(spec, set(df["trial_id"]))
     return SweepData(
         name=name,
         sweep_dir=sweep_dir,
@@ -275,8 +278,19 @@ def load(sweep_dir: str | Path) -> SweepData:
         notes=notes,
         n_trials_ok=len(ok_ids),
         n_trials_error=int(err["trial_id"].nunique()),
+        n_trials_missing=n_missing,
+        n_trials_planned=n_planned,
         failures=failures,
     )
+
+
+def missing_trials(spec: dict, recorded: set[str]) -> tuple[int | None, int]:
+    """(planned, planned without a row) from sweep.json: its trial ids, else (older files) its n_trials."""
+    ids = spec.get("trial_ids")
+    if isinstance(ids, list):
+        return len(ids), len(set(map(str, ids)) - recorded)
+    n = spec.get("n_trials")
+    return (n, max(0, n - len(recorded))) if isinstance(n, int) else (None, 0)
 
 
 def failures_table(err: pd.DataFrame, axes: list[str]) -> pd.DataFrame:

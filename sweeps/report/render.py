@@ -257,10 +257,13 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
         ("Test domains", ", ".join(domains) or "—"),
         ("Ablation axes", (", ".join(data.axes) or "none") + f" ({data.axes_source})"),
     ]
-    err_cls = "bad" if data.n_trials_error else ""
+    if data.n_trials_missing:
+        facts.insert(4, ("Incomplete", f"{data.n_trials_missing} of {data.n_trials_planned} trials have no result "
+                                       "(interrupted or still running; `hdmap sweep run SPEC` runs them)"))
+    bad = {"Incomplete"} | ({"Trials"} if data.n_trials_error else set())
     s.html.append(
         '<table class="facts">' + "".join(
-            f'<tr><th>{html.escape(k)}</th><td class="{err_cls if k == "Trials" else ""}">{html.escape(v)}</td></tr>'
+            f'<tr><th>{html.escape(k)}</th><td class="{"bad" if k in bad else ""}">{html.escape(v)}</td></tr>'
             for k, v in facts
         ) + "</table>"
     )
