@@ -153,13 +153,12 @@ def sweep_run(
     from sweeps.runner import SweepEnvironmentError, run_sweep
     from sweeps.spec import SpecError
 
-    from sweeps.preflight import check_data, check_output
+    from sweeps.preflight import check_output
 
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
     try:
         check_output(plan.spec.sweep_dir())
-        check_data(plan)  # a root the spec simulates at launch is checked by the runner after simulating
         outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
     except (SpecError, SweepEnvironmentError, UserError) as exc:
         fail(str(exc))

@@ -448,8 +448,8 @@ def _local_dir(uri: str) -> str:
 
 
 def prepare_data(plan: Plan) -> None:
-    """Simulate the data set if the spec asks and it is absent; check every domain's folders before launch."""
-    from hdmap.data.layout import scan_split
+    """Simulate the data set if the spec asks and it is absent; then check it before launch (sweeps.preflight)."""
+    from sweeps.preflight import check_data
 
     data = plan.spec.data
     root = Path(plan.trials[0].data.root) if plan.trials else Path(data.root)
@@ -458,10 +458,7 @@ def prepare_data(plan: Plan) -> None:
 
         s = data.simulate
         simulate(root, n_train=s.n_train, n_test=s.n_test, domains=s.domains, seed=s.seed)
-    domains = {d for t in plan.trials for d in [t.data.domain, *t.data.resolved_test_domains()]}
-    for domain in sorted(domains):
-        scan_split(root, domain, "train")
-        scan_split(root, domain, "test")
+    check_data(plan)
 
 
 def check_resources(plan: Plan, todo: list[TrialConfig], cluster: dict) -> None:
