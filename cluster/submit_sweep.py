@@ -31,7 +31,7 @@ def repo_dir() -> Path:
 
 def build_command(args: list[str]) -> list[str]:
     spec, rest = args[0], args[1:]
-    hdmap = [shutil.which("hdmap")] if shutil.which("hdmap") else [sys.executable, "-m", "hdmap.cli"]
+    hdmap = [shutil.which("hdmap")] if shutil.which("hdmap") else [sys.executable, "-m", "sweeps.cli"]
     cmd = [*hdmap, "sweep", "run", spec]
     if not any(a == "--address" or a.startswith("--address=") for a in rest):
         cmd += ["--address", "auto"]

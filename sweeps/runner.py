@@ -1,4 +1,5 @@
-"""Run a validated Plan with Ray Tune: one Tune trial per TrialConfig, results into the ResultStore.
+"""The driver of a sweep: run a validated Plan with Ray Tune, one Tune trial per TrialConfig (sweeps.worker runs
+each), results into the ResultStore; restarts, interruptions and failure rows are decided here.
 
 Resume is by `trial_id` in the store, not by Tune's experiment state: each `sweep run` starts a
 fresh Tune run over the trials the store does not hold yet, so finished trials never re-run and a
@@ -23,6 +24,7 @@ from hdmap.errors import UserError
 from hdmap.models.registry import MODELS
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
+from sweeps.worker import record_failure, trial_trainable
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -285,93 +287,6 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
         store.compact()
 
 
-def trial_trainable(config: dict) -> None:
-    """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store + a W&B run."""
-    from ray import tune
-
-    from hdmap.trial import run_trial
-    from sweeps.tracking import WandbSettings, log_trial
-
-    ctx = config["ctx"]
-    cfg = TrialConfig.model_validate(config["trial"])
-    if cfg.runtime.feature_cache is None or ctx["feature_cache"] is None:  # a spec's own cache dir is kept
-        cfg.runtime.feature_cache = ctx["feature_cache"]
-    store = ResultStore(ctx["sweep_dir"])
-    store.mark_attempt(cfg.trial_id)
-    watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)
-    metric = ctx["per_epoch_metric"]
-    callbacks = [_EpochReporter(metric)] if metric else []
-    try:
-        result = run_trial(cfg, callbacks=callbacks)
-    except UserError as exc:  # a retry cannot fix the config, the data or the weights: record once, end the trial
-        record_failure(store, cfg, exc, ctx["sweep"], ctx["spec_hash"])
-        return  # no final report: the trial ends without error for Tune, which never retries it
-    finally:
-        watchdog.cancel()
-    store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
-    tracked = log_trial(WandbSettings(**ctx["wandb"]), sweep=ctx["sweep"], trial_id=cfg.trial_id, model=cfg.model.name,
-                        config=cfg.canonical(), rows=result.rows, scores=result.scores, run_dir=_local_dir(ctx["sweep_dir"]))
-    first = result.rows[0]
-    final = {"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
-             "accuracy": first.get("accuracy"), "wandb": tracked}
-    if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
-        final[metric] = callbacks[0].last
-    tune.report(final)
-
-
-class _EpochReporter:
-    """Lightning callback: report the per-epoch validation metric to Tune (ASHA decides on it)."""
-
-    def __new__(cls, metric: str):
-        import lightning as L
-        from ray import tune
-
-        class Reporter(L.Callback):
-            last: float | None = None
-
-            def on_validation_epoch_end(self, trainer, module) -> None:
-                value = trainer.callback_metrics.get(metric)
-                if value is not None and not trainer.sanity_checking:
-                    self.last = float(value)
-                    tune.report({metric: self.last, "epoch": trainer.current_epoch})
-
-        return Reporter()
-
-
-class _Watchdog:
-    """Hard per-trial timeout: leave a note for the driver, then end the worker process.
-
-    A Python thread cannot be interrupted, and Tune runs the trainable off the main thread, so the
-    only reliable stop is the process itself; Tune sees a failed trial and retries it (max_failures).
-    """
-
-    def __init__(self, timeout_s: float | None, store: ResultStore, trial_id: str) -> None:
-        self.timer = None
-        if timeout_s:
-            def expire() -> None:
-                store.write_json(f"parts/timeouts/{trial_id}.json", {"timeout_s": timeout_s})
-                os._exit(3)
-
-            store.fs.create_dir(f"{store.root}/parts/timeouts", recursive=True)
-            self.timer = threading.Timer(timeout_s, expire)
-            self.timer.daemon = True
-            self.timer.start()
-
-    def cancel(self) -> None:
-        if self.timer:
-            self.timer.cancel()
-
-
-def record_failure(store: ResultStore, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str,
-                   status: str = "error") -> None:
-    """The one writer of a trial's row when it has no result: status error (or pruned), the error's text."""
-    from hdmap.trial import failed_trial
-
-    failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error)))
-    failed.rows[0].update(status=status)
-    store.write_trial(failed, sweep, spec_hash)
-
-
 def stopped_by_scheduler(result: dict) -> bool:
     """A result a Tune callback's `on_trial_result` receives: Tune marks `done` the one on which the scheduler
     decided STOP (our trainable never reports `done` itself; a trial that returns reaches no `on_trial_result`)."""
@@ -436,15 +351,6 @@ def _timeout_note(store: ResultStore, trial_id: str) -> BaseException | None:
     with store.fs.open_input_stream(path) as f:
         seconds = json.loads(f.read())["timeout_s"]
     return TimeoutError(f"trial exceeded trial_timeout_s={seconds:g} s (killed; retried up to max_failures)")
-
-
-def _local_dir(uri: str) -> str:
-    """W&B offline runs need a local directory: the sweep dir if local, else a temp dir on this node."""
-    if "://" not in uri:
-        return uri
-    import tempfile
-
-    return str(Path(tempfile.gettempdir()) / "hdmap-wandb")
 
 
 def prepare_data(plan: Plan) -> None:

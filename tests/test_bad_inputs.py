@@ -22,7 +22,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from hdmap.cli import app
+from sweeps.cli import app
 from hdmap.data.arrays import clear_cache
 from hdmap.data.simulate import simulate
 

@@ -106,7 +106,7 @@ def test_killed_driver_resumes_from_shared_storage(tmp_path, cluster):
     cluster.add_node(num_cpus=1)
     cluster.add_node(num_cpus=1)
     spec = spec_file(tmp_path, "driver", "[1, 2, 3, 4, 5, 6]")
-    cmd = [sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--address", cluster.address, "--no-report"]
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec), "--address", cluster.address, "--no-report"]
     parts = tmp_path / "shared" / "driver" / "parts" / "results"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180

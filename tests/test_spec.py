@@ -67,7 +67,7 @@ def test_each_mistake_is_named(tmp_path, body, expected):
 
 def test_plan_cli_fails_before_running(tmp_path):
     path = write(tmp_path, "axes: {model.kk: [1]}\nmodels: {patchcore: {}, nope: {}}")
-    proc = subprocess.run([sys.executable, "-m", "hdmap.cli", "sweep", "plan", str(path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "plan", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "models.nope: unknown model" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -101,7 +101,7 @@ def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_interrupted_sweep_resumes_without_rerunning(tmp_path, sig):
     spec = spec_file(tmp_path, name="k", ks="[1, 2, 3, 4, 5, 6]", ratios="[0.1]", extra="max_concurrent: 1\n")
-    cmd = [sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--no-report"]
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec), "--no-report"]
     parts = tmp_path / "out" / "k" / "parts" / "results"
     log = tmp_path / "interrupted.log"
     with open(log, "w") as out:
@@ -145,7 +145,7 @@ def test_bad_file_fails_once_named_in_full_without_ray_tracebacks(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(SPEC.format(name="bad", root=root, ks="[1]", ratios="[0.1]", max_failures=1, out=tmp_path / "out"))
     env = {**os.environ, "COLUMNS": "400"}  # a wide terminal: the failure table keeps each error on one line
-    done = subprocess.run([sys.executable, "-m", "hdmap.cli", "sweep", "run", str(spec), "--no-report"],
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec), "--no-report"],
                           capture_output=True, text=True, timeout=600, env=env)
     printed = done.stdout + done.stderr
     assert done.returncode == 1, printed

@@ -47,7 +47,7 @@ def test_error_row_has_schema(sim_root):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "hdmap.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_cli_trial_on_foreign_layout(tmp_path):

@@ -12,16 +12,15 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from typer.testing import CliRunner
 
-from hdmap.cli import app
+from sweeps.cli import app
 from hdmap.results import results_schema, to_table
 from hdmap.trial import failed_trial
 from sweeps.report import analysis
 from sweeps.spec import load_spec
 from sweeps.tracking import WandbSettings, trial_summary
-from sweeps.wandb_report import DEFINITION_FILE, build_definition, publish, to_report, write_wandb_report
+from sweeps.wandb_report import DEFINITION_FILE, build_definition, publish, to_report
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "sweeps" / "examples" / "quickstart.yaml"
 AXES = ["data.domain", "model.coreset_ratio", "model.k", "model.gating", "model.lr"]

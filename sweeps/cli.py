@@ -1,4 +1,7 @@
-"""`hdmap` command line: simulate | trial | sweep plan | sweep run | report."""
+"""`hdmap` command line: simulate | trial | sweep plan | sweep run | report.
+
+The top layer: it may import everything below it (hdmap, the sweep modules); nothing imports it.
+"""
 
 from __future__ import annotations
 
