@@ -34,6 +34,7 @@ from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
 from hdmap.errors import OutputError
 from hdmap.features import FeatureLookup, cached_features
+from hdmap.io import atomic_write, atomic_write_table
 from hdmap.metrics import evaluate
 from hdmap.models.registry import MODELS
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
@@ -237,14 +238,14 @@ def write_outputs(result: TrialResult, out_dir: str | Path, cfg: TrialConfig | N
     target = out / "results.parquet"
     if not result.ok and _has_ok_rows(target):
         target = out / f"results.failed-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.parquet"
-        _atomic_parquet(result.results_table(), target)
+        atomic_write_table(result.results_table(), target)
         return target
-    _atomic_parquet(result.results_table(), target)
-    _atomic_parquet(result.scores, out / "scores.parquet")
+    atomic_write_table(result.results_table(), target)
+    atomic_write_table(result.scores, out / "scores.parquet")
     if cfg is not None:
         import yaml
 
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        atomic_write(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return target
 
 
@@ -256,12 +257,6 @@ def _held_trial_ids(path: Path) -> set[str]:
 
 def _has_ok_rows(path: Path) -> bool:
     return path.is_file() and "ok" in pq.read_table(path, columns=["status"])["status"].to_pylist()
-
-
-def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _predict(trainer: L.Trainer, module, dataloader: DataLoader) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from hdmap.io import atomic_write, atomic_write_table
 from hdmap.results import SCORE_SCHEMA, results_schema
 from hdmap.trial import TrialResult
 
@@ -61,10 +62,7 @@ class ResultStore:
         self._atomic_write(result.results_table(), f"parts/results/{trial_id}.parquet")
 
     def _atomic_write(self, table: pa.Table, relative: str) -> None:
-        final = f"{self.root}/{relative}"
-        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, final)
+        atomic_write_table(table, f"{self.root}/{relative}", self.fs)
 
     # -- read by the driver, the report and resume ---------------------------------------
     def _parts(self, kind: str) -> list[pafs.FileInfo]:
@@ -115,8 +113,7 @@ class ResultStore:
     def write_json(self, relative: str, payload: dict) -> None:
         path = f"{self.root}/{relative}"
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(path) as f:
-            f.write(json.dumps(payload, indent=2, default=str).encode())
+        atomic_write(path, json.dumps(payload, indent=2, default=str), self.fs)
 
     def local_path(self) -> Path | None:
         return Path(self.root) if isinstance(self.fs, pafs.LocalFileSystem) else None

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.report import _atomic_write, analysis
+from hdmap.io import atomic_write
+from sweeps.report import analysis
 from sweeps.tracking import WandbSettings, resolve_mode
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ def write_wandb_report(sweep_dir: str | Path, settings: WandbSettings,
     out = Path(out_dir if out_dir is not None else sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / DEFINITION_FILE
-    _atomic_write(path, json.dumps(definition, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(definition, indent=2, ensure_ascii=False) + "\n")
     mode = resolve_mode(settings)
     status = publish(definition, settings.timeout_s) if mode == "online" else "saved"
     return WandbReportOutcome(path=path, mode=mode, status=status)

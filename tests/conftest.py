@@ -41,3 +41,20 @@ def fresh_arrays(monkeypatch):
     clear_cache()
     yield
     clear_cache()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on loopback with a bucket "lab"; yields the URI query that points pyarrow at it."""
+    moto_server = pytest.importorskip("moto.server", reason="moto is a test dependency (pip install -e '.[test]')")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="lab")
+    yield f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    server.stop()

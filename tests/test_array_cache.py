@@ -76,12 +76,17 @@ def finish(proc, out):
     return np.load(f"{out}.npy"), json.loads(open(f"{out}.json").read())
 
 
-def cache_files(cache):
-    return sorted(p.name for p in cache.iterdir())
+def cache_entries(cache):
+    """The committed "arrays" entries of the node cache (a DiskCache): <cache>/arrays/<digest>/{images.npy,meta.json}."""
+    folder = cache / "arrays"
+    entries = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.exists() else []
+    for entry in entries:
+        assert sorted(p.name for p in entry.iterdir()) == ["images.npy", "meta.json"], entry
+    return entries
 
 
 def assert_no_temp_files(cache):
-    stray = [n for n in cache_files(cache) if not n.endswith((".npy", ".json", ".lock"))]
+    stray = [p.name for p in (cache / "arrays").iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert not stray, stray
 
 
@@ -105,7 +110,7 @@ def test_fresh_process_reads_the_node_cache_without_decoding(tmp_path, monkeypat
     root, cache = write_layout(tmp_path / "r"), tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV, str(cache))
     here = load_split(root, "C", "test")  # decodes and fills the node cache
-    assert sum(n.endswith(".json") for n in cache_files(cache)) == 1
+    assert len(cache_entries(cache)) == 1
     assert_no_temp_files(cache)
 
     images, meta = finish(start_child(root, tmp_path / "child", cache, "forbid"), tmp_path / "child")
@@ -139,7 +144,7 @@ def test_changed_file_invalidates_the_entry(tmp_path, monkeypatch, counted_decod
     assert len(counted_decodes) == 2 * N_TEST  # re-decoded, not served stale
     assert np.array_equal(after.images[1], new_values) and not np.array_equal(before.images[1], new_values)
     assert np.array_equal(np.delete(after.images, 1, 0), np.delete(before.images, 1, 0))
-    assert sum(n.endswith(".json") for n in cache_files(cache)) == 2  # a new key, old entry left untouched
+    assert len(cache_entries(cache)) == 2  # a new key, old entry left untouched
 
     # a removed file changes the key as well
     (root / "domain_C/test/fault/000003.tiff").unlink()
@@ -163,7 +168,7 @@ def test_concurrent_first_loads_decode_once(tmp_path):
     decoders = marker.read_text().split()
     assert len(decoders) == N_TEST and len(set(decoders)) == 1  # one process decoded, the other waited
     assert np.array_equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
-    assert sum(n.endswith(".json") for n in cache_files(cache)) == 1
+    assert len(cache_entries(cache)) == 1
     assert_no_temp_files(cache)
 
 
@@ -180,7 +185,8 @@ def test_validation_errors_are_raised_and_never_cached(tmp_path, monkeypatch):
     tifffile.imwrite(root / "domain_C/test/good/000001.tiff", np.zeros((32, 95), np.float32))
     with pytest.raises(DataLayoutError, match=r"000001\.tiff: shape \(32, 95\), expected \(31, 95\)"):
         load_split(root, "C", "test")
-    assert not [n for n in cache_files(cache) if not n.endswith(".lock")]  # nothing but lock files
+    assert cache_entries(cache) == [] and (cache / "arrays").exists()  # nothing committed, only lock files
+    assert all(p.name.endswith(".lock") for p in (cache / "arrays").iterdir())
     bad.write_bytes(good_bytes)
     clear_cache()
     assert len(load_split(root, "C", "train")) == 6
@@ -218,3 +224,25 @@ def test_unset_env_writes_no_cache(tmp_path, monkeypatch, counted_decodes):
     clear_cache()
     load_split(root, "C", "train")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_unusable_node_cache_warns_and_still_decodes_once(tmp_path, monkeypatch, counted_decodes):
+    root = write_layout(tmp_path / "r")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(blocker))  # no folder can be made there
+    with pytest.warns(UserWarning, match="unusable"):
+        split = load_split(root, "C", "test")
+    assert len(counted_decodes) == N_TEST
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    clear_cache()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "full"))
+    monkeypatch.setattr(np.lib.format, "open_memmap", disk_full)  # the entry cannot be written
+    with pytest.warns(UserWarning, match="could not write"):
+        again = load_split(root, "C", "test")
+    assert len(counted_decodes) == 2 * N_TEST  # decoded once more, not twice more
+    assert np.array_equal(again.images, split.images) and not again.images.flags.writeable
+    assert cache_entries(tmp_path / "full") == []

@@ -4,6 +4,8 @@ Pixel values (NaN/inf, negatives), the non-TIFF entry rule, the cold/warm rule (
 <root>/conditions.csv), counts against train_shots / val_fraction, and the header-only pre-launch check.
 """
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -74,11 +76,11 @@ def test_node_cache_never_stores_a_bad_split_nor_serves_negatives_to_a_strict_lo
     tifffile.imwrite(root / GOOD / "000001.tiff", img)
     with pytest.raises(DataLayoutError, match="000001.tiff: 95 non-finite"):
         load_split(root, "C", "test")
-    assert not list(cache.glob("*.json")) and not list(cache.glob("*.npy"))
+    assert not list(cache.rglob("*.npy")) and not list(cache.rglob("meta.json"))  # nothing committed
 
     tifffile.imwrite(root / GOOD / "000001.tiff", image(-1.0))
     assert len(load_split(root, "C", "test", allow_negative=True)) == 8  # cached under the permissive rule
-    assert len(list(cache.glob("*.json"))) == 1
+    assert len(list(cache.glob("arrays/*/meta.json"))) == 1
     clear_cache()
     with pytest.raises(DataLayoutError, match="000001.tiff: 2945 negative"):
         load_split(root, "C", "test")  # a different key: validated again, not served from the entry above
@@ -204,7 +206,7 @@ def test_node_cache_key_follows_the_conditions(root):
     conditions_csv(root, all_rows(root))
     with_csv = key()
     conditions_csv(root, all_rows(root, lambda i: "cold"))
-    assert len({index_rule, with_csv, key()}) == 3
+    assert len({json.dumps(k, sort_keys=True) for k in (index_rule, with_csv, key())}) == 3
 
 
 def test_cold_below_must_be_a_number_of_files():

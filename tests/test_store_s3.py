@@ -11,21 +11,6 @@ pytestmark = pytest.mark.slow
 moto_server = pytest.importorskip("moto.server", reason="moto is a test dependency (pip install -e '.[test]')")
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    import boto3
-
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="lab")
-    yield f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    server.stop()
-
-
 def test_sweep_output_on_s3(tmp_path, s3):
     import ray
 

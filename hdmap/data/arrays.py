@@ -5,20 +5,20 @@ Two cache levels sit in front of the decoder:
 * per process: an ``lru_cache`` keyed by (resolved root, domain, split, cache dir, cold_below,
   allow_negative);
 * per node (optional): when the environment variable ``HDMAP_ARRAY_CACHE`` names a directory
-  (the sweep runner points it at a node-local temp dir), each decoded split is stored there as
-  ``<key>.npy`` (the images, opened with ``mmap_mode="r"`` so every worker process on the node
-  shares the page cache) plus ``<key>.json`` (files, labels, conditions). ``<key>`` is the sha1 of
-  the resolved root, domain, split, every file's (relative path, size, mtime_ns), label and condition
-  (so the cold/warm source — index rule, ``data.cold_below`` or ``conditions.csv`` — is in it) and
-  ``allow_negative``: editing, adding or removing a file or changing the split yields a new key.
-  Both files are written under temporary names and ``os.replace``d, the JSON last: an entry exists
-  only once its JSON does, so a crash or a concurrent writer never exposes a half-written entry.
-  An ``fcntl.flock`` on ``<key>.lock`` makes concurrent first loads on a node decode once: the
-  others wait, then read the entry.
+  (the sweep runner points it at a node-local temp dir), each decoded split is an ``"arrays"`` entry
+  of a `hdmap.cache.DiskCache` there: ``arrays/<sha1 of key>/images.npy`` (opened with
+  ``mmap_mode="r"`` so every worker process on the node shares the page cache) plus ``meta.json``.
+  The key (`cache_key`) holds the resolved root, domain, split, every file's (relative path, size,
+  mtime_ns), label and condition (so the cold/warm source — index rule, ``data.cold_below`` or
+  ``conditions.csv`` — is in it) and ``allow_negative``: editing, adding or removing a file or
+  changing the split yields a new entry. DiskCache commits an entry by renaming its finished
+  directory into place and locks it while the first process decodes: concurrent first loads on a
+  node decode once, and nobody reads a half-written entry. Files, labels and conditions come from
+  the scan (the key holds them), not from the entry.
 
 Validation errors (unreadable TIFF, wrong dtype or shape, non-finite or negative values) are raised
-exactly as without the cache and never cached: ``_decode`` validates every file before anything is
-written. Severity ground truth is always recomputed from the simulator's sidecar.
+exactly as without the cache and never cached: every file is validated before the entry is written.
+Severity ground truth is always recomputed from the simulator's sidecar.
 Unset ``HDMAP_ARRAY_CACHE`` = per-process caching only, nothing written to disk.
 """
 
@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from hdmap.cache import locked
+from hdmap.cache import DiskCache
 from hdmap.data.layout import IMAGE_SHAPE, DataLayoutError, FileEntry, normalize_domain, scan_split
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "HDMAP_ARRAY_CACHE"
-_CACHE_FORMAT = 2  # bump when the entry format or decoding changes: old entries are then ignored
+_CACHE_FORMAT = 3  # bump when the entry format or decoding changes: old entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -159,11 +158,19 @@ def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None
 def _decode(root: str, entries: list[FileEntry],
             allow_negative: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The uncached path: read and validate every file (raises DataLayoutError naming the first bad one)."""
-    images = np.stack([read_tiff(e.path, allow_negative) for e in entries])
+    return _decode_images(entries, allow_negative), *_listing(root, entries)
+
+
+def _decode_images(entries: list[FileEntry], allow_negative: bool) -> np.ndarray:
+    return np.stack([read_tiff(e.path, allow_negative) for e in entries])
+
+
+def _listing(root: str, entries: list[FileEntry]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(files relative to root, labels, conditions), aligned with the images."""
     files = np.array([e.path.relative_to(root).as_posix() for e in entries], dtype=object)
     labels = np.array([e.label for e in entries], dtype=np.int64)
     conditions = np.array([e.condition for e in entries], dtype=object)
-    return images, files, labels, conditions
+    return files, labels, conditions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,96 +184,40 @@ def files_key(root: str, domain: str, split: str, files) -> str:
         st = os.stat(Path(root) / rel)
         listing.append([str(rel), st.st_size, st.st_mtime_ns])
     payload = {"root": root, "domain": domain, "split": split, "files": listing}
-    return _sha1(payload)
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def cache_key(root: str, domain: str, split: str, entries: list[FileEntry], allow_negative: bool = False) -> str:
+def cache_key(root: str, domain: str, split: str, entries: list[FileEntry], allow_negative: bool = False) -> dict:
     """Node-cache key: the files (`files_key`), each one's label and condition, and the validation rule."""
     rels = [e.path.relative_to(root).as_posix() for e in entries]
-    payload = {"format": _CACHE_FORMAT, "files": files_key(root, domain, split, rels), "allow_negative": allow_negative,
-               "labels": [e.label for e in entries], "conditions": [e.condition for e in entries]}
-    return _sha1(payload)
-
-
-def _sha1(payload: dict) -> str:
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return {"format": _CACHE_FORMAT, "root": root, "domain": domain, "split": split,
+            "files": files_key(root, domain, split, rels), "allow_negative": allow_negative,
+            "labels": [e.label for e in entries], "conditions": [e.condition for e in entries]}
 
 
 def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, entries: list[FileEntry],
                          allow_negative: bool):
+    """The images from the node cache's "arrays" entry, decoding (once per node) on a miss."""
+    files, labels, conditions = _listing(root, entries)  # from the scan: the key holds them, the entry need not
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         key = cache_key(root, domain, split, entries, allow_negative)
-    except OSError as exc:
+    except OSError as exc:  # a file vanished since the scan: decoding names it
         warnings.warn(f"{CACHE_ENV}={cache_dir}: node cache unusable ({exc}); decoding without it", stacklevel=3)
         return _decode(root, entries, allow_negative)
-    hit = _read_entry(cache_dir, key, len(entries))  # fast path: no lock once the entry exists
-    if hit is not None:
-        return hit
-    with locked(cache_dir / f"{key}.lock"):
-        hit = _read_entry(cache_dir, key, len(entries))  # another process may have written it meanwhile
-        if hit is not None:
-            return hit
-        decoded = _decode(root, entries, allow_negative)  # validation errors propagate here, before any write
-        log.info("decoded %d files of %s/%s/%s into node cache %s (%s)",
-                 len(entries), root, domain, split, cache_dir, key)
-        try:
-            _write_entry(cache_dir, key, root, domain, split, *decoded)
-        except OSError as exc:
-            warnings.warn(f"{CACHE_ENV}={cache_dir}: could not write cache entry ({exc})", stacklevel=3)
-        return decoded
+    decoded = []  # DiskCache re-runs `compute` in memory when the disk refuses the entry: decode once all the same
 
+    def compute(writer) -> None:
+        if not decoded:
+            decoded.append(_decode_images(entries, allow_negative))  # validation errors propagate: nothing committed
+            log.info("decoded %d files of %s/%s/%s into node cache %s", len(entries), root, domain, split, cache_dir)
+        writer.put("images", decoded[0])
 
-def _read_entry(cache_dir: Path, key: str, n_files: int):
-    """A committed entry (its JSON exists) as decoded arrays, or None for a miss or an unreadable entry."""
-    meta_path, npy_path = cache_dir / f"{key}.json", cache_dir / f"{key}.npy"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable node cache entry %s: %s", meta_path, exc)
-        return None
-    try:
-        # view(np.ndarray): a plain array backed by the shared read-only mapping
-        images = np.load(npy_path, mmap_mode="r").view(np.ndarray)
-        files = np.array(meta["files"], dtype=object)
-        labels = np.array(meta["labels"], dtype=np.int64)
-        conditions = np.array(meta["conditions"], dtype=object)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable node cache entry %s: %s", npy_path, exc)
-        return None
-    consistent = images.shape == (n_files, *IMAGE_SHAPE) and images.dtype == np.float32
-    if not (consistent and len(files) == len(labels) == len(conditions) == n_files):
-        log.warning("ignoring inconsistent node cache entry %s", meta_path)
-        return None
-    return images, files, labels, conditions
-
-
-def _write_entry(cache_dir: Path, key: str, root: str, domain: str, split: str,
-                 images, files, labels, conditions) -> None:
-    """Images first, JSON (the commit marker) last; both via temp name + fsync + os.replace."""
-    tag = f"{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    meta = {
-        "format": _CACHE_FORMAT, "root": root, "domain": domain, "split": split,
-        "files": [str(f) for f in files], "labels": [int(v) for v in labels],
-        "conditions": [c if c is None else str(c) for c in conditions],
-    }
-    npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    _atomic_write(npy, npy.with_name(f"{npy.name}.{tag}"), lambda f: np.save(f, np.ascontiguousarray(images)))
-    _atomic_write(meta_path, meta_path.with_name(f"{meta_path.name}.{tag}"), lambda f: f.write(json.dumps(meta).encode()))
-
-
-def _atomic_write(final: Path, tmp: Path, write) -> None:
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    images = DiskCache(cache_dir).get("arrays", key, compute).get("images")
+    if images is None or images.shape != (len(entries), *IMAGE_SHAPE) or images.dtype != np.float32:  # damaged
+        log.warning("ignoring inconsistent node cache entry for %s/%s/%s in %s", root, domain, split, cache_dir)
+        return _decode(root, entries, allow_negative)
+    # view(np.ndarray): a plain array backed by the shared read-only mapping
+    return images.view(np.ndarray), files, labels, conditions
 
 
 def _ground_truth_severity(root: Path, files: np.ndarray) -> np.ndarray:

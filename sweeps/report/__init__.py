@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hdmap.io import atomic_write
 from sweeps.report import analysis, render
 
 __all__ = ["ReportPaths", "build_report", "ORACLE_HEADING"]
@@ -54,12 +55,6 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     ]
     title = f"Sweep report: {data.name}"
     html_path, md_path = out / "report.html", out / "report.md"
-    _atomic_write(html_path, render.render_html(title, sections, with_plotly=bool(figs), generated=generated))
-    _atomic_write(md_path, render.render_markdown(title, sections, html_path.name))
+    atomic_write(html_path, render.render_html(title, sections, with_plotly=bool(figs), generated=generated))
+    atomic_write(md_path, render.render_markdown(title, sections, html_path.name))
     return ReportPaths(html=html_path, markdown=md_path, summary=summary, comparisons=cmp)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
