@@ -77,7 +77,7 @@ def finish(proc, out):
 
 
 def cache_entries(cache):
-    """The committed "arrays" entries of the node cache (a DiskCache): <cache>/arrays/<digest>/{images.npy,meta.json}."""
+    """The committed "arrays" entries of the node cache: <cache>/arrays/<digest>/{images.npy,meta.json}."""
     folder = cache / "arrays"
     entries = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.exists() else []
     for entry in entries:
