@@ -37,8 +37,8 @@ class BackboneConfig(ModelConfig):
         strides = backbone_strides(self.backbone)
         unknown = [layer for layer in self.layers if layer not in strides]
         if not self.layers or unknown:
-            what = "none given" if not self.layers else f"{unknown} not in backbone {self.backbone!r}"
-            raise ValueError(f"layers {self.layers}: {what}; {self.backbone} has: {', '.join(strides)}")
+            what = "no layers given" if not self.layers else f"layers {unknown} are not in backbone {self.backbone!r}"
+            raise ValueError(f"{what}; set model.layers to some of: {', '.join(strides)}")
         return self
 
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
