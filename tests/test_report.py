@@ -219,7 +219,8 @@ def test_ablation_plot_and_cold_warm(report):
 
 def test_axis_order_sets_the_baseline_and_out_dir(tmp_path):
     """The first value of an axis in sweep.json is its baseline (k=3 first flips the delta's sign); out_dir honoured."""
-    d = make_sweep(tmp_path / "s2", {"name": "flip", "axes": {"model.k": [3, 1], "data.domain": ["domain_A", "domain_C"]}})
+    axes = {"model.k": [3, 1], "data.domain": ["domain_A", "domain_C"]}
+    d = make_sweep(tmp_path / "s2", {"name": "flip", "axes": axes})
     out = tmp_path / "out"
     r = report_of(d, out)
     assert r.html == out / "report.html" and r.markdown.exists()
