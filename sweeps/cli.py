@@ -133,8 +133,8 @@ def sweep_plan(
                   f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; output: {plan.spec.sweep_dir()}")
     for note in notes:
         console.print(f"note: {note}")
-    if Path(plan.spec.sweep_dir()).exists():
-        _, done = plan_todo(plan, ResultStore(plan.spec.sweep_dir()), retry_failed=False)
+    _, done = plan_todo(plan, ResultStore(plan.spec.sweep_dir()), retry_failed=False)  # reading creates nothing
+    if done:
         console.print(f"already in the store (will not re-run): {done}")
 
 
@@ -180,7 +180,10 @@ def sweep_run(
         console.print(f"[bold red]{outcome.not_run} of {outcome.total} trials did not run[/]; resume them with:\n"
                       f"  {shlex.join(resume)}", highlight=False, soft_wrap=True)
     if report and not outcome.interrupted:
-        _write_report(outcome.sweep_dir, plan.spec.tracking.wandb, plan.spec.name)
+        from sweeps.store import ResultStore
+
+        store = ResultStore(outcome.sweep_dir)
+        _finish(store, store.meta())
     if outcome.failed:
         table = Table(title="failed trials", title_style="bold red")
         table.add_column("trial_id", no_wrap=True)
@@ -200,58 +203,48 @@ def sweep_run(
 
 @app.command()
 def report(
-    sweep_dir: Path = typer.Argument(..., help="a sweep output directory (<output>/<name>) or an `hdmap trial` --out"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write the report (default: SWEEP_DIR)"),
+    sweep_dir: str = typer.Argument(..., help="a sweep output (<output>/<name>, a folder or s3://...) or an "
+                                    "`hdmap trial` --out"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report into this local folder "
+                                       "(default: beside the results, on object storage too)"),
     wandb: bool = typer.Option(False, "--wandb", help="also write the W&B Report definition (wandb_report.json "
                                "beside the report) and publish it when W&B is online"),
 ) -> None:
-    """Write report.html (self-contained) and report.md from a sweep's Parquet results; --wandb: a W&B Report too."""
-    import json
-
-    from sweeps.tracking import WandbSettings
-
-    if not (sweep_dir / "results.parquet").is_file() and not (sweep_dir / "parts" / "results").is_dir():
-        fail(f"{sweep_dir} holds no sweep results (expected {sweep_dir / 'results.parquet'} or parts/results/)")
-    meta = sweep_dir / "sweep.json"
-    try:
-        name = json.loads(meta.read_text())["name"] if meta.exists() else sweep_dir.name
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        fail(f"{meta}: not a readable sweep metadata file ({type(exc).__name__}: {exc})")
-    _write_report(str(sweep_dir), WandbSettings(), name, out)
-    if wandb:
-        _wandb_report(sweep_dir, WandbSettings(), out)
-
-
-def _wandb_report(sweep_dir: Path, wandb_settings, out: Path | None) -> None:
-    """Save the W&B Report definition beside the report; publish it when online (bounded; one line if it fails)."""
-    from sweeps.wandb_report import write_wandb_report
+    """Write report.html (self-contained) and report.md from a sweep's results; --wandb: a W&B Report too.
+    W&B uses the sweep's own settings (tracking.wandb of its spec, kept in sweep.json)."""
+    from sweeps.store import ResultStore
 
     try:
-        outcome = write_wandb_report(sweep_dir, wandb_settings, out)
-    except (OSError, ValueError) as exc:
-        fail(f"cannot write the W&B report definition of {sweep_dir}: {type(exc).__name__}: {exc}")
-    console.print(escape(outcome.message(sweep_dir)), highlight=False, soft_wrap=True)
-    if outcome.failed:
-        raise typer.Exit(1)
+        store = ResultStore(sweep_dir)
+        found = store.has_results()
+    except (OSError, ValueError) as exc:  # an unknown scheme, a bucket we cannot reach
+        fail(f"cannot open {sweep_dir}: {exc}")
+    if not found:
+        fail(f"{sweep_dir} holds no sweep results (expected {sweep_dir}/results.parquet or parts/results/)")
+    try:
+        meta = store.meta()
+    except ValueError as exc:
+        fail(str(exc))
+    _finish(store, meta, out, wandb)
 
 
-def _write_report(sweep_dir: str, wandb_settings, name: str, out: Path | None = None) -> None:
-    """Compact the store (only from parts that hold every result: nothing is ever lost), then render the report."""
+def _finish(store, meta, out: Path | None = None, wandb: bool = False) -> None:
+    """sweeps.finish.finish with its outcome printed; a folder we cannot write or damaged results: one line, exit 2."""
     import pyarrow as pa
 
-    from sweeps.report import build_report
-    from sweeps.store import ResultStore
-    from sweeps.tracking import log_summary
+    from sweeps.finish import finish
 
-    store = ResultStore(sweep_dir)
     try:
-        store.compact()
-        paths = build_report(store.local_path() or sweep_dir, out)
+        done = finish(store, meta, out, wandb_report=wandb)
     except (pa.ArrowInvalid, OSError) as exc:  # a damaged results file, or a report folder we cannot write
-        fail(f"cannot write the report of {sweep_dir}{f' into {out}' if out else ''}: {type(exc).__name__}: {exc}"
+        fail(f"cannot write the report of {store.uri}{f' into {out}' if out else ''}: {type(exc).__name__}: {exc}"
              + ("" if out else " (write it elsewhere with --out DIR)"))
-    status = log_summary(wandb_settings, sweep=name, table=paths.summary, run_dir=str(out or sweep_dir))
-    console.print(f"report: {paths.html}  (markdown: {paths.markdown}; W&B summary: {status})")
+    console.print(f"report: {done.html}  (markdown: {done.markdown}; W&B summary: {done.wandb_summary})",
+                  highlight=False, soft_wrap=True)
+    if done.wandb_report is not None:
+        console.print(escape(done.wandb_report.message(store.uri)), highlight=False, soft_wrap=True)
+        if done.wandb_report.failed:
+            raise typer.Exit(1)
 
 
 def metrics_table(rows: list[dict]) -> Table:

@@ -1,4 +1,6 @@
-"""Live sweep display: done / running / failed / pending, ETA and best so far — not a wall of logs."""
+"""Live sweep display: done / running / failed / pending, ETA and best so far — not a wall of logs.
+
+Display only: it reads Tune's events, never the store (compaction is the driver's, sweeps.runner._compacting)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ class SweepProgress(TrialProgressCallback):
     "Trial ... completed" even at verbose=0 for a trial that ends without a report (a recorded user error).
     Every hook that prints there is overridden here."""
 
-    def __init__(self, total: int, skipped: int, store, live: bool = True, console: Console | None = None) -> None:
-        self.total, self.skipped, self.store = total, skipped, store
+    def __init__(self, total: int, skipped: int, live: bool = True, console: Console | None = None) -> None:
+        self.total, self.skipped = total, skipped
         self.running: set[str] = set()
         self.pruned: set[str] = set()  # stopped by the scheduler
         self.done = self.failed = self.retries = 0
@@ -27,14 +29,13 @@ class SweepProgress(TrialProgressCallback):
         self.t0 = time.time()
         self.console = console or Console()
         self.live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False) if live else None
-        self._last_compact = time.time()
 
     def __getstate__(self) -> dict:
-        """Tune pickles its callbacks with the experiment state: leave out the terminal and the store."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("live", "console", "store")}
+        """Tune pickles its callbacks with the experiment state: leave out the terminal."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("live", "console")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, live=None, console=None, store=None)
+        self.__dict__.update(state, live=None, console=None)
 
     def __enter__(self):
         if self.live:
@@ -77,9 +78,6 @@ class SweepProgress(TrialProgressCallback):
         self._refresh()
 
     def on_step_end(self, iteration, trials, **info):
-        if self.store is not None and time.time() - self._last_compact > 60:  # keep results.parquet fresh for people peeking mid-sweep
-            self.store.compact(scores=False)  # scores.parquet, the large one, is written at the end
-            self._last_compact = time.time()
         self._refresh()
 
     # -- display ---------------------------------------------------------------------------

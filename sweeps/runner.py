@@ -22,6 +22,7 @@ from pathlib import Path
 from hdmap.config import TrialConfig
 from hdmap.errors import UserError
 from hdmap.models.registry import MODELS
+from sweeps.meta import SweepMeta
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
 from sweeps.worker import record_failure, trial_trainable
@@ -73,10 +74,11 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     spec = plan.spec
     store = open_store(spec.sweep_dir())
     prepare_data(plan)
-    write_sweep_meta(store, plan, state="running")
+    store.write_meta(SweepMeta.of_plan(plan, state="running"))
+    store.compact()  # parts a killed driver left uncompacted: before Tune starts, so the pass blocks nothing
     todo, skipped = plan_todo(plan, store, retry_failed)
     outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped,
-                           log_path=str(driver_log_path(store, spec.name)))
+                           log_path=str(store.local_dir(spec.name) / "logs" / "ray-driver.log"))
     ran = {t.trial_id for t in todo}
     stop = _StopSignals()
     t0 = time.perf_counter()
@@ -99,13 +101,14 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
             _record_lost(todo, store, plan)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
         stop.received = stop.received or signal.SIGINT
-    store.compact()
+    store.compact()  # the run's last pass: the background passes (_compacting) left only the newest parts
+    store.export()
     status = store.status_by_trial()
     outcome.interrupted = stop.received
     outcome.not_run = sum(1 for t in plan.trials if t.trial_id not in status)
-    write_sweep_meta(store, plan, state="interrupted" if stop.received else "complete" if not outcome.not_run
-                     else "incomplete", without_result=outcome.not_run)
-    rows = store.results().to_pylist()
+    store.write_meta(SweepMeta.of_plan(plan, state="interrupted" if stop.received else "complete"
+                                       if not outcome.not_run else "incomplete", without_result=outcome.not_run))
+    rows = store.results(["trial_id", "model", "status", "error", "cache_hits", "cache_misses"]).to_pylist()
     wanted = {t.trial_id for t in plan.trials}
     outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
     outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
@@ -129,24 +132,6 @@ def open_store(sweep_dir: str) -> ResultStore:
         raise SweepEnvironmentError(f"sweep output {sweep_dir} is not a writable directory ({exc}); "
                                     "choose another with --set output=DIR") from None
     return store
-
-
-def write_sweep_meta(store: ResultStore, plan: Plan, state: str, without_result: int | None = None) -> None:
-    """sweep.json: what the report needs beyond the rows: axes, the planned trial ids, and whether the last run
-    finished ("running" is left behind by a killed driver), so an incomplete sweep says so."""
-    spec = plan.spec
-    store.write_json("sweep.json", {
-        "name": spec.name, "spec_hash": plan.spec_hash, "source": plan.source, "axes": plan.axis_values,
-        "n_trials": len(plan.trials), "state": state, "n_without_result": without_result,
-        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), "trial_ids": [t.trial_id for t in plan.trials],
-    })
-
-
-def driver_log_path(store: ResultStore, sweep: str) -> Path:
-    """Where Ray's and Tune's driver log goes (worker tracebacks included): the sweep dir, or this machine's disk
-    when results go to object storage."""
-    base = store.local_path() or Path.home() / "ray_results" / "hdmap" / sweep
-    return base / "logs" / "ray-driver.log"
 
 
 @contextmanager
@@ -242,7 +227,7 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
 
     from sweeps.progress import SweepProgress
 
-    progress = SweepProgress(total=len(todo), skipped=skipped, store=store, live=live)
+    progress = SweepProgress(total=len(todo), skipped=skipped, live=live)
     asha = spec.asha
     scheduler = None
     if asha:
@@ -268,7 +253,7 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
 
     # Tune's own experiment state is a by-product (resume uses the store), so it may stay on the driver's disk
     # when results go to object storage; with a shared file system it sits next to the results.
-    tune_dir = store.local_path() / "ray" if store.local_path() else Path.home() / "ray_results" / "hdmap" / spec.name
+    tune_dir = store.local_dir(spec.name) / "ray"
     tuner = tune.Tuner(
         tune.with_resources(trial_trainable, pg),
         param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo]), "ctx": context},
@@ -279,12 +264,35 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
             callbacks=[progress, PruneRecorder(store.uri, spec.name, plan.spec_hash)], progress_reporter=None,
         ),
     )
+    with _compacting(store), progress, stop.fitting():
+        grid = tuner.fit()
+    _record_unfinished(grid, store, plan)
+
+
+COMPACT_EVERY_S = 30.0
+
+
+@contextmanager
+def _compacting(store: ResultStore, every_s: float = COMPACT_EVERY_S):
+    """Compaction passes in a driver thread while Tune runs: each costs O(new parts) and never runs inside Tune's
+    scheduling loop; the chunks stay fresh for people peeking mid-sweep and the run's last pass stays short.
+    A failed pass (object storage hiccup) is left for the next one: the parts are the source of truth."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            try:
+                store.compact()
+            except Exception as exc:  # noqa: BLE001 - the next pass, or the final one, retries
+                logging.getLogger("ray").warning("background compaction failed (retried later): %s", exc)
+
+    thread = threading.Thread(target=loop, name="hdmap-compaction", daemon=True)
+    thread.start()
     try:
-        with progress, stop.fitting():
-            grid = tuner.fit()
-        _record_unfinished(grid, store, plan)
+        yield
     finally:
-        store.compact()
+        stop.set()
+        thread.join()
 
 
 def stopped_by_scheduler(result: dict) -> bool:

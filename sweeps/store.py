@@ -1,28 +1,48 @@
-"""The sweep's results store: one Parquet part per trial (atomic), compacted into one dataset file.
+"""The sweep's results store: one Parquet part per trial (the source of truth), compacted into rolling chunks.
 
-    <sweep_dir>/parts/results/<trial_id>.parquet   written by the trial itself, wherever it ran
+    <sweep_dir>/parts/results/<trial_id>.parquet   written by the trial itself, wherever it ran (atomic)
     <sweep_dir>/parts/scores/<trial_id>.parquet
-    <sweep_dir>/results.parquet, scores.parquet    compaction of the parts (driver), atomic replace
+    <sweep_dir>/results/chunk-NNNNN.parquet        compacted chunks (the driver only), each <= CHUNK_TRIALS trials:
+    <sweep_dir>/scores/chunk-NNNNN.parquet           `pyarrow.dataset`, duckdb and pandas read the folders as one table
+    <sweep_dir>/manifest.json                      which part (by its size and mtime) each chunk holds + each trial's
+                                                   status, so resume and status never read 20,000 files
+    <sweep_dir>/results.parquet, scores.parquet    one-file copies of the chunks, written by `export` (the finish step)
+    <sweep_dir>/sweep.json                         the sweep's metadata (sweeps.meta.SweepMeta)
 
-Parts are the source of truth: a part is written to a temporary name and renamed, so a crash never
-leaves a half-written part, two trials never write the same file, and a retried trial overwrites
-its own part (no duplicate rows). `sweep_dir` may be a local path or any pyarrow URI (s3://, gs://).
+Parts: a part is written to a temporary name and renamed, so a crash never leaves a half-written part, two trials
+never write the same file, and a retried trial overwrites its own part (no duplicate rows). A results part is
+the commit marker of a finished trial (its scores part is written first).
+
+Compaction costs O(new parts): one listing of parts/results (names, sizes, mtimes), then only the parts that are
+new or changed since the manifest are read; they are appended to the open (last) chunk until it holds
+CHUNK_TRIALS trials, then to new chunks; a trial whose part changed (a retry) leaves the chunk it was in. Chunks
+can always be rebuilt from the parts; a chunk is never rebuilt from parts that lack some of its trials.
+`sweep_dir` may be a local path or any pyarrow URI (s3://, gs://).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hdmap.io import atomic_write, atomic_write_table
 from hdmap.results import SCORE_SCHEMA, results_schema
 from hdmap.trial import TrialResult
+from sweeps.meta import META_FILE, SweepMeta
+
+CHUNK_TRIALS = 100  # trials per chunk: bounds the rewrite of the open chunk (scores: ~2,000 rows a trial)
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "hdmap-store/1"
+KINDS = {"results": results_schema, "scores": lambda: SCORE_SCHEMA}
 
 
 class ResultStore:
@@ -33,7 +53,8 @@ class ResultStore:
         else:  # absolute: trials write from other processes and working directories
             self.uri = self.root = os.path.abspath(sweep_dir)
             self.fs = pafs.LocalFileSystem()
-        self._cache: dict[str, tuple] = {}  # reading creates nothing: `hdmap report` may point at a copied folder
+        self._lock = threading.Lock()  # one compaction at a time (the driver's background pass and its final one)
+        # reading creates nothing: `hdmap report` may point at a copied folder
 
     # -- written by trials -------------------------------------------------------------------
     def mark_attempt(self, trial_id: str) -> None:
@@ -64,59 +85,202 @@ class ResultStore:
     def _atomic_write(self, table: pa.Table, relative: str) -> None:
         atomic_write_table(table, f"{self.root}/{relative}", self.fs)
 
-    # -- read by the driver, the report and resume ---------------------------------------
-    def _parts(self, kind: str) -> list[pafs.FileInfo]:
-        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/parts/{kind}", allow_not_found=True))
-        return sorted((i for i in infos if i.path.endswith(".parquet")), key=lambda i: i.path)
-
-    def results(self) -> pa.Table:
-        return self._read("results", results_schema())
-
-    def scores(self) -> pa.Table:
-        return self._read("scores", SCORE_SCHEMA)
-
-    def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
-        """All parts of a kind on the current schema; a part unchanged since the last read is not read again."""
-        tables = []
-        for info in self._parts(kind):
-            stamp = (info.mtime_ns, info.size)
-            cached = self._cache.get(info.path)
-            if cached is None or cached[0] != stamp:
-                # older parts may lack newer config columns: unify on the current schema
-                cached = (stamp, _conform(pq.read_table(info.path, filesystem=self.fs), schema))
-                self._cache[info.path] = cached
-            tables.append(cached[1])
-        return pa.concat_tables(tables) if tables else schema.empty_table()
-
-    def status_by_trial(self) -> dict[str, str]:
-        table = self.results()
-        return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
-
-    def compact(self, scores: bool = True) -> bool:
-        """Rewrite results.parquet (and scores.parquet, the big one) from the parts (single writer: the driver).
-
-        Only from parts that hold every trial the compacted file holds: a folder copied without its parts, an
-        `hdmap trial` output or a store whose parts were pruned keeps its files as they are (returns False)."""
-        results = self.results()
-        compacted = f"{self.root}/results.parquet"
-        if self.fs.get_file_info(compacted).type != pafs.FileType.NotFound:
-            held = set(pq.read_table(compacted, columns=["trial_id"], filesystem=self.fs)["trial_id"].to_pylist())
-            if not held <= set(results["trial_id"].to_pylist()):
-                return False
-        elif not results.num_rows:
-            return False
-        self._atomic_write(results, "results.parquet")
-        if scores:
-            self._atomic_write(self.scores(), "scores.parquet")
-        return True
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """A small file (JSON, a rendered report) written atomically: a reader sees the old file or the new one."""
+        final = f"{self.root}/{relative}"
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        atomic_write(final, data, self.fs)
 
     def write_json(self, relative: str, payload: dict) -> None:
-        path = f"{self.root}/{relative}"
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        atomic_write(path, json.dumps(payload, indent=2, default=str), self.fs)
+        self.write_bytes(relative, json.dumps(payload, indent=2, default=str).encode())
+
+    # -- sweep metadata ------------------------------------------------------------------------
+    def write_meta(self, meta: SweepMeta) -> None:
+        self.write_bytes(META_FILE, meta.model_dump_json(indent=2).encode())
+
+    def meta(self) -> SweepMeta | None:
+        """sweep.json, or None (an `hdmap trial` output); a damaged file is a ValueError naming it."""
+        path = f"{self.root}/{META_FILE}"
+        text = self._read_text(path)
+        if text is None:
+            return None
+        try:
+            return SweepMeta.model_validate_json(text)
+        except ValueError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{self.uri}/{META_FILE}: not a readable sweep metadata file ({first})") from None
+
+    # -- compaction (the driver only) ----------------------------------------------------------
+    def compact(self) -> bool:
+        """Fold the parts that are new or changed since the last pass into the chunks; True if anything changed.
+
+        Cost: one listing of parts/results plus reading the new parts and the open chunk, whatever came before.
+        A folder whose single-file results.parquet holds trials its parts lack (copied without parts/, an
+        `hdmap trial` output, pruned parts) and that has no manifest yet is left as it is (returns False)."""
+        with self._lock:
+            manifest = self._manifest()
+            fresh = manifest is None
+            manifest = manifest or {"format": MANIFEST_FORMAT, "generation": 0, "exported": None, "chunks": [],
+                                    "status": {}}
+            new = self._pending(manifest)
+            if not new or (fresh and self._single_file_trials() - {_trial_of(i) for i in new}):
+                return False
+            ids = [_trial_of(i) for i in new]
+            tables = {kind: self._read_parts(kind, ids) for kind in KINDS}
+            stamps = {_trial_of(i): _stamp(i) for i in new}
+            chunks = manifest["chunks"]
+            moved = set(ids)
+            for chunk in chunks:  # a retried trial leaves the chunk its earlier part went to
+                if moved & set(chunk["trials"]):
+                    chunk["trials"] = {t: s for t, s in chunk["trials"].items() if t not in moved}
+                    self._write_chunk(chunk["name"], list(chunk["trials"]), None)
+            queue = list(ids)
+            while queue:
+                if not chunks or len(chunks[-1]["trials"]) >= CHUNK_TRIALS:
+                    chunks.append({"name": f"chunk-{len(chunks):05d}", "trials": {}})
+                chunk = chunks[-1]
+                room = CHUNK_TRIALS - len(chunk["trials"])
+                take, queue = queue[:room], queue[room:]
+                added = {kind: _rows_of(table, take) for kind, table in tables.items()}
+                self._write_chunk(chunk["name"], list(chunk["trials"]), added)
+                chunk["trials"].update({t: stamps[t] for t in take})
+            results = tables["results"]
+            manifest["status"].update(zip(results["trial_id"].to_pylist(), results["status"].to_pylist()))
+            manifest["generation"] += 1
+            self.write_json(MANIFEST, manifest)
+            return True
+
+    def _write_chunk(self, name: str, keep: list[str], added: dict[str, pa.Table] | None) -> None:
+        """Rewrite a chunk's files: the rows of the trials it keeps (never more: a pass that died before writing
+        the manifest may have left others in it), then the rows of `added`."""
+        for kind, schema in KINDS.items():
+            path = f"{self.root}/{kind}/{name}.parquet"
+            old = _rows_of(self._read_files([path], schema()), keep) if keep else schema().empty_table()
+            self.fs.create_dir(f"{self.root}/{kind}", recursive=True)
+            self._atomic_write(pa.concat_tables([old] + ([added[kind]] if added else [])).combine_chunks(),
+                               f"{kind}/{name}.parquet")
+
+    def export(self) -> bool:
+        """results.parquet and scores.parquet, one file each, from the chunks (the finish step); skipped when
+        nothing changed since the last export, and never over a file holding trials the chunks lack."""
+        with self._lock:
+            manifest = self._manifest()
+            if manifest is None or manifest.get("exported") == manifest["generation"]:
+                return False
+            if self._single_file_trials() - set(manifest["status"]):
+                return False
+            for kind, schema in KINDS.items():
+                self._atomic_write(self._read_kind(kind, schema(), manifest), f"{kind}.parquet")
+            manifest["exported"] = manifest["generation"]
+            self.write_json(MANIFEST, manifest)
+            return True
+
+    # -- read by the driver, the report, W&B and resume ----------------------------------------
+    def results(self, columns: list[str] | None = None) -> pa.Table:
+        """Every compacted result row on the current schema (call `compact` first for the newest parts)."""
+        table = self._read_kind("results", results_schema(), self._manifest())
+        return table.select(columns) if columns else table
+
+    def scores(self) -> pa.Table:
+        return self._read_kind("scores", SCORE_SCHEMA, self._manifest())
+
+    def status_by_trial(self) -> dict[str, str]:
+        """trial_id -> status: the manifest's, updated from the parts written since the last pass (only those are
+        read), so resume sees every finished trial without reading them all."""
+        manifest = self._manifest()
+        if manifest is not None:
+            status = dict(manifest["status"])
+        else:
+            held = self._read_kind("results", results_schema(), None)
+            status = dict(zip(held["trial_id"].to_pylist(), held["status"].to_pylist()))
+        new = self._pending(manifest or {"chunks": []})
+        if new:
+            table = self._read_files([i.path for i in new], results_schema(), columns=["trial_id", "status"])
+            status.update(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
+        return status
+
+    def has_results(self) -> bool:
+        return (self._exists("results.parquet") or self._exists(MANIFEST)
+                or self.fs.get_file_info(f"{self.root}/parts/results").type == pafs.FileType.Directory)
 
     def local_path(self) -> Path | None:
         return Path(self.root) if isinstance(self.fs, pafs.LocalFileSystem) else None
+
+    def local_dir(self, sweep: str) -> Path:
+        """This machine's folder for the sweep's by-products (Ray's log, Tune's state, offline W&B runs): the sweep
+        folder itself, or ~/ray_results/hdmap/<sweep> when the results are on object storage."""
+        return self.local_path() or Path.home() / "ray_results" / "hdmap" / sweep
+
+    # -- internals -----------------------------------------------------------------------------
+    def _exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(f"{self.root}/{relative}").type == pafs.FileType.File
+
+    def _read_text(self, path: str) -> str | None:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+
+    def _manifest(self) -> dict | None:
+        text = self._read_text(f"{self.root}/{MANIFEST}")
+        return None if text is None else json.loads(text)
+
+    def _results_parts(self) -> list[pafs.FileInfo]:
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/parts/results", allow_not_found=True))
+        return sorted((i for i in infos if i.path.endswith(".parquet")), key=lambda i: i.path)
+
+    def _pending(self, manifest: dict) -> list[pafs.FileInfo]:
+        """Results parts that are new, or changed (a retry), since the manifest was written."""
+        held = {t: s for chunk in manifest["chunks"] for t, s in chunk["trials"].items()}
+        return [i for i in self._results_parts() if held.get(_trial_of(i)) != _stamp(i)]
+
+    def _single_file_trials(self) -> set[str]:
+        if not self._exists("results.parquet"):
+            return set()
+        table = pq.read_table(f"{self.root}/results.parquet", columns=["trial_id"], filesystem=self.fs)
+        return set(table["trial_id"].to_pylist())
+
+    def _read_parts(self, kind: str, trial_ids: list[str]) -> pa.Table:
+        paths = [f"{self.root}/parts/{kind}/{t}.parquet" for t in trial_ids]
+        try:
+            return self._read_files(paths, KINDS[kind]())
+        except FileNotFoundError:  # a store from before scores parts were always written (error rows)
+            return self._read_files([p for p in paths if self.fs.get_file_info(p).type == pafs.FileType.File],
+                                    KINDS[kind]())
+
+    def _read_kind(self, kind: str, schema: pa.Schema, manifest: dict | None) -> pa.Table:
+        """The chunks the manifest lists; without a manifest the single file (a copied sweep, a trial output)."""
+        if manifest is not None:
+            return self._read_files([f"{self.root}/{kind}/{c['name']}.parquet" for c in manifest["chunks"]], schema)
+        if self._exists(f"{kind}.parquet"):
+            return self._read_files([f"{self.root}/{kind}.parquet"], schema)
+        return schema.empty_table()
+
+    def _read_files(self, paths: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        """Parquet files as one table on the current schema (older files may lack newer config columns: null)."""
+        if not paths:
+            table = schema.empty_table()
+            return table.select(columns) if columns else table
+        try:
+            return ds.dataset(paths, schema=schema, format="parquet", filesystem=self.fs).to_table(columns=columns)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            # a column whose type changed since a file was written: cast file by file
+            tables = [_conform(pq.read_table(p, filesystem=self.fs), schema) for p in paths]
+            table = pa.concat_tables(tables)
+            return table.select(columns) if columns else table
+
+
+def _trial_of(info: pafs.FileInfo) -> str:
+    return info.base_name[: -len(".parquet")]
+
+
+def _stamp(info: pafs.FileInfo) -> list[int]:
+    return [info.size, info.mtime_ns]
+
+
+def _rows_of(table: pa.Table, trial_ids: list[str]) -> pa.Table:
+    return table.filter(pc.is_in(table["trial_id"], value_set=pa.array(trial_ids, pa.string())))
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -126,4 +290,3 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.table(columns, schema=schema)
-

@@ -1,6 +1,7 @@
 """A W&B Report per sweep: the HTML report's views (sweeps/report) over the sweep's W&B runs.
 
     hdmap report runs/quickstart --wandb    # writes runs/quickstart/wandb_report.json; publishes it when online
+                                            # (with the sweep's own W&B settings, from sweep.json)
 
 The report is described by a plain JSON *definition* (``wandb_report.json``, written beside ``report.html``)
 and turned into ``wandb_workspaces.reports.v2`` objects only to publish it: building and saving the definition
@@ -246,13 +247,11 @@ class WandbReportOutcome:
                 "(an API key configured: `wandb login` or WANDB_API_KEY, and W&B mode online)")
 
 
-def write_wandb_report(sweep_dir: str | Path, settings: WandbSettings,
-                       out_dir: str | Path | None = None) -> WandbReportOutcome:
-    """Build the definition from the sweep's results and sweep.json, save it as `<out_dir>/wandb_report.json`
-    (default: beside the results) and publish it when W&B is online. Raises only for unreadable results or an
-    unwritable `out_dir` (OSError, ValueError)."""
-    definition = build_definition(analysis.load(sweep_dir), settings)
-    out = Path(out_dir if out_dir is not None else sweep_dir)
+def write_wandb_report(data: analysis.SweepData, settings: WandbSettings, out_dir: str | Path) -> WandbReportOutcome:
+    """Build the definition from a loaded sweep (`analysis.load(store)`), save it as `<out_dir>/wandb_report.json`
+    and publish it when W&B is online. Raises only for an unwritable `out_dir` (OSError)."""
+    definition = build_definition(data, settings)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / DEFINITION_FILE
     atomic_write(path, json.dumps(definition, indent=2, ensure_ascii=False) + "\n")

@@ -18,6 +18,7 @@ import pytest
 
 from sweeps.report import ORACLE_HEADING, ReportPaths, build_report
 from sweeps.report.analysis import (
+    load,
     VERDICT_BETTER,
     VERDICT_FEW,
     VERDICT_UNCLEAR,
@@ -27,6 +28,7 @@ from sweeps.report.analysis import (
     value_key,
     verdict,
 )
+from sweeps.store import ResultStore
 
 BASE = {"patchcore": {"domain_A": 0.90, "domain_C": 0.80}, "cpd_patchcore": {"domain_A": 0.93, "domain_C": 0.85}}
 DROP = {"patchcore": 0.06, "cpd_patchcore": 0.04}
@@ -119,10 +121,16 @@ def make_sweep(path, spec: dict | None = None):
     return path
 
 
+def report_of(d, out=None) -> ReportPaths:
+    """The report of a sweep folder, read through its store, written into `out` (default: beside the results)."""
+    return build_report(load(ResultStore(d)), out or d)
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> ReportPaths:
-    d = make_sweep(tmp_path_factory.mktemp("sweep") / "unit", {"name": "unit-sweep", "axes": ["data.domain", "model.k"]})
-    return build_report(d)
+    d = make_sweep(tmp_path_factory.mktemp("sweep") / "unit",
+                   {"name": "unit-sweep", "axes": {"data.domain": ["domain_A", "domain_C"], "model.k": [1, 3]}})
+    return report_of(d)
 
 
 def _std(xs):
@@ -209,11 +217,12 @@ def test_ablation_plot_and_cold_warm(report):
     assert "accuracy cold" in report.markdown.read_text()
 
 
-def test_inferred_axes_explicit_baseline_and_out_dir(tmp_path):
-    """No sweep.json axes -> inferred; explicit baseline flips the delta sign; out_dir honoured."""
-    d = make_sweep(tmp_path / "s2", {"name": "flip", "comparisons": [{"axis": "model.k", "baseline": 3}]})
+def test_axis_order_sets_the_baseline_and_out_dir(tmp_path):
+    """The first value of an axis in sweep.json is its baseline (k=3 first flips the delta's sign); out_dir honoured."""
+    axes = {"model.k": [3, 1], "data.domain": ["domain_A", "domain_C"]}
+    d = make_sweep(tmp_path / "s2", {"name": "flip", "axes": axes})
     out = tmp_path / "out"
-    r = build_report(d, out)
+    r = report_of(d, out)
     assert r.html == out / "report.html" and r.markdown.exists()
     assert not (d / "report.html").exists()
     c = r.comparisons
@@ -221,20 +230,22 @@ def test_inferred_axes_explicit_baseline_and_out_dir(tmp_path):
     assert (row["value"], row["baseline"]) == ("1", "3")
     assert row["mean_delta"] == pytest.approx(0.05) and row["verdict"] == VERDICT_BETTER
     html = r.html.read_text()
-    assert "model.k" in html and "data.domain" in html  # both inferred (> 1 value)
+    assert "model.k" in html and "data.domain" in html
     assert "no paired trials" not in html
 
 
 def test_without_sweep_json_and_all_failed(tmp_path):
     d = make_sweep(tmp_path / "s3")
-    r = build_report(d)
-    assert "unit-sweep" in r.html.read_text()  # name from the `sweep` column
+    r = report_of(d)
+    html = r.html.read_text()
+    assert "unit-sweep" in html  # name from the `sweep` column
+    assert re.search(r"data\.domain, model\.k[^<]*\(inferred\)", html)  # axes: config columns with > 1 value
     # every trial failed: the report still builds, shows the failures, inlines no plotly
     t = pq.read_table(d / "results.parquet").to_pandas()
     t["status"] = "error"
     t["error"] = "ValueError: boom"
     pq.write_table(pa.Table.from_pandas(t, preserve_index=False), d / "results.parquet")
-    r = build_report(d)
+    r = report_of(d)
     html = r.html.read_text()
     assert "0 ok / 25 error" in html and "ValueError: boom" in html
     assert r.summary.empty
@@ -257,7 +268,7 @@ def test_statistics_helpers():
 
 def test_optional_metric_only_in_axis_tables_where_it_applies(tmp_path):
     """Gating accuracy (reported by cpd_patchcore only) is a column of an axis table only if a row there has it."""
-    from sweeps.report.analysis import axis_summary, load
+    from sweeps.report.analysis import axis_summary
 
     path = make_sweep(tmp_path / "gated")
     table = pq.read_table(path / "results.parquet")
@@ -267,7 +278,7 @@ def test_optional_metric_only_in_axis_tables_where_it_applies(tmp_path):
     table = table.set_column(table.schema.get_field_index("gating_accuracy"), "gating_accuracy", pa.array(gated))
     table = table.set_column(table.schema.get_field_index("model.layers"), "model.layers", pa.array(layers))
     pq.write_table(table, path / "results.parquet")
-    data = load(path)
+    data = load(ResultStore(path))
     assert "gating_accuracy" in set(axis_summary(data, "model.k")["metric"])  # both models; cpd reports it
     patchcore_only = axis_summary(data, "model.layers")
     assert set(patchcore_only["model"]) == {"patchcore"}

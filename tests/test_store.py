@@ -1,35 +1,97 @@
-"""The results store: atomic parts, retries overwrite, compaction reads only what changed."""
+"""The results store: atomic parts, retries overwrite, compaction reads only the new parts into rolling chunks."""
 
+import json
+
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from hdmap.config import load_trial_config
 from hdmap.results import results_schema
 from hdmap.trial import failed_trial
+from sweeps import store as store_module
+from sweeps.meta import SweepMeta
 from sweeps.store import ResultStore
+from sweeps.tracking import WandbSettings
 
 
 def error_result(k: int, message: str = "boom"):
     return failed_trial(load_trial_config(None, [f"model.k={k}"]), RuntimeError(message))
 
 
-def test_parts_compact_and_retry_overwrite(tmp_path, monkeypatch):
+def write(store: ResultStore, k: int, message: str = "boom") -> str:
+    result = error_result(k, message)
+    store.mark_attempt(result.rows[0]["trial_id"])
+    store.write_trial(result, "s", "h")
+    return result.rows[0]["trial_id"]
+
+
+def test_parts_compact_export_and_retry_overwrite(tmp_path):
     store = ResultStore(tmp_path / "sweep")
     for k in (1, 2):
-        store.mark_attempt(error_result(k).rows[0]["trial_id"])
-        store.write_trial(error_result(k), "s", "h")
-    store.compact()
+        write(store, k)
+    assert store.compact() and store.export()
     table = pq.read_table(tmp_path / "sweep" / "results.parquet")
     assert table.num_rows == 2 and table.schema.equals(results_schema())
     assert table["attempts"].to_pylist() == [1, 1] and set(table["sweep"].to_pylist()) == {"s"}
+    assert not store.compact() and not store.export()  # nothing new: no rewrite
 
-    real_read = pq.read_table
-    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("re-read an unchanged part"))
-    assert store.results().num_rows == 2  # served from the store's cache
-    monkeypatch.setattr(pq, "read_table", real_read)
-
-    retried = error_result(1, "second attempt")
-    store.write_trial(retried, "s", "h")  # a retry replaces its own part: no duplicate row
+    write(store, 1, "second attempt")  # a retry replaces its own part: no duplicate row
+    assert store.compact()
     rows = store.results().to_pylist()
     assert len(rows) == 2 and any("second attempt" in r["error"] for r in rows)
     assert not list((tmp_path / "sweep").rglob("*.tmp"))
+
+
+def test_a_pass_reads_only_new_parts_into_rolling_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "CHUNK_TRIALS", 2)
+    store = ResultStore(tmp_path / "sweep")
+    ids = [write(store, k) for k in (1, 2, 3)]
+    store.compact()
+    read: list[list[str]] = []
+    real = ResultStore._read_parts
+    monkeypatch.setattr(ResultStore, "_read_parts", lambda self, kind, t: read.append(t) or real(self, kind, t))
+    ids += [write(store, k) for k in (4, 5)]
+    assert store.compact()
+    assert [sorted(t) for t in read] == [sorted(ids[3:])] * 2  # results and scores of the new trials, no others
+    manifest = json.loads((tmp_path / "sweep" / "manifest.json").read_text())
+    chunks = [set(c["trials"]) for c in manifest["chunks"]]
+    assert [len(c) for c in chunks] == [2, 2, 1] and set().union(*chunks[1:]) >= set(ids[3:])
+    assert chunks[0] | chunks[1] >= set(ids[:3])  # the open chunk took the first new trial
+    # the chunk folders are one dataset for any Parquet reader, and the store's read is the same rows
+    assert sorted(ds.dataset(tmp_path / "sweep" / "results").to_table()["trial_id"].to_pylist()) == sorted(ids)
+    assert sorted(store.results()["trial_id"].to_pylist()) == sorted(ids)
+
+
+def test_status_sees_parts_not_compacted_yet(tmp_path):
+    store = ResultStore(tmp_path / "sweep")
+    first = write(store, 1)
+    store.compact()
+    second = write(store, 2)
+    assert store.status_by_trial() == {first: "error", second: "error"}
+    assert second not in store.results()["trial_id"].to_pylist()  # not compacted: status read the one new part
+
+
+def test_never_rewrites_a_file_holding_trials_the_parts_lack(tmp_path):
+    store = ResultStore(tmp_path / "copied")
+    write(store, 1)
+    store.compact() and store.export()
+    other = ResultStore(tmp_path / "other")
+    write(other, 2)
+    (tmp_path / "other" / "results.parquet").write_bytes((tmp_path / "copied" / "results.parquet").read_bytes())
+    before = (tmp_path / "other" / "results.parquet").read_bytes()
+    assert not other.compact() and not other.export()
+    assert (tmp_path / "other" / "results.parquet").read_bytes() == before
+    assert not (tmp_path / "other" / "manifest.json").exists()
+
+
+def test_sweep_meta_round_trip_and_damaged_file(tmp_path):
+    store = ResultStore(tmp_path / "sweep")
+    assert store.meta() is None
+    meta = SweepMeta(name="s", axes={"model.k": [3, 1]}, trial_ids=["a"], state="running",
+                     wandb=WandbSettings(project="gearbox", entity="lab"))
+    store.write_meta(meta)
+    assert store.meta() == meta
+    (tmp_path / "sweep" / "sweep.json").write_text("{not json")
+    with pytest.raises(ValueError, match="sweep.json: not a readable sweep metadata file"):
+        store.meta()

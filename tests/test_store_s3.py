@@ -4,15 +4,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from sweeps.runner import run_sweep
-from sweeps.spec import load_spec
 
 pytestmark = pytest.mark.slow
 moto_server = pytest.importorskip("moto.server", reason="moto is a test dependency (pip install -e '.[test]')")
 
 
-def test_sweep_output_on_s3(tmp_path, s3):
+def test_sweep_output_on_s3_through_the_cli(tmp_path, s3, monkeypatch):
+    """The done-when of issue 14: `hdmap sweep run` with output s3://... exits 0 with results.parquet,
+    scores.parquet and the report in the bucket; `hdmap report s3://...` re-renders it there or into --out."""
     import ray
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
 
     spec = tmp_path / "s3.yaml"
     spec.write_text(f"""
@@ -25,16 +28,27 @@ axes: {{model.k: [1, 3]}}
 output: "s3://lab/studies?{s3}"
 tracking: {{wandb: {{mode: disabled}}}}
 """)
-    plan = load_spec(spec)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Ray's log and Tune's state: this machine's disk
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        outcome = run_sweep(plan, live=False)
+        result = CliRunner().invoke(app, ["sweep", "run", str(spec)])
     finally:
         ray.shutdown()
-    assert outcome.ok == 2
-    fs, root = pafs.FileSystem.from_uri(f"s3://lab/studies?{s3}")
+    assert result.exit_code == 0, result.output
+    uri = f"s3://lab/studies/s3sweep?{s3}"
+    fs, root = pafs.FileSystem.from_uri(uri)
     names = {i.path for i in fs.get_file_info(pafs.FileSelector("lab", recursive=True))}
-    assert "lab/studies/s3sweep/results.parquet" in names and "lab/studies/s3sweep/scores.parquet" in names
+    for name in ("results.parquet", "scores.parquet", "report.html", "report.md", "sweep.json", "manifest.json"):
+        assert f"lab/studies/s3sweep/{name}" in names, name
     table = pq.read_table("lab/studies/s3sweep/results.parquet", filesystem=fs)
     assert table.num_rows == 2 and set(table["status"].to_pylist()) == {"ok"}
+    assert pq.read_table("lab/studies/s3sweep/scores.parquet", filesystem=fs).num_rows == 2 * 40
+    with fs.open_input_stream("lab/studies/s3sweep/report.md") as f:
+        assert "2 ok" in f.read().decode()
+    assert "report: s3://lab/studies/s3sweep/report.html" in result.output
     assert not (tmp_path / "lab").exists()  # nothing landed on local disk by mistake
+
+    out = tmp_path / "local-report"
+    result = CliRunner().invoke(app, ["report", uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").exists() and f"report: {out / 'report.html'}" in result.output

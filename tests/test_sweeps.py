@@ -17,6 +17,7 @@ from hdmap.config import validate_trial_config
 from hdmap.data.simulate import simulate
 from hdmap.trial import run_trial
 from sweeps.report.analysis import load
+from sweeps.store import ResultStore
 from sweeps.report.render import header_section
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec
@@ -123,7 +124,7 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path, sig):
         assert "Traceback" not in printed, printed
         meta = json.loads((tmp_path / "out" / "k" / "sweep.json").read_text())
         assert meta["state"] == "interrupted" and meta["n_without_result"] == 6 - len(before)
-        data = load(tmp_path / "out" / "k")
+        data = load(ResultStore(tmp_path / "out" / "k"))
         header = "\n".join(header_section(data, pd.DataFrame(), "now").md)
         assert f"**Incomplete:** {6 - len(before)} of 6 trials have no result" in header, header
 

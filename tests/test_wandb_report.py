@@ -19,6 +19,7 @@ from hdmap.results import results_schema, to_table
 from hdmap.trial import failed_trial
 from sweeps.report import analysis
 from sweeps.spec import load_spec
+from sweeps.store import ResultStore
 from sweeps.tracking import WandbSettings, trial_summary
 from sweeps.wandb_report import DEFINITION_FILE, build_definition, publish, to_report
 
@@ -54,12 +55,13 @@ def make_sweep(path: Path, *, models: set[str] | None = None, severity: bool = F
         trials.append(_trial_rows(cfg, i, domains, severity))
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(to_table([r for rows in trials for r in rows], results_schema()), path / "results.parquet")
-    (path / "sweep.json").write_text(json.dumps({"name": plan.spec.name, "axes": plan.axis_values}, default=str))
+    meta = {"name": plan.spec.name, "axes": plan.axis_values, "wandb": {"project": "gearbox", "entity": "lab"}}
+    (path / "sweep.json").write_text(json.dumps(meta, default=str))
     return path, trials
 
 
 def _definition(path: Path) -> dict:
-    return build_definition(analysis.load(path), WandbSettings(project="hdmap-sweeps", entity="team"))
+    return build_definition(analysis.load(ResultStore(path)), WandbSettings(project="hdmap-sweeps", entity="team"))
 
 
 def _sections(definition: dict) -> dict[str, dict]:
@@ -183,11 +185,14 @@ def test_trials_on_several_test_domains_use_prefixed_keys(tmp_path):
 def test_cli_wandb_offline_saves_the_definition(tmp_path, monkeypatch):
     path, _ = make_sweep(tmp_path / "quickstart")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setattr("sweeps.tracking.log_summary", lambda *a, **k: "not logged (test)")
+    logged = []
+    monkeypatch.setattr("sweeps.tracking.log_summary", lambda settings, **k: logged.append(settings) or "not logged")
     result = CliRunner().invoke(app, ["report", str(path), "--wandb"])
     assert result.exit_code == 0, result.output
     saved = json.loads((path / DEFINITION_FILE).read_text())
     assert saved["group"] == "quickstart" and (path / "report.html").exists()
+    # the sweep's own W&B settings (sweep.json), for the summary run and the report alike
+    assert (saved["entity"], saved["project"]) == ("lab", "gearbox") == (logged[0].entity, logged[0].project)
     assert f"W&B report definition saved: {path / DEFINITION_FILE} (W&B offline)" in result.output
     assert f"`hdmap report {path} --wandb` publishes it later, once online" in result.output
 

@@ -1,12 +1,14 @@
-"""`hdmap report SWEEP_DIR`: a self-contained HTML report (and a Markdown twin) from a sweep's Parquet results.
+"""`hdmap report SWEEP_DIR`: a self-contained HTML report (and a Markdown twin) from a sweep's results.
 
     from sweeps.report import build_report
-    paths = build_report("runs/quickstart")      # -> ReportPaths(html, markdown, summary, comparisons)
+    from sweeps.store import ResultStore
+    paths = build_report(analysis.load(ResultStore("runs/quickstart")), "runs/quickstart")
 
-Reads `<sweep_dir>/results.parquet` (and `sweep.json` when present: {"name", "axes", "comparisons"}).
-Sections: header, model x test-domain table, one plot per ablation axis, cold vs warm, paired
-comparisons with bootstrap CIs (a worse result shown as plainly as a better one), the ORACLE figures
+Reads the rows through the store (sweeps.store.ResultStore) and the sweep's metadata (sweep.json: name, axes in
+spec order, planned trials). Sections: header, model x test-domain table, one plot per ablation axis, cold vs
+warm, paired comparisons with bootstrap CIs (a worse result shown as plainly as a better one), the ORACLE figures
 kept apart, failures. plotly.js is inlined once, so the HTML opens on machines without internet.
+The finish step (sweeps.finish) decides where the files go (beside the results, on object storage too).
 """
 
 from __future__ import annotations
@@ -32,13 +34,11 @@ class ReportPaths:
     comparisons: pd.DataFrame | None = None  # tidy paired deltas: axis, value, baseline, metric, scope, ..., verdict
 
 
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> ReportPaths:
-    """Write `report.html` and `report.md` into `out_dir` (default: `sweep_dir`) and return their paths."""
-    sweep_dir = Path(sweep_dir)
-    out = Path(out_dir) if out_dir is not None else sweep_dir
+def build_report(data: analysis.SweepData, out_dir: str | Path) -> ReportPaths:
+    """Write `report.html` and `report.md` for a loaded sweep (`analysis.load`) into the local `out_dir`."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    data = analysis.load(sweep_dir)
     summary = analysis.summarize(data.ok, analysis.MAIN_METRICS)
     cmp, cmp_notes = analysis.comparisons(data)
     generated = render.generated_now()

@@ -1,6 +1,6 @@
 """Numbers behind the sweep report: loading, axes, summaries, paired comparisons, failures.
 
-Pure pandas/numpy (no plotting, no hdmap import), so the statistics can be tested on their own.
+Pure pandas/numpy over the rows the store returns (no plotting), so the statistics can be tested on their own.
 
 Conventions
 - A config value is compared through :func:`value_key`, a canonical string: ``1``, ``1.0`` and
@@ -17,11 +17,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from sweeps.meta import SweepMeta
+    from sweeps.store import ResultStore
 
 NULL = "∅"
 
@@ -107,7 +112,7 @@ def sort_values(keys: list[str], preferred: list[str] | None = None) -> list[str
 @dataclass
 class SweepData:
     name: str
-    sweep_dir: Path
+    sweep_dir: str  # the store's URI: a local folder or s3://...
     rows: pd.DataFrame  # every row, deduplicated
     ok: pd.DataFrame  # status ok rows of trials that finished
     keys: pd.DataFrame  # value_key of every config column, aligned with `ok`
@@ -124,19 +129,6 @@ class SweepData:
     n_trials_missing: int = 0  # planned (sweep.json) but without any row: interrupted, killed or still running
     n_trials_planned: int | None = None
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def _read_spec(sweep_dir: Path) -> dict:
-    path = sweep_dir / "sweep.json"
-    if not path.exists():
-        return {}
-    try:
-        spec = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected an object with 'name' and 'axes', got {type(spec).__name__}")
-    return spec
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -157,62 +149,40 @@ def first_error_line(text: Any, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def load(sweep_dir: str | Path) -> SweepData:
-    sweep_dir = Path(sweep_dir)
-    path = sweep_dir / "results.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {sweep_dir} a sweep output directory?")
-    df = pd.read_parquet(path)
-    spec = _read_spec(sweep_dir)
-    notes: list[str] = []
+def load(store: ResultStore) -> SweepData:
+    """The sweep's rows through its store (any pyarrow filesystem) and its sweep.json (`ResultStore.meta`)."""
+    return from_table(store.results(), store.meta(), store.uri)
 
-    if "status" not in df.columns:
-        df["status"] = "ok"
-    df["status"] = df["status"].fillna("ok").astype(str)
-    if "model" not in df.columns:
-        df["model"] = df["model.name"] if "model.name" in df.columns else "model"
-    df["model"] = df["model"].fillna(df["model.name"] if "model.name" in df.columns else "?").astype(str)
-    if "test_domain" not in df.columns:
-        df["test_domain"] = df["data.domain"] if "data.domain" in df.columns else "?"
-    if "trial_id" not in df.columns:
-        df["trial_id"] = [f"row{i}" for i in range(len(df))]
-    df["trial_id"] = df["trial_id"].astype(str)
+
+def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> SweepData:
+    """Rows on the results schema (hdmap.results: every column present) and the sweep's metadata -> SweepData.
+
+    The store keeps one part per trial (a retry replaces it), so a trial's rows share one status."""
+    df = results.to_pandas()
+    notes: list[str] = []
     if "started_at" in df.columns:
         df = df.sort_values("started_at", kind="stable", na_position="first")
-    # Re-runs (resume, --retry-failed) may leave older rows of the same trial: keep the newest.
-    df = df.drop_duplicates(["trial_id", "status", "test_domain"], keep="last")
-    ok_ids = set(df.loc[df["status"] == "ok", "trial_id"])
     ok = df[df["status"] == "ok"].reset_index(drop=True)
-    err = df[(df["status"] != "ok") & ~df["trial_id"].isin(ok_ids)]
-    superseded = df[(df["status"] != "ok") & df["trial_id"].isin(ok_ids)]["trial_id"].nunique()
-    if superseded:
-        notes.append(f"{superseded} trial(s) failed before and succeeded on a later run; only the success is counted.")
+    err = df[df["status"] != "ok"]
 
-    name = spec.get("name")
-    if not name and "sweep" in df.columns and df["sweep"].notna().any():
+    name = meta.name if meta else None
+    if not name and df["sweep"].notna().any():
         name = str(df["sweep"].dropna().iloc[0])
-    name = str(name or sweep_dir.resolve().name)
+    name = str(name or sweep_dir.rstrip("/").rsplit("/", 1)[-1])
 
     cfg = config_columns(df)
     keys = pd.DataFrame({c: ok[c].map(value_key) for c in cfg}, index=ok.index)
     keys["test_domain"] = ok["test_domain"].map(value_key)
     keys["model"] = ok["model"].map(value_key)
 
-    # axes ---------------------------------------------------------------------------------
+    # axes: the spec's (sweep.json, values in spec order: the first is the baseline), else inferred --------------
     value_order: dict[str, list[str]] = {}
-    spec_axes = spec.get("axes")
-    if spec_axes:
-        if isinstance(spec_axes, dict):
-            listed = list(spec_axes)
-            for a, vals in spec_axes.items():
-                if isinstance(vals, (list, tuple)):
-                    value_order[a] = [value_key(v) for v in vals]
-        else:
-            listed = [a if isinstance(a, str) else str(a) for a in spec_axes]
-        missing = [a for a in listed if a not in keys.columns]
+    if meta and meta.axes:
+        missing = [a for a in meta.axes if a not in keys.columns]
         if missing:
             notes.append(f"sweep.json lists axes with no results column: {', '.join(missing)} (ignored).")
-        axes = [a for a in listed if a in keys.columns and a != "seed"]
+        axes = [a for a in meta.axes if a in keys.columns and a != "seed"]
+        value_order = {a: [value_key(v) for v in meta.axes[a]] for a in axes}
         axes_source = "sweep.json"
     else:
         axes = [
@@ -223,45 +193,14 @@ def load(sweep_dir: str | Path) -> SweepData:
     for a in axes:
         value_order[a] = sort_values(list(keys[a]), value_order.get(a))
 
-    # comparisons --------------------------------------------------------------------------
     baselines = {a: vals[0] for a, vals in value_order.items() if vals}
     comparison_axes = list(axes)
     single_domain = "data.domain" in keys.columns and bool((keys["data.domain"] == keys["test_domain"]).all())
     if single_domain and "data.domain" in comparison_axes:
         # Train = test domain everywhere: domains are never paired (their test domains differ).
         comparison_axes.remove("data.domain")
-    compare_metrics: dict[str, list[str]] = {a: list(COMPARE_METRICS) for a in axes}
-    for entry in spec.get("comparisons") or []:
-        if not isinstance(entry, dict) or "axis" not in entry:
-            notes.append(f"sweep.json comparison entry {entry!r} has no 'axis' (ignored).")
-            continue
-        a = entry["axis"]
-        if a not in keys.columns:
-            notes.append(f"sweep.json comparison on {a!r}: no such results column (ignored).")
-            continue
-        if a not in value_order:
-            value_order[a] = sort_values(list(keys[a]))
-        if a not in comparison_axes:
-            comparison_axes.append(a)
-        if "baseline" in entry:
-            b = value_key(entry["baseline"])
-            if b not in value_order[a]:
-                notes.append(
-                    f"sweep.json comparison on {a}: baseline {b!r} is not among the results' values "
-                    f"({', '.join(value_order[a])}); no deltas for this axis."
-                )
-            baselines[a] = b
-            value_order[a] = [b] + [v for v in value_order[a] if v != b] if b in value_order[a] else value_order[a]
-        if "values" in entry and isinstance(entry["values"], list):
-            wanted = [value_key(v) for v in entry["values"]]
-            value_order[a] = [v for v in value_order[a] if v == baselines.get(a) or v in wanted]
-        if "metrics" in entry and isinstance(entry["metrics"], list):
-            compare_metrics[a] = [str(m) for m in entry["metrics"]]
-        compare_metrics.setdefault(a, list(COMPARE_METRICS))
 
-    # trials and failures ------------------------------------------------------------------
-    failures = failures_table(err, axes)
-    n_planned, n_missing = missing_trials(spec, set(df["trial_id"]))
+    n_planned, n_missing = missing_trials(meta, set(df["trial_id"]))
     return SweepData(
         name=name,
         sweep_dir=sweep_dir,
@@ -274,23 +213,25 @@ def load(sweep_dir: str | Path) -> SweepData:
         value_order=value_order,
         baselines=baselines,
         comparison_axes=comparison_axes,
-        compare_metrics=compare_metrics,
+        compare_metrics={a: list(COMPARE_METRICS) for a in axes},
         notes=notes,
-        n_trials_ok=len(ok_ids),
+        n_trials_ok=int(ok["trial_id"].nunique()),
         n_trials_error=int(err["trial_id"].nunique()),
         n_trials_missing=n_missing,
         n_trials_planned=n_planned,
-        failures=failures,
+        failures=failures_table(err, axes),
     )
 
 
-def missing_trials(spec: dict, recorded: set[str]) -> tuple[int | None, int]:
-    """(planned, planned without a row) from sweep.json: its trial ids, else (older files) its n_trials."""
-    ids = spec.get("trial_ids")
-    if isinstance(ids, list):
-        return len(ids), len(set(map(str, ids)) - recorded)
-    n = spec.get("n_trials")
-    return (n, max(0, n - len(recorded))) if isinstance(n, int) else (None, 0)
+def missing_trials(meta: SweepMeta | None, recorded: set[str]) -> tuple[int | None, int]:
+    """(planned, planned without a row) from sweep.json: its trial ids, else its n_trials."""
+    if meta is None:
+        return None, 0
+    if meta.trial_ids is not None:
+        return len(meta.trial_ids), len(set(meta.trial_ids) - recorded)
+    if meta.n_trials is not None:
+        return meta.n_trials, max(0, meta.n_trials - len(recorded))
+    return None, 0
 
 
 def failures_table(err: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
