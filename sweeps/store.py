@@ -90,6 +90,12 @@ class ResultStore:
             tables.append(cached[1])
         return pa.concat_tables(tables) if tables else schema.empty_table()
 
+    def trial(self, trial_id: str) -> tuple[pa.Table, pa.Table]:
+        """One finished trial's results and scores, from its own parts (the driver's W&B logger reads each trial
+        as it finishes, whichever node ran it)."""
+        return tuple(_conform(pq.read_table(f"{self.root}/parts/{kind}/{trial_id}.parquet", filesystem=self.fs),
+                              schema) for kind, schema in (("results", results_schema()), ("scores", SCORE_SCHEMA)))
+
     def status_by_trial(self) -> dict[str, str]:
         table = self.results()
         return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
