@@ -83,6 +83,8 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     stop = _StopSignals()
     t0 = time.perf_counter()
     wandb = TrialLogger(spec.tracking.wandb, store, spec.name, driver_local_dir(store, spec.name))
+    if todo:
+        wandb.start()
     try:
         for _ in range(spec.max_failures + 1):
             if not todo or stop.received:
@@ -345,11 +347,11 @@ class WandbRecorder:
     def __new__(cls, logger: TrialLogger):
         from ray.tune import Callback
 
-        class Recorder(Callback):
-            def __init__(self) -> None:
+        class Recorder(Callback):  # the logger is no closure cell: Tune pickles the class with its callbacks
+            def __init__(self, logger: TrialLogger) -> None:
                 self.logger: TrialLogger | None = logger
 
-            def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
+            def __getstate__(self) -> dict:  # ... and the instance with the experiment state
                 return {"logger": None}
 
             def on_trial_complete(self, iteration, trials, trial, **info):
@@ -357,7 +359,7 @@ class WandbRecorder:
                 if self.logger is not None and result.get("hdmap_done"):
                     self.logger.submit(result["hdmap_trial_id"])
 
-        return Recorder()
+        return Recorder(logger)
 
 
 def _is_ray_worker_loss(exc: BaseException) -> bool:

@@ -166,17 +166,24 @@ class TrialLogger:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._submitted: list[str] = []
         self._statuses: dict[str, str] = {}
+        self._seconds: dict[str, float] = {}  # per run, reading the store included
         self._deadline: float | None = None
         self._process = _LoggingProcess()
         self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Spawn the logging child now (it imports wandb at low priority while the first trials run); else the
+        first `submit` does. Spawning happens on the caller's thread: see `_main_not_reimported`."""
+        if self.mode != "disabled":
+            with contextlib.suppress(Exception):
+                self._process.start(warm={"mode": self.mode, "dir": str(self.dir)})
 
     def submit(self, trial_id: str) -> None:
         """Queue a finished trial whose rows are in the store; never blocks for long, never raises."""
         if self.mode == "disabled" or trial_id in self._submitted or self._deadline is not None:
             return
         self._submitted.append(trial_id)
-        with contextlib.suppress(Exception):  # (re)spawned on the caller's thread, Tune's loop: `_main_not_reimported`
-            self._process.start()
+        self.start()  # a no-op while the child lives; a fresh one after a hung run was killed
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="wandb-trial-logger", daemon=True)
             self._thread.start()
@@ -184,7 +191,8 @@ class TrialLogger:
 
     def close(self, wait_s: float) -> LogTally:
         """Wait at most `wait_s` (plus the kill grace) for queued runs, stop the child, and tally the statuses."""
-        self._deadline = time.monotonic() + max(0.0, wait_s)
+        t0 = time.monotonic()
+        self._deadline = t0 + max(0.0, wait_s)
         try:
             if self._thread is not None:
                 self._queue.put(None)
@@ -194,7 +202,8 @@ class TrialLogger:
         done = dict(self._statuses)
         statuses = {t: done.get(t, f"not logged: the sweep ended first (waited {wait_s:g}s)") for t in self._submitted}
         where = str(self.dir / "wandb") if self.mode == "offline" else f"project {self.settings.project}"
-        return LogTally(mode=self.mode, where=where, statuses=statuses)
+        return LogTally(mode=self.mode, where=where, statuses=statuses, seconds=dict(self._seconds),
+                        drain_s=time.monotonic() - t0)
 
     def _work(self) -> None:
         while (trial_id := self._queue.get()) is not None:
@@ -202,7 +211,9 @@ class TrialLogger:
             if left is not None and left <= 0:
                 continue  # tallied as not logged by `close`
             timeout_s = self.settings.timeout_s if left is None else min(self.settings.timeout_s, left)
+            t0 = time.monotonic()
             self._statuses[trial_id] = self._log(trial_id, timeout_s)
+            self._seconds[trial_id] = time.monotonic() - t0
 
     def _log(self, trial_id: str, timeout_s: float) -> str:
         try:
@@ -222,6 +233,8 @@ class LogTally:
     mode: str
     where: str  # the offline runs' folder, or the online project
     statuses: dict[str, str]
+    seconds: dict[str, float]  # wall time per logged run (off the trials' slots)
+    drain_s: float  # how long the end of the sweep waited for runs still queued
 
     @property
     def not_logged(self) -> dict[str, str]:
@@ -298,15 +311,16 @@ class _LoggingProcess:
         proc = self._proc
         return proc is not None and proc.is_alive()
 
-    def start(self) -> None:
-        """Spawn the child unless one is running. Its target lives in this module, never ``__main__``."""
+    def start(self, warm: dict | None = None) -> None:
+        """Spawn the child unless one is running (`warm`: the mode and dir of the coming jobs, to import wandb
+        ahead of the first). Its target lives in this module, never ``__main__``."""
         with self._lock:
             if self.alive():
                 return
             self._close_locked()
             ctx = multiprocessing.get_context("spawn")
             conn, child_conn = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child_conn,), name="wandb-tracking", daemon=True)
+            proc = ctx.Process(target=_serve, args=(child_conn, warm), name="wandb-tracking", daemon=True)
             with _main_not_reimported():
                 proc.start()
             child_conn.close()  # the child holds the only other end now: EOF here means the child is gone
@@ -347,10 +361,14 @@ class _LoggingProcess:
             _stop(proc)
 
 
-def _serve(conn) -> None:
+def _serve(conn, warm: dict | None = None) -> None:
     """Child entry point: run (body, job) messages until None or EOF; send back one status each."""
     with contextlib.suppress(OSError):
         os.nice(_NICE)
+    if warm is not None:
+        with contextlib.suppress(Exception):
+            _child_env(warm)
+            import wandb  # noqa: F401 - paid now, at low priority, rather than when a run is waited for
     while True:
         try:
             message = conn.recv()

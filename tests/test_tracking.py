@@ -390,7 +390,7 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
             assert run["run"]["group"] == "tracked" and run["run"]["job_type"] == "patchcore"
             assert run["config"] == json.loads(row["config_json"])
             assert run["summary"]["image_auroc"] == pytest.approx(row["image_auroc"])
-            assert run["summary"]["scores"]["nrows"] == 20
+            assert run["summary"]["scores"]["nrows"] == row["n_test"] > 0
         assert sorted(outcome.wandb.statuses) == sorted(r["trial_id"] for r in rows)
         assert not outcome.wandb.not_logged and outcome.wandb.line().endswith(", 0 failed")
 
@@ -407,12 +407,12 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
                 closing.append(time.monotonic() - t0)
 
         monkeypatch.setattr(TrialLogger, "close", timed_close)
-        grown = run_sweep(spec([1, 9, 3, 5], timeout_s=3), live=False)
-        assert grown.ok == 2 and grown.skipped == 2
+        grown = run_sweep(spec([1, 9, 3], timeout_s=3), live=False)
+        assert grown.ok == 3 and grown.skipped == 2
         assert closing and closing[0] < 3 + 2 * tracking._KILL_GRACE_S + 1
         line = grown.wandb.line()
-        assert len(grown.wandb.not_logged) == 2 and line.startswith("W&B: 0 runs logged offline in "), line
-        assert ", 2 failed (first: " in line, line
+        assert len(grown.wandb.not_logged) == 1 and line.startswith("W&B: 0 runs logged offline in "), line
+        assert line.endswith(": timed out after 3s)"), line
         assert len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 2  # nothing half-logged was added
     finally:
         ray.shutdown()
