@@ -12,10 +12,11 @@ What each trial's run holds
 Off the trial's slot
     Trials never touch W&B. The driver's `TrialLogger` (fed by a Tune callback when a trial finishes) reads the
     trial's rows and scores back from the ResultStore -- so it works whichever node ran the trial -- and logs
-    the run from one long-lived child process at low CPU priority, which imports wandb once per sweep.
+    the run from a long-lived child process at low CPU priority, which imports wandb once per sweep (offline
+    one child; online a few, as runs wait on uploads).
 
 Bounded by construction
-    Every W&B call runs in that child (multiprocessing, "spawn" context: no inherited threads, locks or CUDA
+    Every W&B call runs in such a child (multiprocessing, "spawn" context: no inherited threads, locks or CUDA
     state). Each run is bounded by ``WandbSettings.timeout_s``; a run that overruns gets the child terminated,
     then killed (the next run starts a fresh one). At the end of a sweep the driver waits at most
     ``timeout_s`` for runs still queued and reports the rest as not logged (`LogTally`). Every exception, in
@@ -84,6 +85,7 @@ Mode = Literal["offline", "online", "disabled"]
 _LABEL_NAMES = {0: "good", 1: "fault"}
 _KILL_GRACE_S = 3.0
 _NICE = 10  # the logging child yields the CPU to trials running on the driver's machine
+_ONLINE_LOGGERS = 4  # logging children of a sweep logging online (offline: one)
 _MAIN_SWAP_LOCK = threading.Lock()
 
 
@@ -147,7 +149,8 @@ def run_id(sweep: str, trial_id: str) -> str:
 
 class TrialLogger:
     """Logs finished trials to W&B from the driver, off the trials' slots: `submit(trial_id)` returns at once;
-    one background thread reads the trial from the store and hands it to one long-lived logging child.
+    a background thread reads the trial from the store and hands it to a long-lived logging child (one; a few
+    when online, where runs wait on uploads).
 
     Why not Ray Tune's own ``WandbLoggerCallback`` (ray/air/integrations/wandb.py, Ray 2.60): it logs Tune's
     reported result dicts, not the store's rows and per-image scores (the table and the histograms would have
@@ -164,64 +167,70 @@ class TrialLogger:
         self.mode = resolve_mode(settings)
         self.dir = Path(settings.dir or run_dir).resolve()
         self._queue: queue.Queue[str | None] = queue.Queue()
-        self._submitted: list[str] = []
+        self._submitted: dict[str, None] = {}  # ordered set
         self._statuses: dict[str, str] = {}
         self._seconds: dict[str, float] = {}  # per run, reading the store included
         self._deadline: float | None = None
-        self._process = _LoggingProcess()
-        self._thread: threading.Thread | None = None
+        # Offline runs are local writes: one child keeps up with trials. Online runs wait on uploads: a few in parallel.
+        self._processes = [_LoggingProcess() for _ in range(_ONLINE_LOGGERS if self.mode == "online" else 1)]
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Spawn the logging child now (it imports wandb at low priority while the first trials run); else the
-        first `submit` does. Spawning happens on the caller's thread: see `_main_not_reimported`."""
+        """Spawn the logging children now (they import wandb at low priority while the first trials run); else
+        the first `submit` does. Spawning happens on the caller's thread: see `_main_not_reimported`."""
         if self.mode != "disabled":
-            with contextlib.suppress(Exception):
-                self._process.start(warm={"mode": self.mode, "dir": str(self.dir)})
+            for process in self._processes:
+                with contextlib.suppress(Exception):
+                    process.start(warm={"mode": self.mode, "dir": str(self.dir)})
 
     def submit(self, trial_id: str) -> None:
         """Queue a finished trial whose rows are in the store; never blocks for long, never raises."""
         if self.mode == "disabled" or trial_id in self._submitted or self._deadline is not None:
             return
-        self._submitted.append(trial_id)
-        self.start()  # a no-op while the child lives; a fresh one after a hung run was killed
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="wandb-trial-logger", daemon=True)
-            self._thread.start()
+        self._submitted[trial_id] = None
+        self.start()  # a no-op while the children live; a fresh one after a hung run was killed
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._work, args=(p,), name="wandb-trial-logger", daemon=True)
+                             for p in self._processes]
+            for thread in self._threads:
+                thread.start()
         self._queue.put(trial_id)
 
     def close(self, wait_s: float) -> LogTally:
-        """Wait at most `wait_s` (plus the kill grace) for queued runs, stop the child, and tally the statuses."""
+        """Wait at most `wait_s` (plus the kill grace) for queued runs, stop the children, tally the statuses."""
         t0 = time.monotonic()
         self._deadline = t0 + max(0.0, wait_s)
         try:
-            if self._thread is not None:
+            for _ in self._threads:
                 self._queue.put(None)
-                self._thread.join(max(0.0, wait_s) + 2 * _KILL_GRACE_S + 1)
+            for thread in self._threads:
+                thread.join(max(0.0, self._deadline - time.monotonic()) + 2 * _KILL_GRACE_S + 1)
         finally:
-            self._process.close()
+            for process in self._processes:
+                process.close()
         done = dict(self._statuses)
         statuses = {t: done.get(t, f"not logged: the sweep ended first (waited {wait_s:g}s)") for t in self._submitted}
         where = str(self.dir / "wandb") if self.mode == "offline" else f"project {self.settings.project}"
         return LogTally(mode=self.mode, where=where, statuses=statuses, seconds=dict(self._seconds),
                         drain_s=time.monotonic() - t0)
 
-    def _work(self) -> None:
+    def _work(self, process: _LoggingProcess) -> None:
         while (trial_id := self._queue.get()) is not None:
             left = None if self._deadline is None else self._deadline - time.monotonic()
             if left is not None and left <= 0:
                 continue  # tallied as not logged by `close`
             timeout_s = self.settings.timeout_s if left is None else min(self.settings.timeout_s, left)
             t0 = time.monotonic()
-            self._statuses[trial_id] = self._log(trial_id, timeout_s)
+            self._statuses[trial_id] = self._log(trial_id, timeout_s, process)
             self._seconds[trial_id] = time.monotonic() - t0
 
-    def _log(self, trial_id: str, timeout_s: float) -> str:
+    def _log(self, trial_id: str, timeout_s: float, process: _LoggingProcess) -> str:
         try:
             results, scores = self.store.trial(trial_id)
             rows = results.to_pylist()
             return log_trial(self.settings, sweep=self.sweep, trial_id=trial_id, model=rows[0]["model"],
                              config=json.loads(rows[0]["config_json"]), rows=rows, scores=scores, run_dir=self.dir,
-                             process=self._process, timeout_s=timeout_s)
+                             process=process, timeout_s=timeout_s)
         except Exception as exc:  # noqa: BLE001 - a trial that cannot be read is one failed run, not a failed sweep
             return _failed(exc)
 

@@ -345,6 +345,23 @@ def test_driver_logger_hang_is_bounded_and_reported(wandb_env, monkeypatch):
         os.kill(pid, 0)
 
 
+def test_driver_logger_online_outage_fails_each_run_within_the_bound(wandb_env, monkeypatch):
+    from sweeps.tracking import TrialLogger
+
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # closed port on loopback
+    sweep_dir = wandb_env / "out" / "sw1"
+    store = _stored_trials(sweep_dir, ["t-001", "t-002", "t-003"])
+    logger = TrialLogger(WandbSettings(timeout_s=8), store, "sw1", sweep_dir)  # online: a key is configured
+    t0 = time.monotonic()
+    for trial_id in ("t-001", "t-002", "t-003"):
+        logger.submit(trial_id)
+    tally = logger.close(wait_s=8)
+    assert time.monotonic() - t0 < 8 + 2 * tracking._KILL_GRACE_S + 2  # the runs wait in parallel, not in turn
+    assert tally.mode == "online" and set(tally.not_logged) == {"t-001", "t-002", "t-003"}, tally.statuses
+    assert tally.line().startswith("W&B: 0 runs logged online in project hdmap-sweeps, 3 failed (first: ")
+
+
 # ---------------------------------------------------------------------------------- in a sweep (Ray Tune)
 
 SWEEP_SPEC = """
@@ -363,7 +380,8 @@ tracking: {{wandb: {{mode: offline, timeout_s: {timeout_s}}}}}
 
 
 @pytest.mark.slow
-def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it(wandb_env, monkeypatch):
+def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it(tmp_path, monkeypatch):
+    # HOME stays (Ray keeps its session's auth state per process); the spec pins mode offline
     import ray
 
     from sweeps.runner import run_sweep
@@ -372,8 +390,8 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
     from sweeps.tracking import TrialLogger
 
     def spec(ks, timeout_s):
-        path = wandb_env / f"spec-{len(ks)}.yaml"
-        path.write_text(SWEEP_SPEC.format(root=wandb_env / "data", out=wandb_env / "out", ks=ks, timeout_s=timeout_s))
+        path = tmp_path / f"spec-{len(ks)}.yaml"
+        path.write_text(SWEEP_SPEC.format(root=tmp_path / "data", out=tmp_path / "out", ks=ks, timeout_s=timeout_s))
         return load_spec(path)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
