@@ -104,6 +104,9 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
             _record_lost(todo, store, plan)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
         stop.received = stop.received or signal.SIGINT
+    except BaseException:  # a spec or environment error raised before or around Tune: no logging child left behind
+        wandb.close(wait_s=0)
+        raise
     try:  # runs still queued get at most one run's bound; a Ctrl-C here gives up on them at once
         outcome.wandb = wandb.close(wait_s=spec.tracking.wandb.timeout_s)
     except KeyboardInterrupt:
