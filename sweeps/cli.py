@@ -173,6 +173,8 @@ def sweep_run(
                   + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else ""))
     if outcome.cache_computed is not None:
         console.print(f"feature cache: {outcome.cache_computed} entries computed, {outcome.cache_reused} reused")
+    if outcome.wandb is not None and outcome.wandb.statuses:
+        console.print(escape(outcome.wandb.line()), highlight=False, soft_wrap=True)
     if outcome.not_run:
         resume = ["hdmap", "sweep", "run", str(spec), *(a for s in set_ for a in ("--set", s))]
         resume += (["--address", address] if address else []) + (["--retry-failed"] if retry_failed else [])

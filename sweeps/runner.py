@@ -25,6 +25,7 @@ from hdmap.models.registry import MODELS
 from sweeps.meta import SweepMeta
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
+from sweeps.tracking import LogTally, TrialLogger
 from sweeps.worker import record_failure, trial_trainable
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
@@ -57,6 +58,7 @@ class SweepOutcome:
     not_run: int = 0  # planned trials with no row in the store after this run
     interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the sweep early
     log_path: str | None = None  # Ray's driver log: trial tracebacks go there, not to the terminal
+    wandb: LogTally | None = None  # one W&B run per trial finished by this run, logged from the driver
 
 
 def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[TrialConfig], int]:
@@ -82,12 +84,15 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     ran = {t.trial_id for t in todo}
     stop = _StopSignals()
     t0 = time.perf_counter()
+    wandb = TrialLogger(spec.tracking.wandb, store, spec.name, store.local_dir(spec.name))
+    if todo:
+        wandb.start()
     try:
         for _ in range(spec.max_failures + 1):
             if not todo or stop.received:
                 break
             try:
-                _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome, feature_cache, stop)
+                _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome, feature_cache, stop, wandb)
                 break
             except Exception as exc:
                 if not _is_ray_worker_loss(exc):
@@ -101,6 +106,14 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
             _record_lost(todo, store, plan)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
         stop.received = stop.received or signal.SIGINT
+    except BaseException:  # a spec or environment error raised before or around Tune: no logging child left behind
+        wandb.close(wait_s=0)
+        raise
+    try:  # runs still queued get at most one run's bound; a Ctrl-C here gives up on them at once
+        outcome.wandb = wandb.close(wait_s=spec.tracking.wandb.timeout_s)
+    except KeyboardInterrupt:
+        stop.received = stop.received or signal.SIGINT
+        outcome.wandb = wandb.close(wait_s=0)
     store.compact()  # the run's last pass: the background passes (_compacting) left only the newest parts
     store.export()
     status = store.status_by_trial()
@@ -196,7 +209,7 @@ class _StopSignals:
 
 def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, address: str | None,
               num_cpus: int | None, live: bool, outcome: SweepOutcome, feature_cache: bool,
-              stop: _StopSignals) -> None:
+              stop: _StopSignals, wandb: TrialLogger) -> None:
     import ray
 
     t0 = time.perf_counter()
@@ -214,11 +227,11 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
             ) from None
     outcome.ray_start_s = time.perf_counter() - t0
     with stop.handling(), _ray_logs_to(Path(outcome.log_path)):
-        _fit(plan, todo, store, skipped, live, feature_cache, stop)
+        _fit(plan, todo, store, skipped, live, feature_cache, stop, wandb)
 
 
 def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, live: bool, feature_cache: bool,
-         stop: _StopSignals) -> None:
+         stop: _StopSignals, wandb: TrialLogger) -> None:
     import ray
     from ray import tune
 
@@ -239,7 +252,7 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
                                   reduction_factor=asha.reduction_factor)
     context = {
         "sweep": spec.name, "spec_hash": plan.spec_hash, "sweep_dir": store.uri,
-        "timeout_s": spec.trial_timeout_s, "wandb": spec.tracking.wandb.model_dump(mode="json"),
+        "timeout_s": spec.trial_timeout_s,
         "per_epoch_metric": asha.metric if asha else None,
         # shared by every trial of the sweep on a node (or on a shared file system), content-keyed (hdmap.cache)
         "feature_cache": (str(store.local_path() / "cache") if store.local_path() else NODE_FEATURE_CACHE)
@@ -261,7 +274,8 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
         run_config=tune.RunConfig(
             name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}", storage_path=str(tune_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[progress, PruneRecorder(store.uri, spec.name, plan.spec_hash)], progress_reporter=None,
+            callbacks=[progress, PruneRecorder(store.uri, spec.name, plan.spec_hash), WandbRecorder(wandb)],
+            progress_reporter=None,
         ),
     )
     with _compacting(store), progress, stop.fitting():
@@ -336,6 +350,28 @@ class PruneRecorder:
                                status="pruned")
 
         return Recorder()
+
+
+class WandbRecorder:
+    """Tune callback: a trial that finished with its final report is handed to the driver's W&B logger, which
+    reads it from the store in the background (sweeps.tracking.TrialLogger): the trial's slot is already free."""
+
+    def __new__(cls, logger: TrialLogger):
+        from ray.tune import Callback
+
+        class Recorder(Callback):  # the logger is no closure cell: Tune pickles the class with its callbacks
+            def __init__(self, logger: TrialLogger) -> None:
+                self.logger: TrialLogger | None = logger
+
+            def __getstate__(self) -> dict:  # ... and the instance with the experiment state
+                return {"logger": None}
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                result = trial.last_result or {}
+                if self.logger is not None and result.get("hdmap_done"):
+                    self.logger.submit(result["hdmap_trial_id"])
+
+        return Recorder(logger)
 
 
 def _is_ray_worker_loss(exc: BaseException) -> bool:

@@ -184,6 +184,13 @@ class ResultStore:
     def scores(self) -> pa.Table:
         return self._read_kind("scores", SCORE_SCHEMA, self._manifest())
 
+    def trial(self, trial_id: str) -> tuple[pa.Table, pa.Table]:
+        """One finished trial's results and scores, from its own parts (the driver's W&B logger reads each trial
+        as it finishes, whichever node ran it)."""
+        results, scores = (self._read_files([f"{self.root}/parts/{kind}/{trial_id}.parquet"], schema())
+                           for kind, schema in KINDS.items())
+        return results, scores
+
     def status_by_trial(self) -> dict[str, str]:
         """trial_id -> status: the manifest's, updated from the parts written since the last pass (only those are
         read), so resume sees every finished trial without reading them all."""

@@ -1,22 +1,28 @@
-"""W&B tracking for sweeps: one run per trial, one "report" run per summary table. Never fails a trial.
+"""W&B tracking for sweeps: one run per trial, logged from the driver; one "report" run per summary table.
 
 What each trial's run holds
     group = sweep, job_type = model, name = trial_id, id = ``run_id(sweep, trial_id)`` (a hash, so logging
     the same trial again resumes the same W&B run instead of creating a duplicate); config = the full
     nested trial config; summary = the metrics (plain names such as ``image_auroc`` for one test domain,
-    ``<test_domain>/image_auroc`` for several) plus ``status`` / ``error`` and the trial-level timings;
-    ``scores`` = a ``wandb.Table`` of the per-image scores; ``scores/<good|fault>_<cold|warm>`` =
-    ``wandb.Histogram`` of the scores per label x condition (``<test_domain>/scores/...`` for several
-    test domains).
+    ``<test_domain>/image_auroc`` for several) plus ``status`` / ``error`` and the trial-level figures
+    (`trial_summary`); ``scores`` = a ``wandb.Table`` of the per-image scores;
+    ``scores/<good|fault>_<cold|warm>`` = ``wandb.Histogram`` of the scores per label x condition
+    (``<test_domain>/scores/...`` for several test domains).
 
-Failure-proof by construction
-    All W&B work runs in a child process (multiprocessing, "spawn" context: no inherited threads, locks
-    or CUDA state) that is joined with ``WandbSettings.timeout_s`` and terminated, then killed, if it
-    overruns. Every exception, in the child or here, becomes the returned status string:
-    ``"logged offline: <run dir>"``, ``"logged online: <url>"``, ``"disabled"``, ``"failed: <reason>"``,
-    ``"timed out after <N>s"``. ``log_trial`` / ``log_summary`` never raise and never wait longer than
-    ``timeout_s`` plus a few seconds for the kill. wandb-core (the service the SDK starts in its own
-    session) exits by itself when its parent, our child, dies.
+Off the trial's slot
+    Trials never touch W&B. The driver's `TrialLogger` (fed by a Tune callback when a trial finishes) reads the
+    trial's rows and scores back from the ResultStore -- so it works whichever node ran the trial -- and logs
+    the run from a long-lived child process at low CPU priority, which imports wandb once per sweep (offline
+    one child; online a few, as runs wait on uploads).
+
+Bounded by construction
+    Every W&B call runs in such a child (multiprocessing, "spawn" context: no inherited threads, locks or CUDA
+    state). Each run is bounded by ``WandbSettings.timeout_s``; a run that overruns gets the child terminated,
+    then killed (the next run starts a fresh one). At the end of a sweep the driver waits at most
+    ``timeout_s`` for runs still queued and reports the rest as not logged (`LogTally`). Every exception, in
+    the child or here, becomes a status string: ``"logged offline: <run dir>"``, ``"logged online: <url>"``,
+    ``"disabled"``, ``"failed: <reason>"``, ``"timed out after <N>s"``. Nothing here raises into a sweep.
+    wandb-core (the service the SDK starts in its own session) exits by itself when its parent, the child, dies.
 
 Mode
     ``mode=None`` resolves to ``$WANDB_MODE`` if that is set, else ``online`` if an API key is configured
@@ -28,12 +34,13 @@ Mode
 
 Where offline runs go, and how to upload them later
     Offline runs are written to ``<dir>/wandb/offline-run-<YYYYmmdd_HHMMSS>-<run id>/`` where ``dir`` is
-    ``WandbSettings.dir`` or, by default, the sweep directory passed as ``run_dir``. wandb 0.31 writes
-    everything (config, summary, history, table references) into the transaction log
-    ``run-<run id>.wandb`` in that directory (``files/`` holds only media such as
-    ``media/table/scores_*.table.json``); ``read_offline_run`` decodes it. Logged tables are staged as
-    artifacts in ``$WANDB_DATA_DIR`` (default here: ``<dir>/wandb/.data``, so the sweep directory is
-    self-contained). Upload them from a machine with network access and an API key (``wandb login``)::
+    ``WandbSettings.dir`` or, by default, the sweep directory (results on object storage: the driver's
+    local directory, next to Ray's driver log). wandb 0.31 writes everything (config, summary, history,
+    table references) into the transaction log ``run-<run id>.wandb`` in that directory (``files/`` holds
+    only media such as ``media/table/scores_*.table.json``); tests/wandb_records.py decodes it. Logged
+    tables are staged as artifacts in ``$WANDB_DATA_DIR`` (default here: ``<dir>/wandb/.data``, so the sweep
+    directory is self-contained). Upload them from a machine with network access and an API key
+    (``wandb login``)::
 
         wandb sync <dir>/wandb/offline-run-*          # e.g. wandb sync runs/my-sweep/wandb/offline-run-*
         wandb sync --project other-project <dir>/wandb/offline-run-*
@@ -49,14 +56,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.machinery
+import json
 import math
 import multiprocessing
 import os
-import struct
+import queue
 import sys
 import threading
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -66,16 +75,17 @@ if TYPE_CHECKING:  # heavy imports stay out of the caller's process where possib
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["WandbSettings", "resolve_mode", "run_id", "log_trial", "log_summary", "read_offline_run"]
+    from sweeps.store import ResultStore
+
+__all__ = ["WandbSettings", "resolve_mode", "run_id", "TrialLogger", "LogTally", "log_trial", "log_summary",
+           "trial_summary"]
 
 Mode = Literal["offline", "online", "disabled"]
 
-# Row keys that describe the trial as a whole (logged once, unprefixed) or identify it (config/identity, not summary).
-_TRIAL_LEVEL = ("n_fit", "references_removed", "fit_s", "predict_s", "total_s", "peak_rss_mb", "peak_gpu_mb")
-_IDENTITY = {"trial_id", "sweep", "spec_hash", "status", "error", "model", "train_domain", "test_domain", "seed",
-             "host", "git_sha", "versions", "config_json", "started_at", "device", "pretrained_weights"}
 _LABEL_NAMES = {0: "good", 1: "fault"}
 _KILL_GRACE_S = 3.0
+_NICE = 10  # the logging child yields the CPU to trials running on the driver's machine
+_ONLINE_LOGGERS = 4  # logging children of a sweep logging online (offline: one)
 _MAIN_SWAP_LOCK = threading.Lock()
 
 
@@ -137,34 +147,158 @@ def run_id(sweep: str, trial_id: str) -> str:
 # ------------------------------------------------------------------------------------------ public API
 
 
-def log_trial(settings: WandbSettings, *, sweep: str, trial_id: str, model: str, config: dict,
-              rows: list[dict], scores: "pa.Table | None", run_dir: str | Path) -> str:
-    """Log one trial as one W&B run, in a bounded child process. Returns a short status; never raises."""
-    return _log(settings, run_dir, _trial_worker, id=run_id(sweep, trial_id), name=trial_id, group=sweep,
-                job_type=model, config=config, rows=list(rows), scores=scores)
+class TrialLogger:
+    """Logs finished trials to W&B from the driver, off the trials' slots: `submit(trial_id)` returns at once;
+    a background thread reads the trial from the store and hands it to a long-lived logging child (one; a few
+    when online, where runs wait on uploads).
+
+    Why not Ray Tune's own ``WandbLoggerCallback`` (ray/air/integrations/wandb.py, Ray 2.60): it logs Tune's
+    reported result dicts, not the store's rows and per-image scores (the table and the histograms would have
+    to travel through ``tune.report``); it starts two Ray actors per trial (a logging actor and a queue actor,
+    each a fresh worker process that imports wandb) and opens the run at trial start, while the trial runs --
+    on a small node they compete with the trials for CPU; its run id is Tune's trial id, new in every Tune
+    run, so resuming or growing a sweep would duplicate runs instead of resuming ``run_id(sweep, trial)``; and
+    its only bound is the wait at experiment end: a hung ``wandb.init`` holds its actor for the whole sweep.
+    Reading from the store keeps one record of results; one child per sweep pays wandb's import once.
+    """
+
+    def __init__(self, settings: WandbSettings, store: "ResultStore", sweep: str, run_dir: str | Path) -> None:
+        self.settings, self.store, self.sweep = settings, store, sweep
+        self.mode = resolve_mode(settings)
+        self.dir = Path(settings.dir or run_dir).resolve()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._submitted: dict[str, None] = {}  # ordered set
+        self._statuses: dict[str, str] = {}
+        self._seconds: dict[str, float] = {}  # per run, reading the store included
+        self._deadline: float | None = None
+        # Offline runs are local writes: one child keeps up with trials. Online runs wait on uploads: a few in parallel.
+        self._processes = [_LoggingProcess() for _ in range(_ONLINE_LOGGERS if self.mode == "online" else 1)]
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Spawn the logging children now (they import wandb at low priority while the first trials run); else
+        the first `submit` does. Spawning happens on the caller's thread: see `_main_not_reimported`."""
+        if self.mode != "disabled":
+            for process in self._processes:
+                with contextlib.suppress(Exception):
+                    process.start(warm={"mode": self.mode, "dir": str(self.dir)})
+
+    def submit(self, trial_id: str) -> None:
+        """Queue a finished trial whose rows are in the store; never blocks for long, never raises."""
+        if self.mode == "disabled" or trial_id in self._submitted or self._deadline is not None:
+            return
+        self._submitted[trial_id] = None
+        self.start()  # a no-op while the children live; a fresh one after a hung run was killed
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._work, args=(p,), name="wandb-trial-logger", daemon=True)
+                             for p in self._processes]
+            for thread in self._threads:
+                thread.start()
+        self._queue.put(trial_id)
+
+    def close(self, wait_s: float) -> LogTally:
+        """Wait at most `wait_s` (plus the kill grace) for queued runs, stop the children, tally the statuses."""
+        t0 = time.monotonic()
+        self._deadline = t0 + max(0.0, wait_s)
+        try:
+            for _ in self._threads:
+                self._queue.put(None)
+            for thread in self._threads:
+                thread.join(max(0.0, self._deadline - time.monotonic()) + 2 * _KILL_GRACE_S + 1)
+        finally:
+            for process in self._processes:
+                process.close()
+        done = dict(self._statuses)
+        statuses = {t: done.get(t, f"not logged: the sweep ended first (waited {wait_s:g}s)") for t in self._submitted}
+        where = str(self.dir / "wandb") if self.mode == "offline" else f"project {self.settings.project}"
+        return LogTally(mode=self.mode, where=where, statuses=statuses, seconds=dict(self._seconds),
+                        drain_s=time.monotonic() - t0)
+
+    def _work(self, process: _LoggingProcess) -> None:
+        while (trial_id := self._queue.get()) is not None:
+            left = None if self._deadline is None else self._deadline - time.monotonic()
+            if left is not None and left <= 0:
+                continue  # tallied as not logged by `close`
+            timeout_s = self.settings.timeout_s if left is None else min(self.settings.timeout_s, left)
+            t0 = time.monotonic()
+            self._statuses[trial_id] = self._log(trial_id, timeout_s, process)
+            self._seconds[trial_id] = time.monotonic() - t0
+
+    def _log(self, trial_id: str, timeout_s: float, process: _LoggingProcess) -> str:
+        try:
+            results, scores = self.store.trial(trial_id)
+            rows = results.to_pylist()
+            return log_trial(self.settings, sweep=self.sweep, trial_id=trial_id, model=rows[0]["model"],
+                             config=json.loads(rows[0]["config_json"]), rows=rows, scores=scores, run_dir=self.dir,
+                             process=process, timeout_s=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a trial that cannot be read is one failed run, not a failed sweep
+            return _failed(exc)
+
+
+@dataclass
+class LogTally:
+    """What the driver's TrialLogger did for a sweep: one status per submitted trial."""
+
+    mode: str
+    where: str  # the offline runs' folder, or the online project
+    statuses: dict[str, str]
+    seconds: dict[str, float]  # wall time per logged run (off the trials' slots)
+    drain_s: float  # how long the end of the sweep waited for runs still queued
+
+    @property
+    def not_logged(self) -> dict[str, str]:
+        return {t: s for t, s in self.statuses.items() if not s.startswith("logged")}
+
+    def line(self) -> str:
+        """E.g. 'W&B: 16 runs logged offline in runs/s/wandb, 0 failed'; the first failure's reason if any."""
+        if self.mode == "disabled":
+            return "W&B: disabled"
+        bad = self.not_logged
+        line = f"W&B: {len(self.statuses) - len(bad)} runs logged {self.mode} in {self.where}, {len(bad)} failed"
+        if bad:
+            trial_id, status = next(iter(bad.items()))
+            line += f" (first: {trial_id}: {status})"
+        return line
+
+
+def log_trial(settings: WandbSettings, *, sweep: str, trial_id: str, model: str, config: dict, rows: list[dict],
+              scores: "pa.Table | None", run_dir: str | Path, process: _LoggingProcess | None = None,
+              timeout_s: float | None = None) -> str:
+    """Log one trial as one W&B run, bounded (in `process`, else a child of its own). A status; never raises."""
+    return _log(settings, run_dir, "_log_trial_body", process, timeout_s, lambda: {
+        "id": run_id(sweep, trial_id), "name": trial_id, "group": sweep, "job_type": model, "config": config,
+        "summary": trial_summary(rows), "scores": scores})
 
 
 def log_summary(settings: WandbSettings, *, sweep: str, table: "pd.DataFrame", run_dir: str | Path,
                 name: str = "summary") -> str:
     """Log a comparison table as a wandb.Table in one run (group = sweep, job_type = "report"). Never raises."""
-    return _log(settings, run_dir, _summary_worker, id=run_id(sweep, f"report:{name}"), name=f"{sweep}-{name}",
-                group=sweep, job_type="report", config={"sweep": sweep, "table": name}, table_name=name, table=table)
+    return _log(settings, run_dir, "_log_summary_body", None, None, lambda: {
+        "id": run_id(sweep, f"report:{name}"), "name": f"{sweep}-{name}", "group": sweep, "job_type": "report",
+        "config": {"sweep": sweep, "table": name}, "table_name": name, "table": table})
 
 
-def _log(settings: WandbSettings, run_dir: str | Path, worker: Callable, **run: Any) -> str:
-    """Resolve the mode and run `worker` on the job in a bounded child process; a status string, never an exception."""
+def _log(settings: WandbSettings, run_dir: str | Path, body: str, process: _LoggingProcess | None,
+         timeout_s: float | None, build: Callable[[], dict]) -> str:
+    """Resolve the mode, build the run's fields and run the body (named: looked up when called) in a bounded
+    child; a status string, never an exception."""
+    own = process is None
+    process = process or _LoggingProcess()
     try:
         mode = resolve_mode(settings)
         if mode == "disabled":
             return "disabled"
         job = {"mode": mode, "project": settings.project, "entity": settings.entity,
-               "dir": str(Path(settings.dir or run_dir).resolve()), "timeout_s": float(settings.timeout_s), **run}
-        return _run_bounded(worker, job, settings.timeout_s)
+               "dir": str(Path(settings.dir or run_dir).resolve()), "timeout_s": float(settings.timeout_s), **build()}
+        return process.run(globals()[body], job, settings.timeout_s if timeout_s is None else timeout_s)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the caller
         return _failed(exc)
+    finally:
+        if own:
+            process.close()
 
 
-# --------------------------------------------------------------------------------- bounded child process
+# ------------------------------------------------------------------------------- the bounded child process
 
 
 def _failed(exc: BaseException) -> str:
@@ -173,56 +307,106 @@ def _failed(exc: BaseException) -> str:
     return f"failed: {message[:300]}"
 
 
-def _run_bounded(target: Callable[[Any, dict], None], job: dict, timeout_s: float) -> str:
-    """Run target(conn, job) in a spawned child; its one message is the status. Kill it after timeout_s.
+class _LoggingProcess:
+    """One spawned child that runs W&B jobs one at a time, each bounded: a job that overruns kills the child,
+    and the next job starts a fresh one. `run` is called from one thread; `start` and `close` from any."""
 
-    target must be a module-level function of an importable module (not ``__main__``): see
-    `_main_not_reimported`.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, args=(sender, job), name="wandb-tracking", daemon=True)
-    deadline = time.monotonic() + timeout_s
-    status: str | None = None
-    try:
-        with _main_not_reimported():
-            proc.start()
-        sender.close()  # the child holds the only writer now: EOF on receiver means the child is gone
-        while status is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not receiver.poll(remaining):
-                break
-            try:
-                status = receiver.recv()
-            except EOFError:  # child exited without a status (crash, os._exit, signal)
-                break
-        if status is not None:
-            proc.join(max(0.0, min(_KILL_GRACE_S, deadline - time.monotonic())) + 0.5)
-        else:
-            proc.join(max(0.0, deadline - time.monotonic()))
-    finally:
-        timed_out = proc.pid is not None and proc.is_alive()
-        exitcode = proc.exitcode if proc.pid is not None else None
-        _stop(proc)
-        sender.close()
-        receiver.close()
-    if status is not None:
-        return str(status)
-    if timed_out:
-        return f"timed out after {timeout_s:g}s"
-    return f"failed: tracking process exited with code {exitcode} and no status"
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc = None
+        self._conn = None
+
+    def alive(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.is_alive()
+
+    def start(self, warm: dict | None = None) -> None:
+        """Spawn the child unless one is running (`warm`: the mode and dir of the coming jobs, to import wandb
+        ahead of the first). Its target lives in this module, never ``__main__``."""
+        with self._lock:
+            if self.alive():
+                return
+            self._close_locked()
+            ctx = multiprocessing.get_context("spawn")
+            conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child_conn, warm), name="wandb-tracking", daemon=True)
+            with _main_not_reimported():
+                proc.start()
+            child_conn.close()  # the child holds the only other end now: EOF here means the child is gone
+            self._proc, self._conn = proc, conn
+
+    def run(self, body: Callable[[dict], str], job: dict, timeout_s: float) -> str:
+        """`body(job)` in the child; its return value is the status. Raises only if the job cannot be pickled."""
+        deadline = time.monotonic() + timeout_s
+        self.start()
+        proc, conn = self._proc, self._conn
+        try:
+            conn.send((body, job))
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                self.close(proc)
+                return f"timed out after {round(timeout_s, 1):g}s"
+            return str(conn.recv())
+        except (EOFError, OSError):  # the child died without a status (crash, os._exit, signal, closed meanwhile)
+            proc.join(_KILL_GRACE_S)
+            code = proc.exitcode
+            self.close(proc)
+            return f"failed: tracking process exited with code {code} and no status"
+
+    def close(self, proc=None) -> None:
+        """Ask the child to exit, then terminate, then kill it (only `proc`, if given and still current)."""
+        with self._lock:
+            if proc is None or proc is self._proc:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.send(None)
+            if proc is not None:
+                proc.join(0.5)
+            conn.close()
+        if proc is not None:
+            _stop(proc)
+
+
+def _serve(conn, warm: dict | None = None) -> None:
+    """Child entry point: run (body, job) messages until None or EOF; send back one status each."""
+    with contextlib.suppress(OSError):
+        os.nice(_NICE)
+    if warm is not None:
+        with contextlib.suppress(Exception):
+            _child_env(warm)
+            import wandb  # noqa: F401 - paid now, at low priority, rather than when a run is waited for
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        body, job = message
+        try:
+            _child_env(job)
+            status = body(job)
+        except BaseException as exc:  # noqa: BLE001 - the status string is the only way out
+            status = _failed(exc)
+        try:
+            conn.send(status)
+        except Exception:  # noqa: BLE001 - the parent gave up on us
+            return
 
 
 @contextlib.contextmanager
 def _main_not_reimported():
     """Keep "spawn" from re-running the caller's ``__main__`` in the child.
 
-    By default a spawned child re-imports the parent's main script (as ``__mp_main__``): under Ray that is
-    the worker script (imports ray), under the CLI the whole CLI, and an unguarded script would run its
-    trial again. Nothing the child needs lives in ``__main__`` (targets are in this module), so for the
-    few milliseconds of ``Process.start()`` -- where multiprocessing reads ``sys.modules["__main__"]`` to
-    build the child's preparation data -- a stub ``__main__`` whose spec is named ``__main__`` is put in
-    place, which multiprocessing's child-side fixup skips.
+    By default a spawned child re-imports the parent's main script (as ``__mp_main__``): under the CLI the
+    whole CLI, and an unguarded script would run again. Nothing the child needs lives in ``__main__``
+    (targets are in this module), so for the few milliseconds of ``Process.start()`` -- where
+    multiprocessing reads ``sys.modules["__main__"]`` to build the child's preparation data -- a stub
+    ``__main__`` whose spec is named ``__main__`` is put in place, which multiprocessing's child-side fixup
+    skips. The driver's TrialLogger starts its child before Tune runs, on the main thread.
     """
     stub = types.ModuleType("__main__")
     stub.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
@@ -237,8 +421,6 @@ def _main_not_reimported():
 
 
 def _stop(proc) -> None:
-    if proc.pid is None:
-        return
     if proc.is_alive():
         proc.terminate()
         proc.join(_KILL_GRACE_S)
@@ -299,33 +481,9 @@ def _finish(run, mode: str) -> str:
     return f"logged {mode}: {location}"
 
 
-def _child(conn, job: dict, body: Callable[[dict], str]) -> None:
-    try:
-        _child_env(job)
-        status = body(job)
-    except BaseException as exc:  # noqa: BLE001 - the status string is the only way out
-        status = _failed(exc)
-    try:
-        conn.send(status)
-        conn.close()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def _trial_worker(conn, job: dict) -> None:
-    """Child entry point for `log_trial` (module-level so "spawn" can import it)."""
-    _child(conn, job, _log_trial_body)
-
-
-def _summary_worker(conn, job: dict) -> None:
-    """Child entry point for `log_summary`."""
-    _child(conn, job, _log_summary_body)
-
-
 def _log_trial_body(job: dict) -> str:
     import wandb
 
-    summary = trial_summary(job["rows"])
     payload = {}
     scores = job["scores"]
     if scores is not None and scores.num_rows:
@@ -336,7 +494,7 @@ def _log_trial_body(job: dict) -> str:
     try:
         if payload:
             run.log(payload)
-        run.summary.update(summary)
+        run.summary.update(job["summary"])
     except BaseException:
         run.finish(exit_code=1)
         raise
@@ -372,8 +530,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def trial_summary(rows: list[dict]) -> dict[str, Any]:
-    """Summary dict for a trial's rows: metrics per test domain (prefixed when there are several),
-    trial-level timings once, and status/error."""
+    """Summary dict for a trial's rows (as the store holds them): the metrics per test domain (prefixed
+    ``<test_domain>/`` when there are several), the trial-level figures once, and status/error.
+
+    Which key is which comes from the one results schema (hdmap.results): per-domain = ``METRIC_KEYS``;
+    trial-level = the numeric row fields (timings, memory, cache counts, attempts, ...) but ``seed``, which is
+    identity like ``model``; config columns stay in the run's config."""
+    from hdmap.metrics import METRIC_KEYS
+
     summary: dict[str, Any] = {}
     if not rows:
         return {"status": "error", "error": "no rows"}
@@ -381,15 +545,13 @@ def trial_summary(rows: list[dict]) -> dict[str, Any]:
     prefixed = len(rows) > 1
     for row, domain in zip(rows, domains):
         prefix = f"{domain}/" if prefixed else ""
-        for key, value in row.items():
-            if key in _IDENTITY or key in _TRIAL_LEVEL or "." in key:
-                continue
-            value = _jsonable(value)
+        for key in METRIC_KEYS:
+            value = _jsonable(row.get(key))
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 summary[f"{prefix}{key}"] = value
         if prefixed:
             summary[f"{prefix}status"] = row.get("status")
-    for key in _TRIAL_LEVEL:
+    for key in _trial_level_keys():
         value = next((_jsonable(r.get(key)) for r in rows if r.get(key) is not None), None)
         if value is not None:
             summary[key] = value
@@ -402,6 +564,16 @@ def trial_summary(rows: list[dict]) -> dict[str, Any]:
         if rows[0].get(key) is not None:
             summary[key] = _jsonable(rows[0][key])
     return summary
+
+
+def _trial_level_keys() -> list[str]:
+    """Numeric fields of a results row that describe the trial as a whole (hdmap.results.ROW_FIELDS)."""
+    import pyarrow as pa
+
+    from hdmap.results import ROW_FIELDS
+
+    numeric = (pa.types.is_integer, pa.types.is_floating)
+    return [name for name, dtype in ROW_FIELDS if name != "seed" and any(is_(dtype) for is_ in numeric)]
 
 
 def _histograms(df: "pd.DataFrame") -> dict:
@@ -437,85 +609,4 @@ def _plain_frame(df: "pd.DataFrame") -> "pd.DataFrame":
         elif pd.api.types.is_integer_dtype(series):
             out[col] = series.astype("int64") if not series.isna().any() else series.astype(object)
     out.columns = [str(c) for c in out.columns]
-    return out
-
-
-# ------------------------------------------------------------------------------ reading offline runs
-
-
-def _log_records(path: Path):
-    """Records of a wandb transaction log: a 7-byte W&B header, then LevelDB-log framing
-    (32 KiB blocks; each chunk = crc32c(4) length(2) type(1: full, 2: first, 3: middle, 4: last))."""
-    data = path.read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B transaction log")
-    block, pos, pending = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0 and length == 0:  # zero padding up to the block end
-            pos += left
-            continue
-        chunk = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            yield chunk
-        elif kind == 2:
-            pending = chunk
-        elif kind == 3:
-            pending += chunk
-        elif kind == 4:
-            yield pending + chunk
-            pending = b""
-
-
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Decode an offline run directory (``.../wandb/offline-run-*``) into plain dicts.
-
-    Returns ``{"run": {id, project, group, job_type, name}, "config": {...}, "summary": {...},
-    "history": [{...}, ...], "files": [...]}``. Nested keys (``a/b`` histograms, tables) come back as
-    nested dicts. For tests and diagnostics; uses wandb's protobuf definitions.
-    """
-    import json
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    run_dir = Path(run_dir)
-    (log_path,) = run_dir.glob("run-*.wandb")
-
-    def apply(target: dict, item) -> None:
-        keys = list(item.nested_key) or [item.key]
-        node = target
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = json.loads(item.value_json)
-
-    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "files": []}
-    for raw in _log_records(log_path):
-        record = pb.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            r = record.run
-            out["run"] = {"id": r.run_id, "project": r.project, "entity": r.entity, "group": r.run_group,
-                          "job_type": r.job_type, "name": r.display_name}
-            for item in r.config.update:
-                apply(out["config"], item)
-        elif kind == "config":
-            for item in record.config.update:
-                apply(out["config"], item)
-        elif kind == "summary":
-            for item in record.summary.update:
-                apply(out["summary"], item)
-        elif kind == "history":
-            step: dict = {}
-            for item in record.history.item:
-                apply(step, item)
-            out["history"].append(step)
-        elif kind == "files":
-            out["files"] += [f.path for f in record.files.files]
-    out["config"].pop("_wandb", None)
     return out

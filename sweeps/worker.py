@@ -2,14 +2,14 @@
 
 `trial_trainable` is the Tune function trainable: it validates the config it received (plain data, never a
 built module, so nothing unpicklable crosses processes), runs `hdmap.trial.run_trial`, writes the trial's rows
-to the store and reports a final result. The driver (sweeps.runner) plans, schedules and records the rest.
+to the store and reports a final result. The driver (sweeps.runner) plans, schedules and records the rest,
+W&B included: the trial's slot is free as soon as its rows are in the store.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 from hdmap.config import TrialConfig
 from hdmap.errors import UserError
@@ -17,11 +17,10 @@ from sweeps.store import ResultStore
 
 
 def trial_trainable(config: dict) -> None:
-    """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store + a W&B run."""
+    """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store (the driver logs it to W&B)."""
     from ray import tune
 
     from hdmap.trial import run_trial
-    from sweeps.tracking import WandbSettings, log_trial
 
     ctx = config["ctx"]
     cfg = TrialConfig.model_validate(config["trial"])
@@ -40,11 +39,9 @@ def trial_trainable(config: dict) -> None:
     finally:
         watchdog.cancel()
     store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
-    tracked = log_trial(WandbSettings(**ctx["wandb"]), sweep=ctx["sweep"], trial_id=cfg.trial_id, model=cfg.model.name,
-                        config=cfg.canonical(), rows=result.rows, scores=result.scores, run_dir=_local_dir(ctx["sweep_dir"]))
     first = result.rows[0]
     final = {"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
-             "accuracy": first.get("accuracy"), "wandb": tracked}
+             "accuracy": first.get("accuracy")}
     if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
     tune.report(final)
@@ -102,11 +99,3 @@ def record_failure(store: ResultStore, cfg: TrialConfig, error: BaseException | 
     failed.rows[0].update(status=status)
     store.write_trial(failed, sweep, spec_hash)
 
-
-def _local_dir(uri: str) -> str:
-    """W&B offline runs need a local directory: the sweep dir if local, else a temp dir on this node."""
-    if "://" not in uri:
-        return uri
-    import tempfile
-
-    return str(Path(tempfile.gettempdir()) / "hdmap-wandb")

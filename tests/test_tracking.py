@@ -1,4 +1,4 @@
-"""W&B tracking: offline runs hold the metrics; a dead server or a hung logger never fails or stalls a trial.
+"""W&B tracking: offline runs hold the metrics; a dead server or a hung logger never fails or stalls anything.
 
 Everything runs in tmp_path with HOME pointed there (no ~/.netrc, no staging in the real home). The only
 network address used is a closed port on loopback (127.0.0.1:9) and a local counting listener.
@@ -20,7 +20,8 @@ import pyarrow as pa
 import pytest
 
 from sweeps import tracking
-from sweeps.tracking import WandbSettings, log_summary, log_trial, read_offline_run, resolve_mode, run_id
+from sweeps.tracking import WandbSettings, log_summary, log_trial, resolve_mode, run_id
+from tests.wandb_records import read_offline_run
 
 CONFIG = {"seed": 0, "data": {"domain": "A", "image_size": [64, 192]}, "model": {"name": "patchcore", "k": 3}}
 
@@ -44,7 +45,8 @@ def _rows(domains=("A", "C")):
             "trial_id": "t-001", "sweep": None, "model": "patchcore", "train_domain": "A", "test_domain": domain,
             "status": "ok", "error": None, "seed": 0, "image_auroc": 0.9 - 0.1 * i, "accuracy": 0.8,
             "accuracy_cold": 0.85, "accuracy_warm": 0.75, "auroc_warm": None, "n_test": 8.0,
-            "fit_s": 1.25, "total_s": 2.5, "model.k": 3, "data.domain": "A",
+            "fit_s": 1.25, "total_s": 2.5, "features_s": 0.5, "cache_hits": 3, "cache_misses": 1, "attempts": 1,
+            "model.k": 3, "data.domain": "A",
         })
     return rows
 
@@ -135,6 +137,8 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
     assert "A/auroc_warm" not in summary  # undefined metrics are left out, not logged as null
     assert "image_auroc" not in summary and "A/model.k" not in summary
     assert summary["fit_s"] == pytest.approx(1.25) and summary["status"] == "ok" and summary["error"] is None
+    assert summary["features_s"] == pytest.approx(0.5) and summary["cache_hits"] == 3 and summary["cache_misses"] == 1
+    assert "A/cache_hits" not in summary and "A/attempts" not in summary  # trial-level: once, unprefixed
     assert summary["test_domains"] == ["A", "C"]
 
     table = summary["scores"]
@@ -217,19 +221,20 @@ def test_unreachable_server_fails_fast_without_raising(wandb_env, monkeypatch):
     assert elapsed < timeout_s + 5
 
 
-def _hang_worker(conn, job):
-    """Test-only child target: report our pid, then never finish (a W&B call that hangs)."""
+def hang_body(job):
+    """Test-only logging body: report our pid, then never finish (a W&B call that hangs)."""
+    Path(job["dir"]).mkdir(parents=True, exist_ok=True)
     Path(job["dir"], "hang.pid").write_text(str(os.getpid()))
     time.sleep(3600)
 
 
-def _exit_worker(conn, job):
-    """Test-only child target: die without a status (a crash in native code)."""
+def _exit_body(job):
+    """Test-only logging body: die without a status (a crash in native code)."""
     os._exit(3)
 
 
 def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
-    monkeypatch.setattr(tracking, "_trial_worker", _hang_worker)
+    monkeypatch.setattr(tracking, "_log_trial_body", hang_body)
     out = wandb_env / "out"
     out.mkdir()
     t0 = time.monotonic()
@@ -244,14 +249,14 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
 
 
 def test_child_crash_and_parent_errors_become_status(wandb_env, monkeypatch):
-    monkeypatch.setattr(tracking, "_trial_worker", _exit_worker)
+    monkeypatch.setattr(tracking, "_log_trial_body", _exit_body)
     status = log_trial(WandbSettings(mode="offline", timeout_s=20), sweep="sw", trial_id="t", model="patchcore",
                        config=CONFIG, rows=_rows(), scores=None, run_dir=wandb_env / "out")
     assert status == "failed: tracking process exited with code 3 and no status"
     monkeypatch.undo()
-    unpicklable = [{"status": "ok", "callback": lambda: None}]
+    unpicklable = {**CONFIG, "callback": lambda: None}
     status = log_trial(WandbSettings(mode="offline", timeout_s=20), sweep="sw", trial_id="t", model="patchcore",
-                       config=CONFIG, rows=unpicklable, scores=None, run_dir=wandb_env / "out")
+                       config=unpicklable, rows=_rows(), scores=None, run_dir=wandb_env / "out")
     assert status.startswith("failed: "), status
 
 
@@ -275,3 +280,157 @@ def test_log_summary_offline_writes_the_table(wandb_env):
     data = json.loads((run_dir / "files" / logged["path"]).read_text(), parse_constant=lambda c: None)
     assert data["columns"] == list(table.columns)
     assert [row[0] for row in data["data"]] == ["A", "C", "A"]
+
+
+# ------------------------------------------------------------------- the driver's logger, fed from the store
+
+
+def _stored_trials(sweep_dir, trial_ids, domains=("A", "C")):
+    """Trials as a sweep's workers leave them: rows and scores in the ResultStore, nothing else."""
+    from hdmap.trial import TrialResult
+    from sweeps.store import ResultStore
+
+    store = ResultStore(str(sweep_dir))
+    for trial_id in trial_ids:
+        rows = [{**row, "trial_id": trial_id, "config_json": json.dumps(CONFIG)} for row in _rows(domains)]
+        scores = _scores(domains).set_column(0, "trial_id", pa.array([trial_id] * 8 * len(domains)))
+        store.write_trial(TrialResult(rows=rows, scores=scores), "sw1", "hash")
+    return store
+
+
+def test_driver_logger_logs_each_stored_trial_once_from_one_child(wandb_env):
+    from sweeps.tracking import TrialLogger
+
+    sweep_dir = wandb_env / "out" / "sw1"
+    store = _stored_trials(sweep_dir, ["t-001", "t-002"])
+    logger = TrialLogger(WandbSettings(timeout_s=45), store, "sw1", sweep_dir)
+    t0 = time.monotonic()
+    for trial_id in ("t-001", "t-002", "t-001"):  # a repeated submit is one run
+        logger.submit(trial_id)
+    submitted_s = time.monotonic() - t0
+    tally = logger.close(wait_s=45)
+    assert submitted_s < 1.0  # submit hands over, the caller (Tune's loop) never waits for W&B
+    assert set(tally.statuses) == {"t-001", "t-002"} and not tally.not_logged, tally.statuses
+    assert tally.line() == f"W&B: 2 runs logged offline in {(sweep_dir / 'wandb').resolve()}, 0 failed"
+
+    runs = {read_offline_run(Path(s.removeprefix("logged offline: ")))["run"]["name"]: s for s in
+            tally.statuses.values()}
+    assert set(runs) == {"t-001", "t-002"} and len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 2
+    run = read_offline_run(Path(runs["t-002"].removeprefix("logged offline: ")))
+    assert run["run"]["id"] == run_id("sw1", "t-002") and run["run"]["group"] == "sw1"
+    assert run["run"]["job_type"] == "patchcore" and run["config"] == CONFIG
+    assert run["summary"]["C/image_auroc"] == pytest.approx(0.8) and run["summary"]["attempts"] == 0
+    assert run["summary"]["scores"]["nrows"] == 16 and "A/scores/fault_warm" in run["summary"]
+
+
+def test_driver_logger_hang_is_bounded_and_reported(wandb_env, monkeypatch):
+    from sweeps.tracking import TrialLogger
+
+    monkeypatch.setattr(tracking, "_log_trial_body", hang_body)
+    sweep_dir = wandb_env / "out" / "sw1"
+    store = _stored_trials(sweep_dir, ["t-001", "t-002", "t-003"])
+    logger = TrialLogger(WandbSettings(mode="offline", timeout_s=3), store, "sw1", sweep_dir)
+    for trial_id in ("t-001", "t-002", "t-003", "missing"):
+        logger.submit(trial_id)
+    t0 = time.monotonic()
+    tally = logger.close(wait_s=3)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3 + 2 * tracking._KILL_GRACE_S + 1  # the end of a sweep waits a bounded time
+    assert set(tally.not_logged) == {"t-001", "t-002", "t-003", "missing"}
+    assert tally.statuses["t-001"] == "timed out after 3s"
+    assert tally.line().startswith("W&B: 0 runs logged offline in ") and ", 4 failed (first: t-001: timed out" in \
+        tally.line()
+    pid = int((sweep_dir / "hang.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # the hung child was killed and reaped
+        os.kill(pid, 0)
+
+
+def test_driver_logger_online_outage_fails_each_run_within_the_bound(wandb_env, monkeypatch):
+    from sweeps.tracking import TrialLogger
+
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # closed port on loopback
+    sweep_dir = wandb_env / "out" / "sw1"
+    store = _stored_trials(sweep_dir, ["t-001", "t-002", "t-003"])
+    logger = TrialLogger(WandbSettings(timeout_s=8), store, "sw1", sweep_dir)  # online: a key is configured
+    t0 = time.monotonic()
+    for trial_id in ("t-001", "t-002", "t-003"):
+        logger.submit(trial_id)
+    tally = logger.close(wait_s=8)
+    assert time.monotonic() - t0 < 8 + 2 * tracking._KILL_GRACE_S + 2  # the runs wait in parallel, not in turn
+    assert tally.mode == "online" and set(tally.not_logged) == {"t-001", "t-002", "t-003"}, tally.statuses
+    assert tally.line().startswith("W&B: 0 runs logged online in project hdmap-sweeps, 3 failed (first: ")
+
+
+# ---------------------------------------------------------------------------------- in a sweep (Ray Tune)
+
+SWEEP_SPEC = """
+name: tracked
+data:
+  root: {root}
+  simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}
+trial:
+  data: {{domain: C, image_size: [64, 192]}}
+  model: {{backbone: resnet18, pretrained: false, layers: [layer2], coreset_ratio: 0.1}}
+axes:
+  model.k: {ks}
+output: {out}
+tracking: {{wandb: {{mode: offline, timeout_s: {timeout_s}}}}}
+"""
+
+
+@pytest.mark.slow
+def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it(tmp_path, monkeypatch):
+    # HOME stays (Ray keeps its session's auth state per process); the spec pins mode offline
+    import ray
+
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+    from sweeps.store import ResultStore
+    from sweeps.tracking import TrialLogger
+
+    def spec(ks, timeout_s):
+        path = tmp_path / f"spec-{len(ks)}.yaml"
+        path.write_text(SWEEP_SPEC.format(root=tmp_path / "data", out=tmp_path / "out", ks=ks, timeout_s=timeout_s))
+        return load_spec(path)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        outcome = run_sweep(spec([1, 9], timeout_s=60), live=False)
+        assert outcome.ok == 2
+        sweep_dir = Path(outcome.sweep_dir)
+        rows = ResultStore(str(sweep_dir)).results().to_pylist()
+        # One run per trial, logged by the driver: had a trial logged too, each run id would appear twice.
+        runs = [read_offline_run(d) for d in sorted((sweep_dir / "wandb").glob("offline-run-*"))]
+        assert sorted(r["run"]["id"] for r in runs) == sorted(run_id("tracked", r["trial_id"]) for r in rows)
+        for run in runs:
+            row = next(r for r in rows if r["trial_id"] == run["run"]["name"])
+            assert run["run"]["group"] == "tracked" and run["run"]["job_type"] == "patchcore"
+            assert run["config"] == json.loads(row["config_json"])
+            assert run["summary"]["image_auroc"] == pytest.approx(row["image_auroc"])
+            assert run["summary"]["scores"]["nrows"] == row["n_test"] > 0
+        assert sorted(outcome.wandb.statuses) == sorted(r["trial_id"] for r in rows)
+        assert not outcome.wandb.not_logged and outcome.wandb.line().endswith(", 0 failed")
+
+        # W&B hangs: the trials still finish, the driver waits at most timeout_s at the end and says what it lost.
+        monkeypatch.setattr(tracking, "_log_trial_body", hang_body)
+        closing: list[float] = []
+        close = TrialLogger.close
+
+        def timed_close(self, wait_s):
+            t0 = time.monotonic()
+            try:
+                return close(self, wait_s)
+            finally:
+                closing.append(time.monotonic() - t0)
+
+        monkeypatch.setattr(TrialLogger, "close", timed_close)
+        grown = run_sweep(spec([1, 9, 3], timeout_s=3), live=False)
+        assert grown.ok == 3 and grown.skipped == 2
+        assert closing and closing[0] < 3 + 2 * tracking._KILL_GRACE_S + 1
+        line = grown.wandb.line()
+        assert len(grown.wandb.not_logged) == 1 and line.startswith("W&B: 0 runs logged offline in "), line
+        assert line.endswith(": timed out after 3s)"), line
+        assert len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 2  # nothing half-logged was added
+    finally:
+        ray.shutdown()
