@@ -60,6 +60,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import queue
 import sys
 import threading
@@ -371,7 +372,10 @@ class _LoggingProcess:
 
 
 def _serve(conn, warm: dict | None = None) -> None:
-    """Child entry point: run (body, job) messages until None or EOF; send back one status each."""
+    """Child entry point: run (body, job) messages until None or EOF; send back one status each.
+
+    A terminal's Ctrl-C reaches the whole process group: the child ignores it, the driver decides when it ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(_NICE)
     if warm is not None:
