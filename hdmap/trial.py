@@ -266,7 +266,8 @@ def _predict(trainer: L.Trainer, module, dataloader: DataLoader, cfg: TrialConfi
     batches = trainer.predict(module, dataloader)
     declared = {"score"} | cfg.model.outputs()
     if set(batches[0]) != declared:  # the model contract: what a row reports is what the config declares
-        raise RuntimeError(f"model {cfg.model.name!r} predicts {sorted(batches[0])}, its config declares {sorted(declared)}")
+        raise RuntimeError(f"model {cfg.model.name!r} predicts {sorted(batches[0])}, "
+                           f"its config declares {sorted(declared)}")
     return {key: torch.cat([b[key] for b in batches]).float().cpu().numpy() for key in batches[0]}
 
 

@@ -89,8 +89,8 @@ def models() -> None:
     from hdmap.models.registry import model_catalog
 
     catalog = model_catalog()
-    table = Table(title=f"{len(catalog)} models (registry: hdmap/models/registry.py); set fields with --set model.FIELD=V",
-                  show_lines=True)
+    table = Table(title=f"{len(catalog)} models (registry: hdmap/models/registry.py); "
+                        "set fields with --set model.FIELD=V", show_lines=True)
     for column in ("model", "config fields (defaults)", "per-epoch metric", "pretrained weights", "outputs"):
         table.add_column(column, overflow="fold")
     for row in catalog:

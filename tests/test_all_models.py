@@ -105,7 +105,8 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         "name": "mixed", "output": str(tmp_path / "out"), "max_failures": 0,
         "data": {"root": str(root), "simulate": {"n_train": 12, "n_test": 8, "domains": ["C"], "seed": 0}},
         "trial": {"data": {"domain": "C"}},
-        "models": {name: {"trial": _trial_tree(name)} for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste")},
+        "models": {name: {"trial": _trial_tree(name)}
+                   for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste")},
         "tracking": {"wandb": {"mode": "disabled"}},
     }
     path = tmp_path / "mixed.yaml"
@@ -125,3 +126,16 @@ def _trial_tree(model: str) -> dict:
     tree = apply_overrides({}, [o for o in tiny_overrides("unused", model) if not o.startswith("data.root")])
     tree["data"].pop("domain", None)
     return tree
+
+
+def test_models_command_lists_every_model_with_fields_metric_and_weights():
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert f"{len(MODELS)} models" in result.output and len(MODELS) >= 14
+    for name in MODELS:
+        assert name in result.output
+    assert "flow_steps=8" in result.output and "train_loss" in result.output and "(no ASHA)" in result.output

@@ -5,7 +5,8 @@ drawn from [0, severity_max] (or a given range) and *add* it at another location
 the source (nor, with several patches, the other pasted patches). Sizes are in model-input pixels:
 width from `patch_width_range`, height from `patch_height_range` when given (the paper's scaled CutPaste:
 cut_w, cut_h), else height = width / aspect, where aspect = width / height is drawn from `patch_aspect`
-(`landscape` 2-4: wide, thin bands like HDMAP faults; `portrait` 0.25-0.5; `square` 1; or a numeric (lo, hi)). All `patch_count` patches of one image share severity, aspect and size.
+(`landscape` 2-4: wide, thin bands like HDMAP faults; `portrait` 0.25-0.5; `square` 1; or a numeric (lo, hi)).
+All `patch_count` patches of one image share severity, aspect and size.
 Each image is faulted with probability `anomaly_probability`; the others come back unchanged with an
 empty mask and severity 0. Everything random comes from one `torch.Generator`, so a seed fixes it.
 

@@ -27,7 +27,7 @@ import os
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
@@ -51,8 +51,6 @@ class AnomalibSpec:
     per_epoch_metric: str | None = "train_loss"  # logged on_epoch by its training_step; None = no ASHA
     batch_size: int = 8
     pretrained: bool = False  # a pretrained backbone inside, even without a `pre_trained` argument
-    defaults: dict = field(default_factory=dict)  # ours instead of anomalib's (e.g. a backbone that runs on CPU)
-    hidden: tuple[str, ...] = ()  # constructor arguments not exposed (set by the adapter)
     uses_validation: bool = False
 
 
@@ -66,7 +64,7 @@ ANOMALIB_MODELS: dict[str, AnomalibSpec] = {
                                          batch_size=16),
     "stfpm": AnomalibSpec("stfpm.lightning_model:Stfpm", pretrained=True),
     "ganomaly": AnomalibSpec("ganomaly.lightning_model:Ganomaly", epochs=150, per_epoch_metric="generator_loss",
-                             batch_size=32, hidden=("batch_size",)),
+                             batch_size=32),  # its constructor's batch_size is ours
     "supersimplenet": AnomalibSpec("supersimplenet.lightning_model:Supersimplenet", pretrained=True),
     "uninet": AnomalibSpec("uninet.lightning_model:UniNet", pretrained=True, batch_size=2),
     "csflow": AnomalibSpec("csflow.lightning_model:Csflow", pretrained=True),
@@ -145,13 +143,13 @@ def _config_class(name: str, spec: AnomalibSpec) -> type[AnomalibConfig]:
                               "batch_size": (int, Field(spec.batch_size, ge=1))}
     constructor: list[str] = []
     for arg, param in signature.parameters.items():
-        if arg in ("self", "precision", "pre_trained", *_COMPONENTS, *spec.hidden) or param.kind in (
+        if arg in ("self", "precision", "pre_trained", *_COMPONENTS) or param.kind in (
                 param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         annotation = _field_type(hints.get(arg, Any))
         if annotation is None or arg in fields:
             continue
-        default = spec.defaults.get(arg, param.default)
+        default = param.default
         if isinstance(default, tuple) and typing.get_origin(annotation) is list:
             default = list(default)
         fields[arg] = (annotation, default)
@@ -263,8 +261,9 @@ class _EfficientAdHooks:
         super().__init__(cfg, transform, seed)
         if not Path(cfg.imagenet_dir).is_dir():
             raise WeightsNotFoundError(
-                f"efficient_ad: model.imagenet_dir={cfg.imagenet_dir!r} is not a folder (its penalty loss needs ImageNette "
-                f"images, an ImageFolder tree; never downloaded here): copy ImageNette there or set model.imagenet_dir")
+                f"efficient_ad: model.imagenet_dir={cfg.imagenet_dir!r} is not a folder (its penalty loss needs "
+                f"ImageNette images, an ImageFolder tree; never downloaded here): copy ImageNette there or set "
+                f"model.imagenet_dir")
         if cfg.pretrained:
             self.model.teacher.load_state_dict(torch.load(self._teacher_file(), map_location="cpu", weights_only=True))
 
@@ -277,7 +276,8 @@ class _EfficientAdHooks:
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"pretrained teacher for model 'efficient_ad' (size {size}) not found (never downloaded at run time).\n"
-                f"  looked in: {path}\n  provide it by one of: (1) model.weights=/path/to/pretrained_teacher_{size}.pth "
+                f"  looked in: {path}\n"
+                f"  provide it by one of: (1) model.weights=/path/to/pretrained_teacher_{size}.pth "
                 f"(from anomalib's efficientad_pretrained_weights.zip release); (2) unzip that release into "
                 f"{path.parent.parent}; (3) model.pretrained=false for a random teacher (results will say so).")
         return path
@@ -327,8 +327,10 @@ def offline_weights(cfg: AnomalibConfig):
     import torchvision.models._api as tv_api
 
     wanted: list[tuple[str, torch.nn.Module]] = []
-    real_create, real_verify, real_fetch = timm.create_model, tv_api.WeightsEnum.verify, tv_api.load_state_dict_from_url
-    pretrained = cfg.pretrained if cfg.needs_pretrained_weights else False
+    # the classmethod object itself (attribute access would bind it to WeightsEnum), so it is restored as it was
+    real_create, real_verify = timm.create_model, vars(tv_api.WeightsEnum)["verify"]
+    real_fetch = tv_api.load_state_dict_from_url
+    load_weights = cfg.pretrained if cfg.needs_pretrained_weights else False
 
     def create_model(model_name, *args, pretrained: bool = False, **kwargs):
         model = real_create(model_name, *args, pretrained=False, **kwargs)
@@ -337,16 +339,18 @@ def offline_weights(cfg: AnomalibConfig):
         return model
 
     def verify(cls, obj):
-        return real_verify.__func__(cls, obj) if pretrained else None
+        return real_verify.__func__(cls, obj) if load_weights else None
 
     def fetch(url: str, *args, **kwargs):
         return torch.load(_torchvision_file(cfg, url), map_location="cpu", weights_only=True)
 
-    timm.create_model, tv_api.WeightsEnum.verify, tv_api.load_state_dict_from_url = create_model, classmethod(verify), fetch
+    patched = (create_model, classmethod(verify), fetch)
+    timm.create_model, tv_api.WeightsEnum.verify, tv_api.load_state_dict_from_url = patched
     try:
         yield wanted
     finally:
-        timm.create_model, tv_api.WeightsEnum.verify, tv_api.load_state_dict_from_url = real_create, real_verify, real_fetch
+        timm.create_model, tv_api.WeightsEnum.verify = real_create, real_verify
+        tv_api.load_state_dict_from_url = real_fetch
 
 
 def _torchvision_file(cfg: AnomalibConfig, url: str) -> Path:
@@ -359,7 +363,8 @@ def _torchvision_file(cfg: AnomalibConfig, url: str) -> Path:
     if candidate.is_file():
         return candidate
     raise WeightsNotFoundError(
-        f"pretrained torchvision weights for model {cfg.name!r} not found (this platform never downloads at run time).\n"
+        f"pretrained torchvision weights for model {cfg.name!r} not found "
+        f"(this platform never downloads at run time).\n"
         f"  looked in: torch hub cache {candidate}\n"
         f"  provide them by one of: (1) model.weights=/path/to/{candidate.name}; (2) on a machine with internet "
         f"download {url} into $TORCH_HOME/hub/checkpoints on this node; "

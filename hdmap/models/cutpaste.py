@@ -57,8 +57,8 @@ class ScaledCutPasteConfig(TrainedModelConfig):
 
     def faults(self, probability: float | None = None) -> CutPasteFaults:
         p = self.anomaly_probability if probability is None else probability
-        return CutPasteFaults(self.cut_w, anomaly_probability=p, severity_range=(self.a_fault_start, self.a_fault_range_end),
-                              patch_height_range=self.cut_h)
+        return CutPasteFaults(self.cut_w, anomaly_probability=p, patch_height_range=self.cut_h,
+                              severity_range=(self.a_fault_start, self.a_fault_range_end))
 
 
 class CutPasteClfConfig(ScaledCutPasteConfig):
