@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal, Union
 import torch
 from pydantic import Field, create_model
 
-from hdmap.errors import WeightsNotFoundError
+from hdmap.errors import ConfigError, WeightsNotFoundError
 from hdmap.models.backbones import load_pretrained, pretrained_label
 from hdmap.models.base import AnomalyModule, ModelConfig
 
@@ -52,6 +52,7 @@ class AnomalibSpec:
     batch_size: int = 8
     pretrained: bool = False  # a pretrained backbone inside, even without a `pre_trained` argument
     uses_validation: bool = False
+    min_side: int = 1  # input pixels each side needs (a fixed downsampling inside the network)
 
 
 ANOMALIB_MODELS: dict[str, AnomalibSpec] = {
@@ -73,7 +74,7 @@ ANOMALIB_MODELS: dict[str, AnomalibSpec] = {
     # teacher = anomalib's pretrained PDN (`weights`), ImageNette penalty images from a local `imagenet_dir`;
     # quantiles of its maps come from validation normals, so it validates each epoch
     "efficient_ad": AnomalibSpec("efficient_ad.lightning_model:EfficientAd", epochs=3, batch_size=1,
-                                 per_epoch_metric=None, pretrained=True, uses_validation=True),
+                                 per_epoch_metric=None, pretrained=True, uses_validation=True, min_side=256),
 }
 
 
@@ -96,6 +97,10 @@ class AnomalibConfig(ModelConfig):
 
     def max_epochs(self) -> int:
         return self.epochs
+
+    def input_size_problem(self, size: tuple[int, int]) -> str | None:
+        need = ANOMALIB_MODELS[self.name].min_side
+        return f"each side needs >= {need} px, got {list(size)}" if min(size) < need else None
 
     def weights_label(self) -> str | None:
         return pretrained_label(self.pretrained, self.weights) if self.needs_pretrained_weights else None
@@ -195,7 +200,7 @@ class AnomalibAdapter(AnomalyModule):
 
     def __init__(self, cfg: AnomalibConfig, transform: torch.nn.Module, seed: int = 0) -> None:
         if transform.channels != 3:
-            raise ValueError(f"{cfg.name} (anomalib) needs 3-channel input: set data.to_rgb=true")
+            raise ConfigError(f"{cfg.name} (anomalib) needs 3-channel input: set data.to_rgb=true")
         object.__setattr__(self, "_hdmap_input_size", tuple(transform.size))
         anomalib_cls = next(c for c in type(self).__mro__ if c.__module__.startswith("anomalib."))
         with offline_weights(cfg) as wanted:
@@ -257,7 +262,7 @@ class _EfficientAdHooks:
 
     def __init__(self, cfg: AnomalibConfig, transform: torch.nn.Module, seed: int = 0) -> None:
         if transform.normalization != "none":
-            raise ValueError("efficient_ad normalises inside its network: set data.normalization=none")
+            raise ConfigError("efficient_ad normalises inside its network: set data.normalization=none")
         super().__init__(cfg, transform, seed)
         if not Path(cfg.imagenet_dir).is_dir():
             raise WeightsNotFoundError(
