@@ -104,6 +104,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
         limit_val_batches=1.0 if module.uses_validation else 0,
         deterministic="warn",
         callbacks=callbacks or [],
+        **module.trainer_kwargs(),
     )
     t_features = time.perf_counter()
     if cache is not None:
@@ -118,14 +119,14 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     fit_s = time.perf_counter() - t_fit
 
     t_pred = time.perf_counter()
-    val_out = _predict(trainer, module, loader(data.val))
-    test_out = {domain: _predict(trainer, module, loader(split)) for domain, split in data.tests.items()}
+    val_out = _predict(trainer, module, loader(data.val), cfg)
+    test_out = {domain: _predict(trainer, module, loader(split), cfg) for domain, split in data.tests.items()}
     predict_s = time.perf_counter() - t_pred
 
     base = _base_row(cfg)
     base.update(
         status="ok", n_fit=len(data.fit), epochs_run=trainer.current_epoch, references_removed=data.references_removed,
-        pretrained_weights=_weights_label(cfg), features_s=features_s, fit_s=fit_s,
+        pretrained_weights=cfg.model.weights_label(), features_s=features_s, fit_s=fit_s,
         cache_hits=cache.hits if cache else None, cache_misses=cache.misses if cache else None, predict_s=predict_s,
         **memory.stop(),
         device=str(trainer.strategy.root_device), started_at=started,
@@ -192,7 +193,9 @@ def _quiet_libraries(progress: bool) -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     for message in (".*configure_optimizers` returned `None`.*", ".*module\\(s\\) in eval mode.*",
-                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*does not have many workers.*"):
+                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*does not have many workers.*",
+                    ".*but have no logger configured.*", ".*`validation_step` but have no `val_dataloader`.*",
+                    ".*infer the `batch_size` from an ambiguous collection.*"):
         warnings.filterwarnings("ignore", message=message)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\..*")
 
@@ -259,8 +262,12 @@ def _has_ok_rows(path: Path) -> bool:
     return path.is_file() and "ok" in pq.read_table(path, columns=["status"])["status"].to_pylist()
 
 
-def _predict(trainer: L.Trainer, module, dataloader: DataLoader) -> dict[str, np.ndarray]:
+def _predict(trainer: L.Trainer, module, dataloader: DataLoader, cfg: TrialConfig) -> dict[str, np.ndarray]:
     batches = trainer.predict(module, dataloader)
+    declared = {"score"} | cfg.model.outputs()
+    if set(batches[0]) != declared:  # the model contract: what a row reports is what the config declares
+        raise RuntimeError(f"model {cfg.model.name!r} predicts {sorted(batches[0])}, "
+                           f"its config declares {sorted(declared)}")
     return {key: torch.cat([b[key] for b in batches]).float().cpu().numpy() for key in batches[0]}
 
 
@@ -282,14 +289,6 @@ def _score_table(trial_id: str, domain: str, split: SplitArrays, out: dict, gate
         },
         schema=SCORE_SCHEMA,
     )
-
-
-def _weights_label(cfg: TrialConfig) -> str | None:
-    if not hasattr(cfg.model, "pretrained"):
-        return None
-    if not cfg.model.pretrained:
-        return "random-init (pretrained: false)"
-    return cfg.model.weights or "timm/HF cache"
 
 
 def _base_row(cfg: TrialConfig) -> dict:

@@ -1,4 +1,4 @@
-"""`hdmap` command line: simulate | trial | sweep plan | sweep run | report.
+"""`hdmap` command line: simulate | trial | models | sweep plan | sweep run | report.
 
 The top layer: it may import everything below it (hdmap, the sweep modules); nothing imports it.
 """
@@ -79,6 +79,26 @@ def trial(
     write_outputs(result, out, cfg)
     console.print(metrics_table(result.rows))
     console.print(f"results: {out / 'results.parquet'}  per-image scores: {out / 'scores.parquet'}")
+
+
+@app.command()
+def models() -> None:
+    """List every registered model: its config fields and defaults, per-epoch metric (ASHA) and pretrained weights."""
+    from enum import Enum
+
+    from hdmap.models.registry import model_catalog
+
+    catalog = model_catalog()
+    table = Table(title=f"{len(catalog)} models (registry: hdmap/models/registry.py); "
+                        "set fields with --set model.FIELD=V", show_lines=True)
+    for column in ("model", "config fields (defaults)", "per-epoch metric", "pretrained weights", "outputs"):
+        table.add_column(column, overflow="fold")
+    for row in catalog:
+        fields = ", ".join(f"{k}={v.value if isinstance(v, Enum) else v}" for k, v in row["fields"].items())
+        table.add_row(row["model"], fields, row["per_epoch_metric"] or "- (no ASHA)",
+                      "needed (pretrained: false = random init)" if row["needs_pretrained_weights"] else "-",
+                      ", ".join(row["outputs"]))
+    console.print(table)
 
 
 HEADLINE_METRICS = [

@@ -246,7 +246,7 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
     if asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        max_epochs = max(getattr(t.model, "epochs", 1) for t in todo)
+        max_epochs = max(t.model.max_epochs() for t in todo)
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=asha.metric, mode=asha.mode,
                                   max_t=max_epochs + 1, grace_period=asha.grace_period,
                                   reduction_factor=asha.reduction_factor)

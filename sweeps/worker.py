@@ -58,6 +58,14 @@ class _EpochReporter:
             last: float | None = None
 
             def on_validation_epoch_end(self, trainer, module) -> None:
+                if module.uses_validation:
+                    self._report(trainer)
+
+            def on_train_epoch_end(self, trainer, module) -> None:
+                if not module.uses_validation:  # models without a validation pass rank on a training metric
+                    self._report(trainer)
+
+            def _report(self, trainer) -> None:
                 value = trainer.callback_metrics.get(metric)
                 if value is not None and not trainer.sanity_checking:
                     self.last = float(value)

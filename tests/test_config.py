@@ -22,7 +22,7 @@ def test_trial_id_is_config_hash_ignoring_runtime():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.foo=1", r"model\.foo: unknown field; allowed here: name, backbone, layers, .*k, batch_size"),
+        ("model.foo=1", r"model\.foo: unknown field; allowed here: name, batch_size, backbone, layers, .*k"),
         ("model.name=nope", r"model\.name: unknown model 'nope'; allowed: patchcore, draem"),
         ("data.resize=cubic", r"data\.resize: .*'nearest', 'bilinear', 'bicubic' or 'aspect_pad'"),
         ("data.domain=E", r"data\.domain: .*expected one of A, B, C, D"),

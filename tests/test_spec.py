@@ -48,7 +48,7 @@ def test_grid_zip_seeds_and_per_model_resources(tmp_path):
     "body, expected",
     [
         ("models: {patchcor: {}}", r"spec\.yaml: models\.patchcor: unknown model; allowed: patchcore, draem"),
-        ("axes: {model.kk: [1, 2]}", r"spec\.yaml: axes\.model\.kk: unknown config path .*allowed: name, backbone"),
+        ("axes: {model.kk: [1, 2]}", r"spec\.yaml: axes\.model\.kk: unknown config path .*allowed: name, batch_size, backbone"),
         ("axes: {data.domian: [A]}", r"spec\.yaml: axes\.data\.domian: unknown config path .*allowed: root, domain"),
         ("axes: {model.k: [1, many]}", r"spec\.yaml: model patchcore, axis value model\.k='many': .*model\.k: .*integer"),
         ("axes: {data.domain: [A, E]}", r"axis value data\.domain='E'.*expected one of A, B, C, D"),

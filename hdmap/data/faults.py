@@ -3,9 +3,10 @@
 A fault: cut a rectangle from the image, normalise it by its own max |value|, scale it by a severity
 drawn from [0, severity_max] (or a given range) and *add* it at another location that does not overlap
 the source (nor, with several patches, the other pasted patches). Sizes are in model-input pixels:
-width from `patch_width_range`, height = width / aspect, where aspect = width / height is drawn from
-`patch_aspect` (`landscape` 2-4: wide, thin bands like HDMAP faults; `portrait` 0.25-0.5; `square` 1;
-or a numeric (lo, hi)). All `patch_count` patches of one image share severity, aspect and size.
+width from `patch_width_range`, height from `patch_height_range` when given (the paper's scaled CutPaste:
+cut_w, cut_h), else height = width / aspect, where aspect = width / height is drawn from `patch_aspect`
+(`landscape` 2-4: wide, thin bands like HDMAP faults; `portrait` 0.25-0.5; `square` 1; or a numeric (lo, hi)).
+All `patch_count` patches of one image share severity, aspect and size.
 Each image is faulted with probability `anomaly_probability`; the others come back unchanged with an
 empty mask and severity 0. Everything random comes from one `torch.Generator`, so a seed fixes it.
 
@@ -66,6 +67,7 @@ class CutPasteFaults:
         anomaly_probability: float = 0.5,
         severity_max: float = 1.0,
         severity_range: tuple[float, float] | None = None,
+        patch_height_range: tuple[int, int] | None = None,
     ) -> None:
         lo_w, hi_w = (int(v) for v in patch_width_range)
         if not 1 <= lo_w <= hi_w:
@@ -80,7 +82,11 @@ class CutPasteFaults:
             severity_range = (0.0, float(severity_max))
         if not 0 <= severity_range[0] <= severity_range[1]:
             raise ValueError(f"severity_range={severity_range!r}: need 0 <= lo <= hi")
+        if patch_height_range is not None and not 1 <= int(patch_height_range[0]) <= int(patch_height_range[1]):
+            raise ValueError(f"patch_height_range={patch_height_range!r}: need 1 <= lo <= hi")
         self.width_range = (lo_w, hi_w)
+        # the paper's scaled CutPaste draws height directly (cut_h); otherwise height = width / aspect
+        self.height_range = None if patch_height_range is None else tuple(int(v) for v in patch_height_range)
         self.aspect_range = aspect_range(patch_aspect)
         self.patch_count = int(patch_count)
         self.anomaly_probability = float(anomaly_probability)
@@ -135,8 +141,10 @@ class CutPasteFaults:
     def _patch_size(self, h: int, w: int, generator: torch.Generator | None) -> tuple[int, int]:
         """(height, width) inside the image, small enough that source and target can sit side by side."""
         width = self._randint(*self.width_range, generator)
-        aspect = self._uniform(*self.aspect_range, generator)
-        height = max(1, round(width / aspect))
+        if self.height_range is not None:
+            height = self._randint(*self.height_range, generator)
+        else:
+            height = max(1, round(width / self._uniform(*self.aspect_range, generator)))
         width, height = min(width, w), min(height, h)
         if 2 * width > w and 2 * height > h:  # too big for two disjoint rectangles: shrink the looser side
             if w / width >= h / height:

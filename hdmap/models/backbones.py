@@ -27,10 +27,15 @@ class BackboneConfig(ModelConfig):
     The backbone name and its layers are checked against timm when the config is validated (a typo fails
     `hdmap trial` and `sweep plan` at once, not a trial after its data is loaded)."""
 
+    needs_pretrained_weights = True
+
     backbone: str
     layers: list[str]
     pretrained: bool = True
     weights: str | None = Field(None, description="local checkpoint file; default: timm/HF cache")
+
+    def weights_label(self) -> str | None:
+        return pretrained_label(self.pretrained, self.weights)
 
     @model_validator(mode="after")
     def _known_backbone_and_layers(self) -> "BackboneConfig":
@@ -47,6 +52,13 @@ class BackboneConfig(ModelConfig):
             return (f"{self.backbone} layer(s) {', '.join(self.layers)} downsample by {stride}: "
                     f"each side needs >= {stride} px, got {list(size)}")
         return None
+
+
+def pretrained_label(pretrained: bool, weights: str | None) -> str:
+    """The `pretrained_weights` column: random init is always said, never implied."""
+    if not pretrained:
+        return "random-init (pretrained: false)"
+    return weights or "timm/HF cache"
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import lightning as L
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class StrictModel(BaseModel):
@@ -14,12 +16,35 @@ class StrictModel(BaseModel):
 
 
 class ModelConfig(StrictModel):
-    """Base of every model's config: the checks a trial runs before it loads data or builds anything."""
+    """The model contract as the trial, the sweep runner and `hdmap models` see it; every model config derives from it.
 
-    name: str  # each model sets its own: first in error messages and result columns
+    Fields (part of the trial id): `name` (the registry key) and `batch_size`. Class-level declarations (not fields):
+    `per_epoch_metric` the metric logged once per epoch that ASHA may rank trials on (None: `sweep plan` refuses
+    ASHA for the model) and `needs_pretrained_weights` whether the default config loads pretrained weights
+    (`pretrained: false` then opts out). `outputs()` names what `predict_step` returns besides `score`; the trial
+    checks the module keeps to it.
+    """
+
+    name: str
+    batch_size: int = Field(8, ge=1)
+
+    per_epoch_metric: ClassVar[str | None] = None
+    needs_pretrained_weights: ClassVar[bool] = False
 
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         """Why the model cannot take (H, W) inputs, or None; checked at config validation, before any fit."""
+        return None
+
+    def outputs(self) -> frozenset[str]:
+        """Keys of `predict_step`'s dict besides `score`: `gate` (0 cold / 1 warm), `severity`."""
+        return frozenset()
+
+    def max_epochs(self) -> int:
+        """Upper bound on epochs a trial of this config trains (ASHA's max_t)."""
+        return 1
+
+    def weights_label(self) -> str | None:
+        """What the results row records in `pretrained_weights`; None for models without pretrained parts."""
         return None
 
 
@@ -41,6 +66,10 @@ class AnomalyModule(L.LightningModule):
     def __init__(self, transform: torch.nn.Module) -> None:
         super().__init__()
         self.transform = transform
+
+    def trainer_kwargs(self) -> dict:
+        """Extra `lightning.Trainer` arguments this module needs (max_steps, gradient clipping); none by default."""
+        return {}
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["image"] = self.transform(batch["raw"])

@@ -17,12 +17,16 @@ from hdmap.models.base import AnomalyModule, ModelConfig
 
 
 class TrainedModelConfig(ModelConfig):
-    """The training fields of the models fitted by gradient descent (draem, draem_sevnet)."""
+    """The training fields of the models fitted by gradient descent on synthetic faults (the DRAEM family)."""
+
+    per_epoch_metric = "val_loss"  # synthetic faults on held-out train normals, identical every epoch
 
     epochs: int = Field(10, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val_loss improvement")
     lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
+
+    def max_epochs(self) -> int:
+        return self.epochs
 
 
 class DraemConfig(TrainedModelConfig):

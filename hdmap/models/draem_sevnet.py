@@ -61,6 +61,9 @@ class DraemSevNetConfig(TrainedModelConfig):
     score_combination: Literal["max", "weighted_average"] = "max"
     score_severity_weight: float = Field(0.5, ge=0, le=1, description="weight of the severity in weighted_average")
 
+    def outputs(self) -> frozenset[str]:
+        return frozenset({"severity"})
+
     @field_validator("patch_width_range")
     @classmethod
     def _width_range(cls, v: tuple[int, int]) -> tuple[int, int]:

@@ -90,6 +90,9 @@ class CAPatchCoreConfig(BackboneConfig):
     def context_ks(self) -> list[int]:
         return [] if self.context_k == 0 else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
 
+    def outputs(self) -> frozenset[str]:
+        return frozenset() if self.gating == "mixed" else frozenset({"gate"})
+
 
 class CPDPatchCoreConfig(CAPatchCoreConfig):
     """`cpd_patchcore`: the same model under the researcher's 006 name, row context on (default: the best

@@ -5,9 +5,9 @@
     paths = build_report(analysis.load(ResultStore("runs/quickstart")), "runs/quickstart")
 
 Reads the rows through the store (sweeps.store.ResultStore) and the sweep's metadata (sweep.json: name, axes in
-spec order, planned trials). Sections: header, model x test-domain table, one plot per ablation axis, cold vs
-warm, paired comparisons with bootstrap CIs (a worse result shown as plainly as a better one), the ORACLE figures
-kept apart, failures. plotly.js is inlined once, so the HTML opens on machines without internet.
+spec order, planned trials). Sections: header, model x test-domain table, the paper's table (model comparisons
+over domains), one plot per ablation axis, cold vs warm, paired comparisons with bootstrap CIs (a worse result
+shown as plainly as a better one), the ORACLE figures kept apart, failures. plotly.js is inlined once, so the HTML opens on machines without internet.
 The finish step (sweeps.finish) decides where the files go (beside the results, on object storage too).
 """
 
@@ -20,6 +20,7 @@ import pandas as pd
 
 from hdmap.io import atomic_write
 from sweeps.report import analysis, render
+from sweeps.report.paper_table import paper_table_section
 
 __all__ = ["ReportPaths", "build_report", "ORACLE_HEADING"]
 
@@ -47,6 +48,7 @@ def build_report(data: analysis.SweepData, out_dir: str | Path) -> ReportPaths:
     sections = [
         render.header_section(data, cmp, generated),
         render.main_section(data, summary),
+        *filter(None, [paper_table_section(data)]),
         render.ablation_section(data, figs),
         render.cold_warm_section(data, figs),
         render.comparison_section(data, cmp, cmp_notes, figs),
