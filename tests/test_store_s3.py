@@ -1,5 +1,8 @@
 """Results on object storage: a sweep whose `output` is s3:// (a moto S3 server on loopback) lands every row there."""
 
+import shutil
+from pathlib import Path
+
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -28,7 +31,10 @@ axes: {{model.k: [1, 3]}}
 output: "s3://lab/studies?{s3}"
 tracking: {{wandb: {{mode: disabled}}}}
 """)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Ray's log and Tune's state: this machine's disk
+    home = tmp_path / "home"
+    if (Path.home() / ".ray").is_dir():  # an earlier local Ray in this process turned token auth on: keep its token
+        shutil.copytree(Path.home() / ".ray", home / ".ray")
+    monkeypatch.setenv("HOME", str(home))  # Ray's log and Tune's state: this machine's disk
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         result = CliRunner().invoke(app, ["sweep", "run", str(spec)])
