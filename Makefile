@@ -21,4 +21,5 @@ quickstart: install
 	$(VENV)/bin/hdmap sweep run sweeps/examples/quickstart.yaml
 
 test: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	WANDB_MODE=offline $(PY) -m pytest

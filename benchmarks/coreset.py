@@ -40,15 +40,26 @@ def main() -> None:
     rows = []
     for ratio in args.ratios:
         keep = int(args.n * ratio)
-        ours, t_ours, m_ours = peak_rss_during(lambda: k_center_greedy(x, keep, seed=0))
-        row = {"n": args.n, "dim": args.dim, "ratio": ratio, "ours_s": round(t_ours, 2), "ours_peak_rss_mb": round(m_ours),
-               "ours_radius": round(coverage_radius(x, ours), 4)}
+        ours, t_ours, m_ours = peak_rss_during(lambda keep=keep: k_center_greedy(x, keep, seed=0))
+        row = {
+            "n": args.n,
+            "dim": args.dim,
+            "ratio": ratio,
+            "ours_s": round(t_ours, 2),
+            "ours_peak_rss_mb": round(m_ours),
+            "ours_radius": round(coverage_radius(x, ours), 4),
+        }
         if not args.skip_anomalib:
             torch.manual_seed(0)
             theirs, t_theirs, m_theirs = peak_rss_during(
-                lambda: torch.tensor(KCenterGreedy(embedding=x, sampling_ratio=ratio).select_coreset_idxs()))
-            row.update(anomalib_s=round(t_theirs, 2), anomalib_peak_rss_mb=round(m_theirs),
-                       anomalib_radius=round(coverage_radius(x, theirs), 4), speedup=round(t_theirs / t_ours, 2))
+                lambda ratio=ratio: torch.tensor(KCenterGreedy(embedding=x, sampling_ratio=ratio).select_coreset_idxs())
+            )
+            row.update(
+                anomalib_s=round(t_theirs, 2),
+                anomalib_peak_rss_mb=round(m_theirs),
+                anomalib_radius=round(coverage_radius(x, theirs), 4),
+                speedup=round(t_theirs / t_ours, 2),
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
 

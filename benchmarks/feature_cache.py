@@ -56,8 +56,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hdmap-feature-cache-"))
     spec_path = work / "spec.yaml"
-    spec_path.write_text(SPEC.format(root=work / "data", n_train=args.n_train, n_test=args.n_test, size=args.size,
-                                     out=work / "out"))
+    spec_path.write_text(
+        SPEC.format(root=work / "data", n_train=args.n_train, n_test=args.n_test, size=args.size, out=work / "out")
+    )
     plan = load_spec(spec_path)
     assert len(plan.trials) == 24, len(plan.trials)
     prepare_data(plan)
@@ -72,8 +73,11 @@ def main() -> None:
         assert outcome.ok == 24, outcome
         rows = pq.read_table(Path(outcome.sweep_dir) / "results.parquet").to_pylist()
         scores = pq.read_table(Path(outcome.sweep_dir) / "scores.parquet").to_pandas()
-        runs[name] = {"wall": wall, "rows": {r["trial_id"]: r for r in rows},
-                      "scores": scores.set_index(["trial_id", "file"])["score"].sort_index()}
+        runs[name] = {
+            "wall": wall,
+            "rows": {r["trial_id"]: r for r in rows},
+            "scores": scores.set_index(["trial_id", "file"])["score"].sort_index(),
+        }
     ray.shutdown()
 
     plain, cached = runs["without cache"], runs["with cache"]
@@ -82,14 +86,18 @@ def main() -> None:
     score_diff = float((plain["scores"] - cached["scores"]).abs().max())
     mean = lambda run, key: sum(r[key] for r in run["rows"].values()) / 24  # noqa: E731
     result = {
-        "trials": 24, "images": {"fit_and_val": args.n_train, "test": 2 * args.n_test, "size": args.size},
-        "wall_s_without_cache": round(plain["wall"], 1), "wall_s_with_cache": round(cached["wall"], 1),
+        "trials": 24,
+        "images": {"fit_and_val": args.n_train, "test": 2 * args.n_test, "size": args.size},
+        "wall_s_without_cache": round(plain["wall"], 1),
+        "wall_s_with_cache": round(cached["wall"], 1),
         "speedup": round(plain["wall"] / cached["wall"], 2),
         "mean_trial_total_s": {"without": round(mean(plain, "total_s"), 2), "with": round(mean(cached, "total_s"), 2)},
         "cache_entries_computed": sum(r["cache_misses"] for r in cached["rows"].values()),
         "cache_entries_reused": sum(r["cache_hits"] for r in cached["rows"].values()),
-        "metrics_identical": same_metrics, "max_abs_score_difference": score_diff,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "work_dir": str(work),
+        "metrics_identical": same_metrics,
+        "max_abs_score_difference": score_diff,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "work_dir": str(work),
     }
     print(json.dumps(result, indent=2))
 

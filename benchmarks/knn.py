@@ -47,8 +47,12 @@ def main() -> None:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--patches", type=int, default=1369)
     p.add_argument("--nprobe", default="1,8,32", help="IVF cells searched per query, comma-separated ('' = skip IVF)")
-    p.add_argument("--data", default="normal", choices=["normal", "clustered"],
-                   help="random normal rows, or rows drawn around 256 centres (closer to real patch features)")
+    p.add_argument(
+        "--data",
+        default="normal",
+        choices=["normal", "clustered"],
+        help="random normal rows, or rows drawn around 256 centres (closer to real patch features)",
+    )
     args = p.parse_args()
 
     import faiss
@@ -92,22 +96,40 @@ def main() -> None:
         t0 = time.perf_counter()
         index = ivf_index(bank, nprobe)
         t_build = time.perf_counter() - t0
-        (d_ivf, i_ivf), t_ivf, m_ivf = peak_rss_during(lambda: index.search(queries, 1))
+        (d_ivf, i_ivf), t_ivf, m_ivf = peak_rss_during(lambda index=index: index.search(queries, 1))
         d_ivf = np.sqrt(np.maximum(d_ivf[:, 0], 0))
         # a hit: the exact nearest row, or one at the same distance up to float32 rounding (a tie)
         hit = (i_ivf[:, 0] == i_faiss) | (np.abs(d_ivf - d_faiss) <= 1e-5 * np.maximum(d_faiss, 1.0))
         ivf[f"nprobe={nprobe}"] = {
-            "nlist": faiss.extract_index_ivf(index).nlist, "build_s": round(t_build, 2), "search_s": round(t_ivf, 2),
-            "speedup_vs_flat": round(t_faiss / t_ivf, 1), "recall_at_1": round(float(np.mean(hit)), 4),
-            "peak_rss_mb": round(m_ivf)}
-    print(json.dumps({"data": args.data,
-        "bank": list(bank.shape), "queries": list(queries.shape), "threads": torch.get_num_threads(),
-        "cores": os.cpu_count(), "machine_matmul_peak_gflops": round(peak_gflops, 1),
-        "faiss_s": round(t_faiss, 2), "faiss_gflops": round(flops / t_faiss / 1e9, 1), "faiss_peak_rss_mb": round(m_faiss),
-        "anomalib_s": round(t_anom, 2), "anomalib_gflops": round(flops / t_anom / 1e9, 1),
-        "anomalib_peak_rss_mb": round(m_anom), "speedup": round(t_anom / t_faiss, 2),
-        "max_abs_distance_diff": float(np.abs(d_faiss - d_anom).max()), "faiss_ivf": ivf,
-    }, indent=2))
+            "nlist": faiss.extract_index_ivf(index).nlist,
+            "build_s": round(t_build, 2),
+            "search_s": round(t_ivf, 2),
+            "speedup_vs_flat": round(t_faiss / t_ivf, 1),
+            "recall_at_1": round(float(np.mean(hit)), 4),
+            "peak_rss_mb": round(m_ivf),
+        }
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "bank": list(bank.shape),
+                "queries": list(queries.shape),
+                "threads": torch.get_num_threads(),
+                "cores": os.cpu_count(),
+                "machine_matmul_peak_gflops": round(peak_gflops, 1),
+                "faiss_s": round(t_faiss, 2),
+                "faiss_gflops": round(flops / t_faiss / 1e9, 1),
+                "faiss_peak_rss_mb": round(m_faiss),
+                "anomalib_s": round(t_anom, 2),
+                "anomalib_gflops": round(flops / t_anom / 1e9, 1),
+                "anomalib_peak_rss_mb": round(m_anom),
+                "speedup": round(t_anom / t_faiss, 2),
+                "max_abs_distance_diff": float(np.abs(d_faiss - d_anom).max()),
+                "faiss_ivf": ivf,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,26 +32,52 @@ def templates(score_rows: int) -> tuple[pa.Table, pa.Table]:
 
     cfg = load_trial_config(None, [])
     rng = np.random.default_rng(0)
-    row = {**flatten_config(cfg.model_dump(mode="json")), "trial_id": "t", "sweep": "scale", "spec_hash": "h",
-           "attempts": 1, "status": "ok", "model": cfg.model.name, "train_domain": "domain_C",
-           "test_domain": "domain_C", "seed": 0, "n_fit": 1000, "fit_s": 61.5, "predict_s": 12.25, "total_s": 80.0,
-           "peak_rss_mb": 3100.0, "device": "cuda", "host": "node-17", "git_sha": "0" * 40,
-           "versions": json.dumps({"torch": "2.6", "anomalib": "2.7"}), "config_json": cfg.model_dump_json()}
+    row = {
+        **flatten_config(cfg.model_dump(mode="json")),
+        "trial_id": "t",
+        "sweep": "scale",
+        "spec_hash": "h",
+        "attempts": 1,
+        "status": "ok",
+        "model": cfg.model.name,
+        "train_domain": "domain_C",
+        "test_domain": "domain_C",
+        "seed": 0,
+        "n_fit": 1000,
+        "fit_s": 61.5,
+        "predict_s": 12.25,
+        "total_s": 80.0,
+        "peak_rss_mb": 3100.0,
+        "device": "cuda",
+        "host": "node-17",
+        "git_sha": "0" * 40,
+        "versions": json.dumps({"torch": "2.6", "anomalib": "2.7"}),
+        "config_json": cfg.model_dump_json(),
+    }
     row.update({k: float(rng.random()) if not k.startswith("n_") else 1000 for k in METRIC_KEYS})
     results = to_table([row], results_schema())
     n = score_rows
-    scores = pa.table({
-        "trial_id": ["t"] * n, "sweep": ["scale"] * n, "test_domain": ["domain_C"] * n,
-        "file": [f"domain_C/test/{'good' if i % 2 else 'fault'}/image_{i:05d}.tiff" for i in range(n)],
-        "label": pa.array(np.arange(n) % 2, pa.int8()),
-        "condition": ["cold" if i < n // 2 else "warm" for i in range(n)],
-        "score": rng.random(n), "gate": [None] * n, "severity_pred": [None] * n, "severity_true": [None] * n,
-    }, schema=SCORE_SCHEMA)
+    scores = pa.table(
+        {
+            "trial_id": ["t"] * n,
+            "sweep": ["scale"] * n,
+            "test_domain": ["domain_C"] * n,
+            "file": [f"domain_C/test/{'good' if i % 2 else 'fault'}/image_{i:05d}.tiff" for i in range(n)],
+            "label": pa.array(np.arange(n) % 2, pa.int8()),
+            "condition": ["cold" if i < n // 2 else "warm" for i in range(n)],
+            "score": rng.random(n),
+            "gate": [None] * n,
+            "severity_pred": [None] * n,
+            "severity_true": [None] * n,
+        },
+        schema=SCORE_SCHEMA,
+    )
     return results, scores
 
 
 def write_parts(store, ids: list[str], results: pa.Table, scores: pa.Table, threads: int) -> None:
     """Each trial's two parts, written as trials write them (atomic), `threads` at a time."""
+
     def one(trial_id: str) -> None:
         ids_r = pa.array([trial_id] * results.num_rows, pa.string())
         ids_s = pa.array([trial_id] * scores.num_rows, pa.string())
@@ -80,7 +106,7 @@ def measure(uri: str, args, results: pa.Table, scores: pa.Table) -> dict:
     t_start = time.perf_counter()
     for lo in range(0, args.n, args.batch):
         hi = min(lo + args.batch, args.n)
-        t_write += timed(lambda: write_parts(store, ids[lo:hi], results, scores, args.threads))[0]
+        t_write += timed(lambda lo=lo, hi=hi: write_parts(store, ids[lo:hi], results, scores, args.threads))[0]
         seconds = timed(store.compact)[0]
         t_batch_compact += seconds
         batch_passes.append(round(seconds, 2))
@@ -89,7 +115,7 @@ def measure(uri: str, args, results: pa.Table, scores: pa.Table) -> dict:
             break
     else:
         ids_written = args.n
-    new = ids[ids_written:ids_written + args.new]
+    new = ids[ids_written : ids_written + args.new]
     write_parts(store, new, results, scores, args.threads)
     pass_s, changed = timed(store.compact)
     assert changed
@@ -101,12 +127,18 @@ def measure(uri: str, args, results: pa.Table, scores: pa.Table) -> dict:
     resume_pending_s, status = timed(store.status_by_trial)
     assert len(status) == ids_written + args.new + 1
     return {
-        "where": uri.split("?")[0], "trials": ids_written, "new": args.new, "score_rows": args.score_rows,
-        "chunk_trials": CHUNK_TRIALS, "write_parts_s": round(t_write, 1),
+        "where": uri.split("?")[0],
+        "trials": ids_written,
+        "new": args.new,
+        "score_rows": args.score_rows,
+        "chunk_trials": CHUNK_TRIALS,
+        "write_parts_s": round(t_write, 1),
         "background_passes_s": f"{len(batch_passes)} passes of {args.batch}: first {batch_passes[0]}, "
-                               f"last {batch_passes[-1]}, total {t_batch_compact:.1f}",
-        "pass_after_new_s": round(pass_s, 3), "read_results_s": round(read_s, 3),
-        "resume_lookup_s": round(resume_s, 3), "resume_lookup_one_uncompacted_s": round(resume_pending_s, 3),
+        f"last {batch_passes[-1]}, total {t_batch_compact:.1f}",
+        "pass_after_new_s": round(pass_s, 3),
+        "read_results_s": round(read_s, 3),
+        "resume_lookup_s": round(resume_s, 3),
+        "resume_lookup_one_uncompacted_s": round(resume_pending_s, 3),
     }
 
 

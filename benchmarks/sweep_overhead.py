@@ -50,8 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", default="4", help="trial counts, comma-separated (e.g. 8,32)")
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--trial-s", type=float, default=None,
-                        help="target seconds per trial: scales --n-train/--n-test after timing one trial")
+    parser.add_argument(
+        "--trial-s",
+        type=float,
+        default=None,
+        help="target seconds per trial: scales --n-train/--n-test after timing one trial",
+    )
     parser.add_argument("--n-train", type=int, default=120)
     parser.add_argument("--n-test", type=int, default=60)
     parser.add_argument("--size", type=int, default=176)
@@ -80,8 +84,17 @@ def main() -> None:
     import_s = trial_import_s()
 
     results = [measure_sweep(plans[n], n, args.concurrency, seq_rows, seq_s, import_s) for n in counts]
-    print(json.dumps({"data": {"n_train": n_train, "n_test": n_test, "size": args.size}, "wandb": args.wandb,
-                      "machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "data": {"n_train": n_train, "n_test": n_test, "size": args.size},
+                "wandb": args.wandb,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "runs": results,
+            },
+            indent=2,
+        )
+    )
 
 
 def plan_for(work: Path, args, n: int, n_train: int, n_test: int):
@@ -90,9 +103,19 @@ def plan_for(work: Path, args, n: int, n_train: int, n_test: int):
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"spec-{n}.yaml"
-    path.write_text(SPEC.format(n=n, root=work / f"data-{n_train}-{n_test}", n_train=n_train, n_test=n_test,
-                                size=args.size, seeds=list(range(n)), k=args.concurrency, out=work / f"out-{n}",
-                                wandb=args.wandb))
+    path.write_text(
+        SPEC.format(
+            n=n,
+            root=work / f"data-{n_train}-{n_test}",
+            n_train=n_train,
+            n_test=n_test,
+            size=args.size,
+            seeds=list(range(n)),
+            k=args.concurrency,
+            out=work / f"out-{n}",
+            wandb=args.wandb,
+        )
+    )
     return load_spec(path)
 
 
@@ -133,10 +156,14 @@ def measure_sweep(plan, n: int, k: int, seq_rows: dict, seq_s: list[float], impo
     tally = outcome.wandb
     logged = [s for t, s in tally.seconds.items() if tally.statuses[t].startswith("logged")] if tally else []
     return {
-        "trials": n, "concurrency": k, "mean_trial_s_sequential": round(sequential / n, 2),
-        "sequential_wall_s": round(sequential, 1), "sweep_wall_s": round(sweep, 1),
+        "trials": n,
+        "concurrency": k,
+        "mean_trial_s_sequential": round(sequential / n, 2),
+        "sequential_wall_s": round(sequential, 1),
+        "sweep_wall_s": round(sweep, 1),
         "ratio_b_over_a_div_k": round(sweep / (sequential / k), 3),
-        "ray_start_s": round(outcome.ray_start_s, 2), "trial_import_s": round(import_s, 2),
+        "ray_start_s": round(outcome.ray_start_s, 2),
+        "trial_import_s": round(import_s, 2),
         "wandb": tally.line() if tally else "W&B: no trial logged",
         "wandb_mean_run_s": round(statistics.mean(logged), 2) if logged else None,
         "wandb_end_wait_s": round(tally.drain_s, 2) if tally else None,

@@ -27,8 +27,8 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -66,8 +66,9 @@ class DiskCache:
         digest = hashlib.sha1(json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str).encode()).hexdigest()
         return self.root / kind / digest
 
-    def get(self, kind: str, key: dict, compute: Callable[[EntryWriter], None],
-            wait: bool = True) -> dict[str, np.ndarray] | None:
+    def get(
+        self, kind: str, key: dict, compute: Callable[[EntryWriter], None], wait: bool = True
+    ) -> dict[str, np.ndarray] | None:
         """The arrays stored under (kind, key), computing them with `compute(writer)` on a miss.
 
         `wait=False`: None instead of blocking while another process computes this entry (so the caller
@@ -102,8 +103,9 @@ class DiskCache:
                 (tmp / "meta.json").write_text(json.dumps({"kind": kind, **key}, sort_keys=True, default=str))
                 os.rename(tmp, final)
             except OSError as exc:  # disk full, read-only, ...: the trial goes on without the cache
-                warnings.warn(f"cache {self.root}: could not write a {kind} entry ({exc}); continuing uncached",
-                              stacklevel=2)
+                warnings.warn(
+                    f"cache {self.root}: could not write a {kind} entry ({exc}); continuing uncached", stacklevel=2
+                )
                 return _compute_in_memory(compute)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from hdmap.data.layout import normalize_domain
-from hdmap.errors import ConfigError
 from hdmap.data.transforms import NORMALIZATIONS, RESIZE_METHODS
+from hdmap.errors import ConfigError
 from hdmap.metrics import THRESHOLD_METHODS
 from hdmap.models.base import StrictModel
 from hdmap.models.registry import MODELS
@@ -40,13 +40,17 @@ class DataConfig(StrictModel):
     )
     val_fraction: float = Field(0.1, gt=0, lt=1, description="train normals held out for thresholds / early stopping")
     image_size: tuple[int, int] = Field(
-        (224, 224), description="model input (H, W); an int means square; unset: the backbone's pretraining size")
+        (224, 224), description="model input (H, W); an int means square; unset: the backbone's pretraining size"
+    )
     resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
     to_rgb: bool = True
     normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
     cold_below: int | None = Field(
-        None, ge=0, description="test file number < cold_below is cold (any numbering); None: the index rule or "
-                                "<root>/conditions.csv (hdmap/data/layout.py)")
+        None,
+        ge=0,
+        description="test file number < cold_below is cold (any numbering); None: the index rule or "
+        "<root>/conditions.csv (hdmap/data/layout.py)",
+    )
     allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are scaled to >= 0)")
 
     @field_validator("image_size", mode="before")
@@ -62,7 +66,7 @@ class DataConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _test_refs_need_shots(self) -> "DataConfig":
+    def _test_refs_need_shots(self) -> DataConfig:
         if self.reference_source == "test" and self.train_shots is None:
             raise ValueError("data.reference_source='test' needs data.train_shots (how many test/good references)")
         return self
@@ -90,7 +94,8 @@ class RuntimeConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     progress: bool = False
     feature_cache: str | None = Field(
-        None, description="directory of the disk cache shared by trials (backbone features, coreset, kNN); None = off")
+        None, description="directory of the disk cache shared by trials (backbone features, coreset, kNN); None = off"
+    )
 
 
 ModelConfig = Annotated[Union[tuple(entry.config for entry in MODELS.values())], Field(discriminator="name")]
@@ -111,7 +116,7 @@ class TrialConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _backbone_input_size(self) -> "TrialConfig":
+    def _backbone_input_size(self) -> TrialConfig:
         """`data.image_size` not given: the backbone's pretraining size (timm), e.g. 518 x 518 for DINOv2 ViTs."""
         from hdmap.models.backbones import BackboneConfig, native_input_size
 
@@ -219,7 +224,10 @@ def describe_errors(exc: ValidationError, source: str) -> str:
             allowed = ", ".join(owner.model_fields) if owner else "?"
             lines.append(f"{source + ': ' if source else ''}{path}: unknown field; allowed here: {allowed}")
         elif err["type"] == "union_tag_invalid":
-            lines.append(f"{source + ': ' if source else ''}{path}.name: unknown model {err['input'].get('name')!r}; allowed: {', '.join(MODELS)}")
+            lines.append(
+                f"{source + ': ' if source else ''}{path}.name: unknown model {err['input'].get('name')!r}; "
+                f"allowed: {', '.join(MODELS)}"
+            )
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"  # a section: too long
@@ -244,4 +252,3 @@ def _resolve_loc(loc: list[str]) -> tuple[str, type[BaseModel] | None]:
 def _section_class(owner: type[BaseModel], field: str) -> type[BaseModel] | None:
     annotation = owner.model_fields[field].annotation
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-

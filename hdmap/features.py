@@ -38,27 +38,43 @@ class FeatureLookup:
         return torch.from_numpy(np.array(features[row]))
 
 
-def cached_features(cache: DiskCache, module, model_key: dict, data_cfg, device: torch.device,
-                    batch_size: int) -> FeatureLookup:
+def cached_features(
+    cache: DiskCache, module, model_key: dict, data_cfg, device: torch.device, batch_size: int
+) -> FeatureLookup:
     """Features of every split the trial reads (train and test of its domain, test of its test domains)."""
     root = str(Path(data_cfg.root).resolve())
-    sources = {(data_cfg.domain, "train"), (data_cfg.domain, "test")} if data_cfg.reference_source == "test" \
+    sources = (
+        {(data_cfg.domain, "train"), (data_cfg.domain, "test")}
+        if data_cfg.reference_source == "test"
         else {(data_cfg.domain, "train")}
+    )
     sources |= {(domain, "test") for domain in data_cfg.resolved_test_domains()}
-    transform = {"image_size": list(data_cfg.image_size), "resize": data_cfg.resize, "to_rgb": data_cfg.to_rgb,
-                 "normalization": data_cfg.normalization}
+    transform = {
+        "image_size": list(data_cfg.image_size),
+        "resize": data_cfg.resize,
+        "to_rgb": data_cfg.to_rgb,
+        "normalization": data_cfg.normalization,
+    }
     lookup = FeatureLookup()
     pending = {}  # (domain, split) -> (entry key, decoded split): file listings are stat-ed once, not per pass
     for domain, split in sorted(sources):
         arrays = load_split(root, domain, split, data_cfg.cold_below, data_cfg.allow_negative)
-        key = {"split": f"{root}/{domain}/{split}", "files": files_key(root, domain, split, arrays.files),
-               "transform": transform, "model": model_key}
+        key = {
+            "split": f"{root}/{domain}/{split}",
+            "files": files_key(root, domain, split, arrays.files),
+            "transform": transform,
+            "model": model_key,
+        }
         pending[(domain, split)] = (key, arrays)
     while pending:  # a split another trial is computing is skipped until the others are done (then waited for)
         before = len(pending)
         for source, (key, arrays) in list(pending.items()):
-            entry = cache.get("features", key, lambda w, a=arrays: _compute(w, module, a.images, device, batch_size),
-                              wait=len(pending) == 1)
+            entry = cache.get(
+                "features",
+                key,
+                lambda w, a=arrays: _compute(w, module, a.images, device, batch_size),
+                wait=len(pending) == 1,
+            )
             if entry is not None:
                 lookup.add(arrays.files, entry["features"])
                 del pending[source]
@@ -72,8 +88,8 @@ def _compute(writer, module, images: np.ndarray, device: torch.device, batch_siz
     module.to(device).eval()
     out = None
     for start in range(0, len(images), batch_size):
-        raw = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
+        raw = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
         feats = module.base_features(module.transform(raw)).float().cpu().numpy()
         if out is None:
             out = writer.array("features", (len(images), *feats.shape[1:]), np.float32)
-        out[start:start + len(feats)] = feats
+        out[start : start + len(feats)] = feats

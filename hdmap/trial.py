@@ -40,7 +40,6 @@ from hdmap.models.registry import MODELS
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
 
 
-
 @dataclass
 class TrialResult:
     rows: list[dict]  # one per test domain (one error row if the trial failed)
@@ -58,7 +57,7 @@ class _ArrayDataset(Dataset):
     def __init__(self, split: SplitArrays, features: FeatureLookup | None = None) -> None:
         self.files = split.files
         self.features = features
-        self.images = torch.from_numpy(np.require(split.images, np.float32, ['C', 'W']))
+        self.images = torch.from_numpy(np.require(split.images, np.float32, ["C", "W"]))
         self.labels = torch.from_numpy(split.labels)
         self.conditions = torch.tensor([{"cold": 0, "warm": 1}.get(c, -1) for c in split.conditions], dtype=torch.long)
 
@@ -89,8 +88,13 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
 
     def loader(split: SplitArrays, shuffle: bool = False) -> DataLoader:
         generator = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(_ArrayDataset(split, features), batch_size=cfg.model.batch_size, shuffle=shuffle,
-                          num_workers=cfg.runtime.num_workers, generator=generator)
+        return DataLoader(
+            _ArrayDataset(split, features),
+            batch_size=cfg.model.batch_size,
+            shuffle=shuffle,
+            num_workers=cfg.runtime.num_workers,
+            generator=generator,
+        )
 
     trainer = L.Trainer(
         accelerator=cfg.runtime.accelerator,
@@ -111,8 +115,9 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
         module.disk_cache = cache
         model_key = module.feature_key()
         if model_key is not None:
-            features = cached_features(cache, module, model_key, cfg.data, trainer.strategy.root_device,
-                                       cfg.model.batch_size)
+            features = cached_features(
+                cache, module, model_key, cfg.data, trainer.strategy.root_device, cfg.model.batch_size
+            )
     features_s = time.perf_counter() - t_features
     t_fit = time.perf_counter()
     trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
@@ -125,11 +130,19 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
 
     base = _base_row(cfg)
     base.update(
-        status="ok", n_fit=len(data.fit), epochs_run=trainer.current_epoch, references_removed=data.references_removed,
-        pretrained_weights=cfg.model.weights_label(), features_s=features_s, fit_s=fit_s,
-        cache_hits=cache.hits if cache else None, cache_misses=cache.misses if cache else None, predict_s=predict_s,
+        status="ok",
+        n_fit=len(data.fit),
+        epochs_run=trainer.current_epoch,
+        references_removed=data.references_removed,
+        pretrained_weights=cfg.model.weights_label(),
+        features_s=features_s,
+        fit_s=fit_s,
+        cache_hits=cache.hits if cache else None,
+        cache_misses=cache.misses if cache else None,
+        predict_s=predict_s,
         **memory.stop(),
-        device=str(trainer.strategy.root_device), started_at=started,
+        device=str(trainer.strategy.root_device),
+        started_at=started,
     )
     rows, score_parts = [], []
     for domain, split in data.tests.items():
@@ -138,10 +151,16 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
         severity_pred = out.get("severity")
         has_truth = severity_pred is not None and np.isfinite(split.severity).any()
         metrics = evaluate(
-            out["score"], split.labels, split.conditions, val_scores=val_out["score"],
-            threshold_method=cfg.eval.threshold_method, threshold_percentile=cfg.eval.threshold_percentile,
-            threshold_n_std=cfg.eval.threshold_n_std, gate_pred=gates,
-            severity_pred=severity_pred if has_truth else None, severity_true=split.severity if has_truth else None,
+            out["score"],
+            split.labels,
+            split.conditions,
+            val_scores=val_out["score"],
+            threshold_method=cfg.eval.threshold_method,
+            threshold_percentile=cfg.eval.threshold_percentile,
+            threshold_n_std=cfg.eval.threshold_n_std,
+            gate_pred=gates,
+            severity_pred=severity_pred if has_truth else None,
+            severity_true=split.severity if has_truth else None,
         )
         rows.append({**base, **metrics, "test_domain": domain})
         score_parts.append(_score_table(cfg.trial_id, domain, split, out, gates))
@@ -192,10 +211,15 @@ def _quiet_libraries(progress: bool) -> None:
     """Keep a trial's output readable: library chatter that is expected here is not news."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    for message in (".*configure_optimizers` returned `None`.*", ".*module\\(s\\) in eval mode.*",
-                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*does not have many workers.*",
-                    ".*but have no logger configured.*", ".*`validation_step` but have no `val_dataloader`.*",
-                    ".*infer the `batch_size` from an ambiguous collection.*"):
+    for message in (
+        ".*configure_optimizers` returned `None`.*",
+        ".*module\\(s\\) in eval mode.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*does not have many workers.*",
+        ".*but have no logger configured.*",
+        ".*`validation_step` but have no `val_dataloader`.*",
+        ".*infer the `batch_size` from an ambiguous collection.*",
+    ):
         warnings.filterwarnings("ignore", message=message)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\..*")
 
@@ -204,8 +228,9 @@ def failed_trial(cfg: TrialConfig, exc: BaseException) -> TrialResult:
     """The error row recorded for a trial that raised: same schema, status=error, the traceback's tail."""
     row = _base_row(cfg)
     tail = "".join(traceback.format_exception(exc))[-4000:]
-    row.update(status="error", error=f"{type(exc).__name__}: {exc}\n{tail}",
-               started_at=dt.datetime.now(dt.timezone.utc))
+    row.update(
+        status="error", error=f"{type(exc).__name__}: {exc}\n{tail}", started_at=dt.datetime.now(dt.timezone.utc)
+    )
     return TrialResult(rows=[row], scores=SCORE_SCHEMA.empty_table())
 
 
@@ -226,8 +251,10 @@ def prepare_output_dir(out_dir: str | Path, trial_id: str) -> Path:
     held = _held_trial_ids(out / "results.parquet")
     others = sorted(held - {trial_id})
     if others:
-        raise OutputError(f"--out {out} holds the results of trial {others[0]}, not {trial_id}; results are never "
-                          f"overwritten by another trial: choose another --out (default runs/<trial_id>)")
+        raise OutputError(
+            f"--out {out} holds the results of trial {others[0]}, not {trial_id}; results are never "
+            f"overwritten by another trial: choose another --out (default runs/<trial_id>)"
+        )
     return out
 
 
@@ -266,8 +293,9 @@ def _predict(trainer: L.Trainer, module, dataloader: DataLoader, cfg: TrialConfi
     batches = trainer.predict(module, dataloader)
     declared = {"score"} | cfg.model.outputs()
     if set(batches[0]) != declared:  # the model contract: what a row reports is what the config declares
-        raise RuntimeError(f"model {cfg.model.name!r} predicts {sorted(batches[0])}, "
-                           f"its config declares {sorted(declared)}")
+        raise RuntimeError(
+            f"model {cfg.model.name!r} predicts {sorted(batches[0])}, its config declares {sorted(declared)}"
+        )
     return {key: torch.cat([b[key] for b in batches]).float().cpu().numpy() for key in batches[0]}
 
 
@@ -322,10 +350,21 @@ def _git_sha() -> str | None:
     if os.environ.get("HDMAP_GIT_SHA"):
         return os.environ["HDMAP_GIT_SHA"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -16,9 +16,15 @@ from rich.table import Table
 
 from hdmap.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="HDMAP anomaly-detection trials and sweeps.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="HDMAP anomaly-detection trials and sweeps.",
+)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow
+
 
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
@@ -46,8 +52,10 @@ def simulate(
     try:
         out = run(root, n_train=n_train, n_test=n_test, domains=names, seed=seed)
     except OSError as exc:  # a file in the way, a read-only folder, or a root holding data we did not write
-        fail(f"cannot simulate into {root}: {exc.strerror if exc.filename else exc}"
-             + (f" ({exc.filename})" if exc.filename else ""))
+        fail(
+            f"cannot simulate into {root}: {exc.strerror if exc.filename else exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+        )
     console.print(f"simulated HDMAP data written to {out}")
 
 
@@ -57,7 +65,8 @@ def trial(
     set_: list[str] = typer.Option([], "--set", "-s", help="override PATH=VALUE, e.g. model.name=draem (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/<trial_id>)"),
     feature_cache: Optional[Path] = typer.Option(
-        None, help="disk cache for backbone features / coreset / kNN, shared with later trials (default: none)"),
+        None, help="disk cache for backbone features / coreset / kNN, shared with later trials (default: none)"
+    ),
 ) -> None:
     """Run one trial without Ray: fit, score, metrics -> OUT/results.parquet, OUT/scores.parquet."""
     from hdmap.config import load_trial_config
@@ -89,26 +98,45 @@ def models() -> None:
     from hdmap.models.registry import model_catalog
 
     catalog = model_catalog()
-    table = Table(title=f"{len(catalog)} models (registry: hdmap/models/registry.py); "
-                        "set fields with --set model.FIELD=V", show_lines=True)
+    table = Table(
+        title=f"{len(catalog)} models (registry: hdmap/models/registry.py); set fields with --set model.FIELD=V",
+        show_lines=True,
+    )
     for column in ("model", "config fields (defaults)", "per-epoch metric", "pretrained weights", "outputs"):
         table.add_column(column, overflow="fold")
     for row in catalog:
         fields = ", ".join(f"{k}={v.value if isinstance(v, Enum) else v}" for k, v in row["fields"].items())
-        table.add_row(row["model"], fields, row["per_epoch_metric"] or "- (no ASHA)",
-                      "needed (pretrained: false = random init)" if row["needs_pretrained_weights"] else "-",
-                      ", ".join(row["outputs"]))
+        table.add_row(
+            row["model"],
+            fields,
+            row["per_epoch_metric"] or "- (no ASHA)",
+            "needed (pretrained: false = random init)" if row["needs_pretrained_weights"] else "-",
+            ", ".join(row["outputs"]),
+        )
     console.print(table)
 
 
 HEADLINE_METRICS = [
-    ("image_auroc", "image AUROC"), ("accuracy", "accuracy (val threshold)"), ("accuracy_cold", "accuracy cold"),
-    ("accuracy_warm", "accuracy warm"), ("auroc_cold", "AUROC cold"), ("auroc_warm", "AUROC warm"),
-    ("f1", "F1"), ("precision", "precision"), ("recall", "recall"), ("tpr_at_fpr_1pct", "TPR @ 1% FPR"),
-    ("tpr_at_fpr_5pct", "TPR @ 5% FPR"), ("gating_accuracy", "gating accuracy"), ("severity_mae", "severity MAE"),
-    ("severity_spearman", "severity Spearman"), ("threshold", "threshold (from val normals)"),
-    ("oracle_accuracy", "ORACLE accuracy (test-optimal threshold)"), ("n_fit", "images fitted"),
-    ("n_test", "test images"), ("fit_s", "fit s"), ("predict_s", "predict s"),
+    ("image_auroc", "image AUROC"),
+    ("accuracy", "accuracy (val threshold)"),
+    ("accuracy_cold", "accuracy cold"),
+    ("accuracy_warm", "accuracy warm"),
+    ("auroc_cold", "AUROC cold"),
+    ("auroc_warm", "AUROC warm"),
+    ("f1", "F1"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("tpr_at_fpr_1pct", "TPR @ 1% FPR"),
+    ("tpr_at_fpr_5pct", "TPR @ 5% FPR"),
+    ("gating_accuracy", "gating accuracy"),
+    ("severity_mae", "severity MAE"),
+    ("severity_spearman", "severity Spearman"),
+    ("threshold", "threshold (from val normals)"),
+    ("oracle_accuracy", "ORACLE accuracy (test-optimal threshold)"),
+    ("n_fit", "images fitted"),
+    ("n_test", "test images"),
+    ("fit_s", "fit s"),
+    ("predict_s", "predict s"),
 ]
 
 
@@ -131,10 +159,9 @@ def sweep_plan(
     set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE, e.g. resources.gpu=0"),
 ) -> None:
     """Expand and validate a sweep spec; print trial count, per-model breakdown and resources. Runs nothing."""
+    from sweeps.preflight import check_data, check_output
     from sweeps.runner import plan_todo
     from sweeps.store import ResultStore
-
-    from sweeps.preflight import check_data, check_output
 
     plan = _load_plan(spec, set_)
     try:
@@ -149,8 +176,10 @@ def sweep_plan(
         r = plan.resources_for(model)
         table.add_row(model, str(n), f"{r.cpu:g}", f"{r.gpu:g}")
     console.print(table)
-    console.print(f"axes: {', '.join(plan.axes) or '-'}; scheduler: {'asha' if plan.spec.asha else 'fifo'}; "
-                  f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; output: {plan.spec.sweep_dir()}")
+    console.print(
+        f"axes: {', '.join(plan.axes) or '-'}; scheduler: {'asha' if plan.spec.asha else 'fifo'}; "
+        f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; output: {plan.spec.sweep_dir()}"
+    )
     for note in notes:
         console.print(f"note: {note}")
     _, done = plan_todo(plan, ResultStore(plan.spec.sweep_dir()), retry_failed=False)  # reading creates nothing
@@ -162,21 +191,25 @@ def sweep_plan(
 def sweep_run(
     spec: Path = typer.Argument(..., help="sweep spec YAML"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or ray://host:10001; default: a local Ray instance"),
+    address: Optional[str] = typer.Option(
+        None, help="Ray cluster: 'auto' or ray://host:10001; default: a local Ray instance"
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run trials recorded as failed"),
     report: bool = typer.Option(True, help="write the comparison report at the end"),
-    feature_cache: bool = typer.Option(True, help="share backbone features, coresets and kNN searches between "
-                                       "trials (SWEEP_DIR/cache); --no-feature-cache recomputes them per trial"),
+    feature_cache: bool = typer.Option(
+        True,
+        help="share backbone features, coresets and kNN searches between "
+        "trials (SWEEP_DIR/cache); --no-feature-cache recomputes them per trial",
+    ),
 ) -> None:
     """Validate, then run every trial not already in the store on Ray Tune; write the report.
 
     Exit code: 0 all trials have a result, 1 some failed, 2 a mistake in the spec or the environment,
     130 (Ctrl-C) / 143 (SIGTERM) interrupted: the trials that did not run are named with the command to resume.
     """
+    from sweeps.preflight import check_output
     from sweeps.runner import SweepEnvironmentError, run_sweep
     from sweeps.spec import SpecError
-
-    from sweeps.preflight import check_output
 
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
@@ -187,10 +220,12 @@ def sweep_run(
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted before any trial started", 130)
-    console.print(f"{'interrupted' if outcome.interrupted else 'finished'}: {outcome.ok} ok, "
-                  f"{len(outcome.failed)} failed, {outcome.pruned} stopped early, {outcome.skipped} already done; "
-                  f"wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
-                  + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else ""))
+    console.print(
+        f"{'interrupted' if outcome.interrupted else 'finished'}: {outcome.ok} ok, "
+        f"{len(outcome.failed)} failed, {outcome.pruned} stopped early, {outcome.skipped} already done; "
+        f"wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
+        + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else "")
+    )
     if outcome.cache_computed is not None:
         console.print(f"feature cache: {outcome.cache_computed} entries computed, {outcome.cache_reused} reused")
     if outcome.wandb is not None and outcome.wandb.statuses:
@@ -199,8 +234,12 @@ def sweep_run(
         resume = ["hdmap", "sweep", "run", str(spec), *(a for s in set_ for a in ("--set", s))]
         resume += (["--address", address] if address else []) + (["--retry-failed"] if retry_failed else [])
         resume += ([] if feature_cache else ["--no-feature-cache"]) + ([] if report else ["--no-report"])
-        console.print(f"[bold red]{outcome.not_run} of {outcome.total} trials did not run[/]; resume them with:\n"
-                      f"  {shlex.join(resume)}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold red]{outcome.not_run} of {outcome.total} trials did not run[/]; resume them with:\n"
+            f"  {shlex.join(resume)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report and not outcome.interrupted:
         from sweeps.store import ResultStore
 
@@ -214,8 +253,11 @@ def sweep_run(
         for f in outcome.failed:
             table.add_row(f["trial_id"], f["model"], f["error"])
         console.print(table)
-        console.print(f"tracebacks: the error column of {outcome.sweep_dir}/results.parquet; Ray's log: "
-                      f"{outcome.log_path}", highlight=False, soft_wrap=True)
+        console.print(
+            f"tracebacks: the error column of {outcome.sweep_dir}/results.parquet; Ray's log: {outcome.log_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print("re-run them with --retry-failed once fixed")
     if outcome.interrupted:
         raise typer.Exit(128 + outcome.interrupted)
@@ -225,12 +267,21 @@ def sweep_run(
 
 @app.command()
 def report(
-    sweep_dir: str = typer.Argument(..., help="a sweep output (<output>/<name>, a folder or s3://...) or an "
-                                    "`hdmap trial` --out"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report into this local folder "
-                                       "(default: beside the results, on object storage too)"),
-    wandb: bool = typer.Option(False, "--wandb", help="also write the W&B Report definition (wandb_report.json "
-                               "beside the report) and publish it when W&B is online"),
+    sweep_dir: str = typer.Argument(
+        ..., help="a sweep output (<output>/<name>, a folder or s3://...) or an `hdmap trial` --out"
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="write the report into this local folder (default: beside the results, on object storage too)",
+    ),
+    wandb: bool = typer.Option(
+        False,
+        "--wandb",
+        help="also write the W&B Report definition (wandb_report.json "
+        "beside the report) and publish it when W&B is online",
+    ),
 ) -> None:
     """Write report.html (self-contained) and report.md from a sweep's results; --wandb: a W&B Report too.
     W&B uses the sweep's own settings (tracking.wandb of its spec, kept in sweep.json)."""
@@ -259,10 +310,15 @@ def _finish(store, meta, out: Path | None = None, wandb: bool = False) -> None:
     try:
         done = finish(store, meta, out, wandb_report=wandb)
     except (pa.ArrowInvalid, OSError) as exc:  # a damaged results file, or a report folder we cannot write
-        fail(f"cannot write the report of {store.uri}{f' into {out}' if out else ''}: {type(exc).__name__}: {exc}"
-             + ("" if out else " (write it elsewhere with --out DIR)"))
-    console.print(f"report: {done.html}  (markdown: {done.markdown}; W&B summary: {done.wandb_summary})",
-                  highlight=False, soft_wrap=True)
+        fail(
+            f"cannot write the report of {store.uri}{f' into {out}' if out else ''}: {type(exc).__name__}: {exc}"
+            + ("" if out else " (write it elsewhere with --out DIR)")
+        )
+    console.print(
+        f"report: {done.html}  (markdown: {done.markdown}; W&B summary: {done.wandb_summary})",
+        highlight=False,
+        soft_wrap=True,
+    )
     if done.wandb_report is not None:
         console.print(escape(done.wandb_report.message(store.uri)), highlight=False, soft_wrap=True)
         if done.wandb_report.failed:

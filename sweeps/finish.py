@@ -10,10 +10,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeps import tracking
 from sweeps.meta import SweepMeta
 from sweeps.report import analysis, build_report
 from sweeps.store import ResultStore
-from sweeps import tracking
 from sweeps.wandb_report import WandbReportOutcome, write_wandb_report
 
 
@@ -25,8 +25,7 @@ class Finished:
     wandb_report: WandbReportOutcome | None = None
 
 
-def finish(store: ResultStore, meta: SweepMeta | None, out: Path | None = None,
-           wandb_report: bool = False) -> Finished:
+def finish(store: ResultStore, meta: SweepMeta | None, out: Path | None = None, wandb_report: bool = False) -> Finished:
     """Compact, export, render the report (and the W&B Report definition with `wandb_report`), log the summary.
 
     `out` (a local folder) takes the report instead of the results' folder. Raises OSError for a folder or bucket

@@ -33,9 +33,17 @@ class SweepMeta(BaseModel):
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
     @classmethod
-    def of_plan(cls, plan, state: str, without_result: int | None = None) -> "SweepMeta":
+    def of_plan(cls, plan, state: str, without_result: int | None = None) -> SweepMeta:
         """The record for a sweep's plan (sweeps.spec.Plan) in a given state."""
-        return cls(name=plan.spec.name, spec_hash=plan.spec_hash, source=str(plan.source), axes=plan.axis_values,
-                   n_trials=len(plan.trials), trial_ids=[t.trial_id for t in plan.trials], state=state,
-                   n_without_result=without_result, updated_at=dt.datetime.now(dt.timezone.utc),
-                   wandb=plan.spec.tracking.wandb)
+        return cls(
+            name=plan.spec.name,
+            spec_hash=plan.spec_hash,
+            source=str(plan.source),
+            axes=plan.axis_values,
+            n_trials=len(plan.trials),
+            trial_ids=[t.trial_id for t in plan.trials],
+            state=state,
+            n_without_result=without_result,
+            updated_at=dt.datetime.now(dt.timezone.utc),
+            wandb=plan.spec.tracking.wandb,
+        )

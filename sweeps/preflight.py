@@ -50,10 +50,15 @@ def check_data(plan: Plan) -> list[str]:
             if data.simulate is not None:
                 notes.append(f"{root} does not exist yet: it will be simulated at launch")
                 continue
-            raise DataLayoutError(f"data root {root} does not exist (spec field data.root; expected "
-                                  f"<root>/domain_{{A,B,C,D}}/...)")
-        splits = {(d, split, t.data.cold_below) for t in plan.trials if t.data.root == root
-                  for d, split in [(t.data.domain, "train"), *((d, "test") for d in t.data.resolved_test_domains())]}
+            raise DataLayoutError(
+                f"data root {root} does not exist (spec field data.root; expected <root>/domain_{{A,B,C,D}}/...)"
+            )
+        splits = {
+            (d, split, t.data.cold_below)
+            for t in plan.trials
+            if t.data.root == root
+            for d, split in [(t.data.domain, "train"), *((d, "test") for d in t.data.resolved_test_domains())]
+        }
         for domain, split, cold_below in sorted(splits, key=str):
             check_headers(root, domain, split, cold_below)  # listing rules + every file's header, no decoding
         for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():

@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 
 from ray.tune.progress_reporter import TrialProgressCallback
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
-from rich.console import Group
 from rich.text import Text
 
 
@@ -61,8 +60,11 @@ class SweepProgress(TrialProgressCallback):
             self.pruned.add(trial.trial_id)
         auroc = result.get("image_auroc")
         if result.get("hdmap_done") and auroc is not None and (self.best is None or auroc > self.best[0]):
-            self.best = (auroc, f"{result.get('hdmap_trial_id')} ({trial.config['trial']['model']['name']}, "
-                                f"{trial.config['trial']['data']['domain']})")
+            self.best = (
+                auroc,
+                f"{result.get('hdmap_trial_id')} ({trial.config['trial']['model']['name']}, "
+                f"{trial.config['trial']['data']['domain']})",
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # neither its final report nor a scheduler's stop: the trial recorded a user error itself and returned

@@ -69,8 +69,15 @@ def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[
     return todo, len(plan.trials) - len(todo)
 
 
-def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
-              live: bool = True, feature_cache: bool = True) -> SweepOutcome:
+def run_sweep(
+    plan: Plan,
+    *,
+    address: str | None = None,
+    retry_failed: bool = False,
+    num_cpus: int | None = None,
+    live: bool = True,
+    feature_cache: bool = True,
+) -> SweepOutcome:
     """Run every planned trial not yet in the store. `feature_cache=False` (`--no-feature-cache`) makes each
     trial compute its own backbone features, coreset and kNN search: for checking the cache changes nothing."""
     spec = plan.spec
@@ -79,8 +86,12 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     store.write_meta(SweepMeta.of_plan(plan, state="running"))
     store.compact()  # parts a killed driver left uncompacted: before Tune starts, so the pass blocks nothing
     todo, skipped = plan_todo(plan, store, retry_failed)
-    outcome = SweepOutcome(sweep_dir=store.uri, total=len(plan.trials), skipped=skipped,
-                           log_path=str(store.local_dir(spec.name) / "logs" / "ray-driver.log"))
+    outcome = SweepOutcome(
+        sweep_dir=store.uri,
+        total=len(plan.trials),
+        skipped=skipped,
+        log_path=str(store.local_dir(spec.name) / "logs" / "ray-driver.log"),
+    )
     ran = {t.trial_id for t in todo}
     stop = _StopSignals()
     t0 = time.perf_counter()
@@ -119,14 +130,22 @@ def run_sweep(plan: Plan, *, address: str | None = None, retry_failed: bool = Fa
     status = store.status_by_trial()
     outcome.interrupted = stop.received
     outcome.not_run = sum(1 for t in plan.trials if t.trial_id not in status)
-    store.write_meta(SweepMeta.of_plan(plan, state="interrupted" if stop.received else "complete"
-                                       if not outcome.not_run else "incomplete", without_result=outcome.not_run))
+    store.write_meta(
+        SweepMeta.of_plan(
+            plan,
+            state="interrupted" if stop.received else "complete" if not outcome.not_run else "incomplete",
+            without_result=outcome.not_run,
+        )
+    )
     rows = store.results(["trial_id", "model", "status", "error", "cache_hits", "cache_misses"]).to_pylist()
     wanted = {t.trial_id for t in plan.trials}
     outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
     outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
-    outcome.failed = [{"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
-                      for r in rows if r["trial_id"] in wanted and r["status"] == "error"]
+    outcome.failed = [
+        {"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
+        for r in rows
+        if r["trial_id"] in wanted and r["status"] == "error"
+    ]
     cached = {r["trial_id"]: r for r in rows if r["trial_id"] in ran and r.get("cache_misses") is not None}
     if cached:
         outcome.cache_computed = sum(r["cache_misses"] for r in cached.values())
@@ -142,8 +161,9 @@ def open_store(sweep_dir: str) -> ResultStore:
         store.write_json("sweep.json.probe", {})
         store.fs.delete_file(f"{store.root}/sweep.json.probe")
     except OSError as exc:
-        raise SweepEnvironmentError(f"sweep output {sweep_dir} is not a writable directory ({exc}); "
-                                    "choose another with --set output=DIR") from None
+        raise SweepEnvironmentError(
+            f"sweep output {sweep_dir} is not a writable directory ({exc}); choose another with --set output=DIR"
+        ) from None
     return store
 
 
@@ -207,9 +227,19 @@ class _StopSignals:
             raise KeyboardInterrupt
 
 
-def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, address: str | None,
-              num_cpus: int | None, live: bool, outcome: SweepOutcome, feature_cache: bool,
-              stop: _StopSignals, wandb: TrialLogger) -> None:
+def _run_tune(
+    plan: Plan,
+    todo: list[TrialConfig],
+    store: ResultStore,
+    skipped: int,
+    address: str | None,
+    num_cpus: int | None,
+    live: bool,
+    outcome: SweepOutcome,
+    feature_cache: bool,
+    stop: _StopSignals,
+    wandb: TrialLogger,
+) -> None:
     import ray
 
     t0 = time.perf_counter()
@@ -217,9 +247,15 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
         # decoded splits are shared by every worker of a node through a node-local memory-mapped cache
         env = {"HDMAP_ARRAY_CACHE": os.environ.get("HDMAP_ARRAY_CACHE", NODE_ARRAY_CACHE)}
         try:
-            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                     log_to_driver=False, configure_logging=True, logging_level="ERROR",
-                     runtime_env={"env_vars": env})
+            ray.init(
+                address=address,
+                num_cpus=num_cpus if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=True,
+                logging_level="ERROR",
+                runtime_env={"env_vars": env},
+            )
         except ConnectionError as exc:
             raise SweepEnvironmentError(
                 f"--address {address}: no Ray cluster to connect to ({str(exc).splitlines()[0]}); start one with "
@@ -230,8 +266,16 @@ def _run_tune(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: 
         _fit(plan, todo, store, skipped, live, feature_cache, stop, wandb)
 
 
-def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, live: bool, feature_cache: bool,
-         stop: _StopSignals, wandb: TrialLogger) -> None:
+def _fit(
+    plan: Plan,
+    todo: list[TrialConfig],
+    store: ResultStore,
+    skipped: int,
+    live: bool,
+    feature_cache: bool,
+    stop: _StopSignals,
+    wandb: TrialLogger,
+) -> None:
     import ray
     from ray import tune
 
@@ -247,16 +291,24 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
         from ray.tune.schedulers import ASHAScheduler
 
         max_epochs = max(t.model.max_epochs() for t in todo)
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=asha.metric, mode=asha.mode,
-                                  max_t=max_epochs + 1, grace_period=asha.grace_period,
-                                  reduction_factor=asha.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=asha.metric,
+            mode=asha.mode,
+            max_t=max_epochs + 1,
+            grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )
     context = {
-        "sweep": spec.name, "spec_hash": plan.spec_hash, "sweep_dir": store.uri,
+        "sweep": spec.name,
+        "spec_hash": plan.spec_hash,
+        "sweep_dir": store.uri,
         "timeout_s": spec.trial_timeout_s,
         "per_epoch_metric": asha.metric if asha else None,
         # shared by every trial of the sweep on a node (or on a shared file system), content-keyed (hdmap.cache)
         "feature_cache": (str(store.local_path() / "cache") if store.local_path() else NODE_FEATURE_CACHE)
-        if feature_cache else None,
+        if feature_cache
+        else None,
     }
     resources = {name: plan.resources_for(name) for name in MODELS}
 
@@ -272,7 +324,9 @@ def _fit(plan: Plan, todo: list[TrialConfig], store: ResultStore, skipped: int, 
         param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo]), "ctx": context},
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}", storage_path=str(tune_dir), verbose=0,
+            name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
+            storage_path=str(tune_dir),
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[progress, PruneRecorder(store.uri, spec.name, plan.spec_hash), WandbRecorder(wandb)],
             progress_reporter=None,
@@ -345,9 +399,14 @@ class PruneRecorder:
                 if not stopped_by_scheduler(result):
                     return
                 reports = result.get("training_iteration", 0)
-                record_failure(ResultStore(sweep_dir), TrialConfig.model_validate(trial.config["trial"]),
-                               f"stopped early by the scheduler after {reports} reports", sweep, spec_hash,
-                               status="pruned")
+                record_failure(
+                    ResultStore(sweep_dir),
+                    TrialConfig.model_validate(trial.config["trial"]),
+                    f"stopped early by the scheduler after {reports} reports",
+                    sweep,
+                    spec_hash,
+                    status="pruned",
+                )
 
         return Recorder()
 
@@ -418,11 +477,15 @@ def check_resources(plan: Plan, todo: list[TrialConfig], cluster: dict) -> None:
     for name in sorted({t.model.name for t in todo}):
         r = plan.resources_for(name)
         if r.gpu > cluster.get("GPU", 0) and not _autoscaling():
-            raise SpecError(f"{plan.source}: resources.gpu={r.gpu} for {name} but the Ray cluster has "
-                            f"{cluster.get('GPU', 0):g} GPUs; run on a GPU cluster or --set resources.gpu=0")
+            raise SpecError(
+                f"{plan.source}: resources.gpu={r.gpu} for {name} but the Ray cluster has "
+                f"{cluster.get('GPU', 0):g} GPUs; run on a GPU cluster or --set resources.gpu=0"
+            )
         if r.cpu > cluster.get("CPU", 0) and not _autoscaling():
-            raise SpecError(f"{plan.source}: resources.cpu={r.cpu} for {name} but the Ray cluster has "
-                            f"{cluster.get('CPU', 0):g} CPUs")
+            raise SpecError(
+                f"{plan.source}: resources.cpu={r.cpu} for {name} but the Ray cluster has "
+                f"{cluster.get('CPU', 0):g} CPUs"
+            )
 
 
 def _autoscaling() -> bool:

@@ -1,16 +1,16 @@
 """Sweep spec: YAML -> validated list of TrialConfigs, all checked before anything runs.
 
-    name: my-study
-    data: {root: data/1000_tiff_minmax}            # or {root: ..., simulate: {n_train: 60, ...}}
-    trial: {model: {name: patchcore, backbone: resnet18}, data: {image_size: 224}}
-    axes:                                          # grid over any trial-config path
-      data.domain: [A, B, C, D]
-      zip: [{model.backbone: [resnet18, resnet34], model.layers: [[layer2], [layer3]]}]
-    models:                                        # optional: several models, each with its own
-      patchcore: {axes: {model.k: [1, 9]}, resources: {gpu: 0.25}}
-      draem: {trial: {model: {epochs: 5}}, resources: {gpu: 1}}
-    seeds: [0, 1, 2]
-    resources: {cpu: 1, gpu: 0}
+name: my-study
+data: {root: data/1000_tiff_minmax}            # or {root: ..., simulate: {n_train: 60, ...}}
+trial: {model: {name: patchcore, backbone: resnet18}, data: {image_size: 224}}
+axes:                                          # grid over any trial-config path
+  data.domain: [A, B, C, D]
+  zip: [{model.backbone: [resnet18, resnet34], model.layers: [[layer2], [layer3]]}]
+models:                                        # optional: several models, each with its own
+  patchcore: {axes: {model.k: [1, 9]}, resources: {gpu: 0.25}}
+  draem: {trial: {model: {epochs: 5}}, resources: {gpu: 1}}
+seeds: [0, 1, 2]
+resources: {cpu: 1, gpu: 0}
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Plan(BaseModel):
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Plan:
-    """Read, override (`PATH=VALUE` on the spec itself), validate and expand a spec; raise SpecError listing every problem."""
+    """Read, override (`PATH=VALUE` on the spec), validate and expand a spec; SpecError lists every problem."""
     source = str(path)
     try:
         tree = apply_overrides(read_yaml_tree(path, "name, data, trial, axes, ..."), overrides)
@@ -140,7 +140,9 @@ def expand(tree: dict, source: str = "spec") -> Plan:
     try:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as exc:
-        raise SpecError("\n".join(f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise SpecError(
+            "\n".join(f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
     problems: list[str] = []
     models = spec.models or {str((spec.trial.get("model") or {}).get("name", "patchcore")): ModelSpec()}
     for name in models:
@@ -156,7 +158,10 @@ def expand(tree: dict, source: str = "spec") -> Plan:
         base = _merge(copy.deepcopy(spec.trial), mspec.trial)
         base.setdefault("model", {})["name"] = name
         base.setdefault("data", {})["root"] = _absolute(spec.data.root)
-        where = {**{p: "axes" for p in _axis_paths(spec.axes)}, **{p: f"models.{name}.axes" for p in _axis_paths(mspec.axes)}}
+        where = {
+            **{p: "axes" for p in _axis_paths(spec.axes)},
+            **{p: f"models.{name}.axes" for p in _axis_paths(mspec.axes)},
+        }
         grid = _grid(spec.axes, source, "axes", problems) + _grid(mspec.axes, source, f"models.{name}.axes", problems)
         grid.append([{"seed": s} for s in spec.seeds])
         for options in grid:  # every swept value in spec order: the first value of an axis is its baseline
@@ -187,19 +192,28 @@ def expand(tree: dict, source: str = "spec") -> Plan:
             if MODELS[name].per_epoch_metric != spec.asha.metric:
                 problems.append(
                     f"{source}: scheduler: asha ranks trials by per-epoch {spec.asha.metric!r}; model {name!r} reports "
-                    f"{MODELS[name].per_epoch_metric or 'no per-epoch metric'} (use scheduler: fifo, or drop it from this spec)"
+                    f"{MODELS[name].per_epoch_metric or 'no per-epoch metric'} "
+                    "(use scheduler: fifo, or drop it from this spec)"
                 )
     if problems:
         raise SpecError("\n".join(dict.fromkeys(problems)))
     ids = Counter(t.trial_id for t in trials)
     dupes = [i for i, n in ids.items() if n > 1]
     if dupes:
-        raise SpecError(f"{source}: {len(dupes)} trial configs occur more than once (axes overlap); e.g. trial {dupes[0]}")
+        raise SpecError(
+            f"{source}: {len(dupes)} trial configs occur more than once (axes overlap); e.g. trial {dupes[0]}"
+        )
     spec_hash = hashlib.sha1(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
     if "seed" not in axes_used and len(spec.seeds) > 1:
         axes_used.append("seed")
-    return Plan(spec=spec, source=source, spec_hash=spec_hash, trials=trials, axes=axes_used,
-                axis_values={a: axis_values[a] for a in axes_used})
+    return Plan(
+        spec=spec,
+        source=source,
+        spec_hash=spec_hash,
+        trials=trials,
+        axes=axes_used,
+        axis_values={a: axis_values[a] for a in axes_used},
+    )
 
 
 def _absolute(root: str) -> str:
@@ -233,7 +247,9 @@ def _grid(axes: dict, source: str, field: str, problems: list[str]) -> list[list
             for i, group in enumerate(values if isinstance(values, list) else [values]):
                 lengths = {p: len(v) if isinstance(v, list) else -1 for p, v in group.items()}
                 if len(set(lengths.values())) != 1 or -1 in lengths.values():
-                    problems.append(f"{source}: {field}.zip[{i}]: every path needs a list of the same length; got {lengths}")
+                    problems.append(
+                        f"{source}: {field}.zip[{i}]: every path needs a list of the same length; got {lengths}"
+                    )
                     continue
                 grid.append([dict(zip(group, vals)) for vals in zip(*group.values())])
         elif not isinstance(values, list) or not values:
@@ -256,15 +272,20 @@ def _check_path(path: str, model: str, where: str) -> list[str]:
             allowed = ", ".join(cls.model_fields)
             if parts[0] == "model" and any(part in e.config.model_fields for e in MODELS.values()):
                 owners = [n for n, e in MODELS.items() if part in e.config.model_fields]
-                return [f"{where}: does not apply to model {model!r} (it belongs to {', '.join(owners)}); "
-                        f"put it under models.{owners[0]}.axes. {model} fields: {allowed}"]
-            return [f"{where}: unknown config path ({part!r} not in {'.'.join(parts[:i]) or 'trial config'}); allowed: {allowed}"]
+                return [
+                    f"{where}: does not apply to model {model!r} (it belongs to {', '.join(owners)}); "
+                    f"put it under models.{owners[0]}.axes. {model} fields: {allowed}"
+                ]
+            return [
+                f"{where}: unknown config path ({part!r} not in {'.'.join(parts[:i]) or 'trial config'}); "
+                f"allowed: {allowed}"
+            ]
         annotation = cls.model_fields[part].annotation
         if i < len(parts) - 1:
             if part == "model":
                 continue
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                return [f"{where}: {'.'.join(parts[:i + 1])} is a value, not a section"]
+                return [f"{where}: {'.'.join(parts[: i + 1])} is a value, not a section"]
             cls = annotation
     return []
 
@@ -281,8 +302,9 @@ def _check_values(base: dict, grid: list[list[dict]], model: str, source: str, p
             for path, value in assignment.items():
                 set_path(tree, path, copy.deepcopy(value))
             label = ", ".join(f"{p}={v!r}" for p, v in assignment.items())
-            problems += [f"{source}: model {model}, axis value {label}: {p}"
-                         for p in _problems(tree) if p not in base_problems]
+            problems += [
+                f"{source}: model {model}, axis value {label}: {p}" for p in _problems(tree) if p not in base_problems
+            ]
 
 
 def _problems(tree: dict) -> list[str]:

@@ -74,7 +74,9 @@ class ResultStore:
         for row in result.rows:
             row.update(sweep=sweep, spec_hash=spec_hash, attempts=attempts)
         scores = result.scores.set_column(
-            result.scores.schema.get_field_index("sweep"), "sweep", pa.array([sweep] * result.scores.num_rows, pa.string())
+            result.scores.schema.get_field_index("sweep"),
+            "sweep",
+            pa.array([sweep] * result.scores.num_rows, pa.string()),
         )
         for sub in ("parts/results", "parts/scores"):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
@@ -120,8 +122,13 @@ class ResultStore:
         with self._lock:
             manifest = self._manifest()
             fresh = manifest is None
-            manifest = manifest or {"format": MANIFEST_FORMAT, "generation": 0, "exported": None, "chunks": [],
-                                    "status": {}}
+            manifest = manifest or {
+                "format": MANIFEST_FORMAT,
+                "generation": 0,
+                "exported": None,
+                "chunks": [],
+                "status": {},
+            }
             new = self._pending(manifest)
             if not new or (fresh and self._single_file_trials() - {_trial_of(i) for i in new}):
                 return False
@@ -157,8 +164,9 @@ class ResultStore:
             path = f"{self.root}/{kind}/{name}.parquet"
             old = _rows_of(self._read_files([path], schema()), keep) if keep else schema().empty_table()
             self.fs.create_dir(f"{self.root}/{kind}", recursive=True)
-            self._atomic_write(pa.concat_tables([old] + ([added[kind]] if added else [])).combine_chunks(),
-                               f"{kind}/{name}.parquet")
+            self._atomic_write(
+                pa.concat_tables([old] + ([added[kind]] if added else [])).combine_chunks(), f"{kind}/{name}.parquet"
+            )
 
     def export(self) -> bool:
         """results.parquet and scores.parquet, one file each, from the chunks (the finish step); skipped when
@@ -187,8 +195,10 @@ class ResultStore:
     def trial(self, trial_id: str) -> tuple[pa.Table, pa.Table]:
         """One finished trial's results and scores, from its own parts (the driver's W&B logger reads each trial
         as it finishes, whichever node ran it)."""
-        results, scores = (self._read_files([f"{self.root}/parts/{kind}/{trial_id}.parquet"], schema())
-                           for kind, schema in KINDS.items())
+        results, scores = (
+            self._read_files([f"{self.root}/parts/{kind}/{trial_id}.parquet"], schema())
+            for kind, schema in KINDS.items()
+        )
         return results, scores
 
     def status_by_trial(self) -> dict[str, str]:
@@ -207,8 +217,11 @@ class ResultStore:
         return status
 
     def has_results(self) -> bool:
-        return (self._exists("results.parquet") or self._exists(MANIFEST)
-                or self.fs.get_file_info(f"{self.root}/parts/results").type == pafs.FileType.Directory)
+        return (
+            self._exists("results.parquet")
+            or self._exists(MANIFEST)
+            or self.fs.get_file_info(f"{self.root}/parts/results").type == pafs.FileType.Directory
+        )
 
     def local_path(self) -> Path | None:
         return Path(self.root) if isinstance(self.fs, pafs.LocalFileSystem) else None
@@ -253,8 +266,9 @@ class ResultStore:
         try:
             return self._read_files(paths, KINDS[kind]())
         except FileNotFoundError:  # a store from before scores parts were always written (error rows)
-            return self._read_files([p for p in paths if self.fs.get_file_info(p).type == pafs.FileType.File],
-                                    KINDS[kind]())
+            return self._read_files(
+                [p for p in paths if self.fs.get_file_info(p).type == pafs.FileType.File], KINDS[kind]()
+            )
 
     def _read_kind(self, kind: str, schema: pa.Schema, manifest: dict | None) -> pa.Table:
         """The chunks the manifest lists; without a manifest the single file (a copied sweep, a trial output)."""
@@ -293,7 +307,6 @@ def _rows_of(table: pa.Table, trial_ids: list[str]) -> pa.Table:
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     table = table.select([n for n in schema.names if n in table.column_names])
     columns = [
-        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in schema
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
     ]
     return pa.table(columns, schema=schema)

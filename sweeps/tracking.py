@@ -60,15 +60,16 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 import queue
+import signal
 import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,8 +79,16 @@ if TYPE_CHECKING:  # heavy imports stay out of the caller's process where possib
 
     from sweeps.store import ResultStore
 
-__all__ = ["WandbSettings", "resolve_mode", "run_id", "TrialLogger", "LogTally", "log_trial", "log_summary",
-           "trial_summary"]
+__all__ = [
+    "WandbSettings",
+    "resolve_mode",
+    "run_id",
+    "TrialLogger",
+    "LogTally",
+    "log_trial",
+    "log_summary",
+    "trial_summary",
+]
 
 Mode = Literal["offline", "online", "disabled"]
 
@@ -163,7 +172,7 @@ class TrialLogger:
     Reading from the store keeps one record of results; one child per sweep pays wandb's import once.
     """
 
-    def __init__(self, settings: WandbSettings, store: "ResultStore", sweep: str, run_dir: str | Path) -> None:
+    def __init__(self, settings: WandbSettings, store: ResultStore, sweep: str, run_dir: str | Path) -> None:
         self.settings, self.store, self.sweep = settings, store, sweep
         self.mode = resolve_mode(settings)
         self.dir = Path(settings.dir or run_dir).resolve()
@@ -191,8 +200,10 @@ class TrialLogger:
         self._submitted[trial_id] = None
         self.start()  # a no-op while the children live; a fresh one after a hung run was killed
         if not self._threads:
-            self._threads = [threading.Thread(target=self._work, args=(p,), name="wandb-trial-logger", daemon=True)
-                             for p in self._processes]
+            self._threads = [
+                threading.Thread(target=self._work, args=(p,), name="wandb-trial-logger", daemon=True)
+                for p in self._processes
+            ]
             for thread in self._threads:
                 thread.start()
         self._queue.put(trial_id)
@@ -212,8 +223,9 @@ class TrialLogger:
         done = dict(self._statuses)
         statuses = {t: done.get(t, f"not logged: the sweep ended first (waited {wait_s:g}s)") for t in self._submitted}
         where = str(self.dir / "wandb") if self.mode == "offline" else f"project {self.settings.project}"
-        return LogTally(mode=self.mode, where=where, statuses=statuses, seconds=dict(self._seconds),
-                        drain_s=time.monotonic() - t0)
+        return LogTally(
+            mode=self.mode, where=where, statuses=statuses, seconds=dict(self._seconds), drain_s=time.monotonic() - t0
+        )
 
     def _work(self, process: _LoggingProcess) -> None:
         while (trial_id := self._queue.get()) is not None:
@@ -229,9 +241,18 @@ class TrialLogger:
         try:
             results, scores = self.store.trial(trial_id)
             rows = results.to_pylist()
-            return log_trial(self.settings, sweep=self.sweep, trial_id=trial_id, model=rows[0]["model"],
-                             config=json.loads(rows[0]["config_json"]), rows=rows, scores=scores, run_dir=self.dir,
-                             process=process, timeout_s=timeout_s)
+            return log_trial(
+                self.settings,
+                sweep=self.sweep,
+                trial_id=trial_id,
+                model=rows[0]["model"],
+                config=json.loads(rows[0]["config_json"]),
+                rows=rows,
+                scores=scores,
+                run_dir=self.dir,
+                process=process,
+                timeout_s=timeout_s,
+            )
         except Exception as exc:  # noqa: BLE001 - a trial that cannot be read is one failed run, not a failed sweep
             return _failed(exc)
 
@@ -262,25 +283,68 @@ class LogTally:
         return line
 
 
-def log_trial(settings: WandbSettings, *, sweep: str, trial_id: str, model: str, config: dict, rows: list[dict],
-              scores: "pa.Table | None", run_dir: str | Path, process: _LoggingProcess | None = None,
-              timeout_s: float | None = None) -> str:
+def log_trial(
+    settings: WandbSettings,
+    *,
+    sweep: str,
+    trial_id: str,
+    model: str,
+    config: dict,
+    rows: list[dict],
+    scores: pa.Table | None,
+    run_dir: str | Path,
+    process: _LoggingProcess | None = None,
+    timeout_s: float | None = None,
+) -> str:
     """Log one trial as one W&B run, bounded (in `process`, else a child of its own). A status; never raises."""
-    return _log(settings, run_dir, "_log_trial_body", process, timeout_s, lambda: {
-        "id": run_id(sweep, trial_id), "name": trial_id, "group": sweep, "job_type": model, "config": config,
-        "summary": trial_summary(rows), "scores": scores})
+    return _log(
+        settings,
+        run_dir,
+        "_log_trial_body",
+        process,
+        timeout_s,
+        lambda: {
+            "id": run_id(sweep, trial_id),
+            "name": trial_id,
+            "group": sweep,
+            "job_type": model,
+            "config": config,
+            "summary": trial_summary(rows),
+            "scores": scores,
+        },
+    )
 
 
-def log_summary(settings: WandbSettings, *, sweep: str, table: "pd.DataFrame", run_dir: str | Path,
-                name: str = "summary") -> str:
+def log_summary(
+    settings: WandbSettings, *, sweep: str, table: pd.DataFrame, run_dir: str | Path, name: str = "summary"
+) -> str:
     """Log a comparison table as a wandb.Table in one run (group = sweep, job_type = "report"). Never raises."""
-    return _log(settings, run_dir, "_log_summary_body", None, None, lambda: {
-        "id": run_id(sweep, f"report:{name}"), "name": f"{sweep}-{name}", "group": sweep, "job_type": "report",
-        "config": {"sweep": sweep, "table": name}, "table_name": name, "table": table})
+    return _log(
+        settings,
+        run_dir,
+        "_log_summary_body",
+        None,
+        None,
+        lambda: {
+            "id": run_id(sweep, f"report:{name}"),
+            "name": f"{sweep}-{name}",
+            "group": sweep,
+            "job_type": "report",
+            "config": {"sweep": sweep, "table": name},
+            "table_name": name,
+            "table": table,
+        },
+    )
 
 
-def _log(settings: WandbSettings, run_dir: str | Path, body: str, process: _LoggingProcess | None,
-         timeout_s: float | None, build: Callable[[], dict]) -> str:
+def _log(
+    settings: WandbSettings,
+    run_dir: str | Path,
+    body: str,
+    process: _LoggingProcess | None,
+    timeout_s: float | None,
+    build: Callable[[], dict],
+) -> str:
     """Resolve the mode, build the run's fields and run the body (named: looked up when called) in a bounded
     child; a status string, never an exception."""
     own = process is None
@@ -289,8 +353,14 @@ def _log(settings: WandbSettings, run_dir: str | Path, body: str, process: _Logg
         mode = resolve_mode(settings)
         if mode == "disabled":
             return "disabled"
-        job = {"mode": mode, "project": settings.project, "entity": settings.entity,
-               "dir": str(Path(settings.dir or run_dir).resolve()), "timeout_s": float(settings.timeout_s), **build()}
+        job = {
+            "mode": mode,
+            "project": settings.project,
+            "entity": settings.entity,
+            "dir": str(Path(settings.dir or run_dir).resolve()),
+            "timeout_s": float(settings.timeout_s),
+            **build(),
+        }
         return process.run(globals()[body], job, settings.timeout_s if timeout_s is None else timeout_s)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the caller
         return _failed(exc)
@@ -439,8 +509,17 @@ def _stop(proc) -> None:
 
 def _child_env(job: dict) -> None:
     """Environment for the SDK in the child, set before `import wandb`."""
-    for var in ("WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE",
-                "WANDB_DIR", "WANDB_RUN_DIR", "WANDB_INITED"):
+    for var in (
+        "WANDB_MODE",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_NAME",
+        "WANDB_RUN_GROUP",
+        "WANDB_JOB_TYPE",
+        "WANDB_DIR",
+        "WANDB_RUN_DIR",
+        "WANDB_INITED",
+    ):
         os.environ.pop(var, None)  # everything is passed explicitly to wandb.init
     os.environ["WANDB_SILENT"] = "true"
     os.environ["WANDB_QUIET"] = "true"
@@ -459,23 +538,42 @@ def _init(job: dict):
 
     budget = max(1.0, float(job["timeout_s"]))
     settings = wandb.Settings(
-        silent=True, quiet=True, console="off", show_info=False, show_warnings=False,
+        silent=True,
+        quiet=True,
+        console="off",
+        show_info=False,
+        show_warnings=False,
         x_disable_stats=True,  # no system-metrics thread (and no cloud metadata probes)
-        x_disable_meta=True, x_disable_machine_info=True,  # the results row records host/versions/git already
-        disable_git=True, disable_code=True, save_code=False, x_save_requirements=False,
+        x_disable_meta=True,
+        x_disable_machine_info=True,  # the results row records host/versions/git already
+        disable_git=True,
+        disable_code=True,
+        save_code=False,
+        x_save_requirements=False,
         x_service_wait=max(1.0, 0.4 * budget),
         init_timeout=max(1.0, 0.4 * budget),
         login_timeout=max(1.0, 0.2 * budget),
-        finish_timeout=max(1.0, 0.3 * budget), finish_timeout_raises=True,
-        x_graphql_timeout_seconds=max(1.0, 0.2 * budget), x_graphql_retry_max=2,
+        finish_timeout=max(1.0, 0.3 * budget),
+        finish_timeout_raises=True,
+        x_graphql_timeout_seconds=max(1.0, 0.2 * budget),
+        x_graphql_retry_max=2,
         x_file_stream_timeout_seconds=max(1.0, 0.2 * budget),
         x_file_transfer_timeout_seconds=max(1.0, 0.2 * budget),
     )
     Path(job["dir"]).mkdir(parents=True, exist_ok=True)
     return wandb.init(
-        project=job["project"], entity=job["entity"], mode=job["mode"], dir=job["dir"],
-        id=job["id"], resume="allow", name=job["name"], group=job["group"], job_type=job["job_type"],
-        config=job["config"], reinit="create_new", settings=settings,
+        project=job["project"],
+        entity=job["entity"],
+        mode=job["mode"],
+        dir=job["dir"],
+        id=job["id"],
+        resume="allow",
+        name=job["name"],
+        group=job["group"],
+        job_type=job["job_type"],
+        config=job["config"],
+        reinit="create_new",
+        settings=settings,
     )
 
 
@@ -580,7 +678,7 @@ def _trial_level_keys() -> list[str]:
     return [name for name, dtype in ROW_FIELDS if name != "seed" and any(is_(dtype) for is_ in numeric)]
 
 
-def _histograms(df: "pd.DataFrame") -> dict:
+def _histograms(df: pd.DataFrame) -> dict:
     import numpy as np
     import wandb
 
@@ -599,7 +697,7 @@ def _histograms(df: "pd.DataFrame") -> dict:
     return out
 
 
-def _plain_frame(df: "pd.DataFrame") -> "pd.DataFrame":
+def _plain_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A copy wandb.Table accepts: timestamps and structured values become text, nulls None."""
     import pandas as pd
 

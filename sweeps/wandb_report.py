@@ -61,7 +61,7 @@ TITLE_MAX = 128  # W&B's limit on a report title
 # ------------------------------------------------------------------------------------------ definition
 
 
-def summary_keys(ok: "pd.DataFrame", metric: str) -> list[str]:
+def summary_keys(ok: pd.DataFrame, metric: str) -> list[str]:
     """The run-summary keys that carry `metric` (as tracking.trial_summary names them) in successful trials:
     `metric` for trials with one test domain, `<test_domain>/<metric>` for trials with several."""
     import pandas as pd
@@ -75,7 +75,7 @@ def summary_keys(ok: "pd.DataFrame", metric: str) -> list[str]:
     return keys
 
 
-def _keys(ok: "pd.DataFrame", metrics: list[str]) -> list[str]:
+def _keys(ok: pd.DataFrame, metrics: list[str]) -> list[str]:
     return [key for metric in metrics for key in summary_keys(ok, metric)]
 
 
@@ -102,52 +102,81 @@ def build_definition(data: analysis.SweepData, settings: WandbSettings) -> dict[
     models = sorted(set(ok["model"].astype(str))) if not ok.empty else []
     trials = _runset("trials", models)
     sections: list[dict] = [
-        {"key": "main-table", "heading": "Main results: model × test domain",
-         "text": "Mean, sample std and n over result rows, per model x test domain (the report run's table; "
-                 "accuracy uses the threshold calibrated on validation normals).",
-         "runsets": [_runset("summary table", [REPORT_JOB_TYPE])],
-         "panels": [{"type": "WeavePanelSummaryTable", "title": "model × test domain", "table_name": SUMMARY_TABLE}]},
-        {"key": "main-runs", "heading": "Trials grouped by model × domain",
-         "text": "One bar per model x train domain (the mean over its trials); a trial testing on "
-                 "several domains reports <test_domain>/<metric>.",
-         "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
-         "panels": [_bar(metric, keys) for metric in analysis.MAIN_METRICS if (keys := summary_keys(ok, metric))]},
+        {
+            "key": "main-table",
+            "heading": "Main results: model × test domain",
+            "text": "Mean, sample std and n over result rows, per model x test domain (the report run's table; "
+            "accuracy uses the threshold calibrated on validation normals).",
+            "runsets": [_runset("summary table", [REPORT_JOB_TYPE])],
+            "panels": [{"type": "WeavePanelSummaryTable", "title": "model × test domain", "table_name": SUMMARY_TABLE}],
+        },
+        {
+            "key": "main-runs",
+            "heading": "Trials grouped by model × domain",
+            "text": "One bar per model x train domain (the mean over its trials); a trial testing on "
+            "several domains reports <test_domain>/<metric>.",
+            "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
+            "panels": [_bar(metric, keys) for metric in analysis.MAIN_METRICS if (keys := summary_keys(ok, metric))],
+        },
     ]
     optional = [m for m in analysis.OPTIONAL_AXIS_METRICS if summary_keys(ok, m)]
     axes = {axis: on_axis for axis in data.axes if (on_axis := _models_on_axis(data, axis))}  # axes with a value
     for axis, on_axis in axes.items():
-        sections.append({
-            "key": f"axis:{axis}", "heading": f"Ablation: {axis}",
-            "text": f"Mean over the other settings per value of {axis} (std as the range), one run set per model "
-                    f"the axis varies for: {', '.join(on_axis)}.",
-            "runsets": [_runset(model, [model]) for model in on_axis],
-            "panels": [_bar(f"{', '.join(analysis.AXIS_METRICS + optional)} vs {axis}",
-                            _keys(ok, analysis.AXIS_METRICS + optional), groupby=axis)],
-        })
+        sections.append(
+            {
+                "key": f"axis:{axis}",
+                "heading": f"Ablation: {axis}",
+                "text": f"Mean over the other settings per value of {axis} (std as the range), one run set per model "
+                f"the axis varies for: {', '.join(on_axis)}.",
+                "runsets": [_runset(model, [model]) for model in on_axis],
+                "panels": [
+                    _bar(
+                        f"{', '.join(analysis.AXIS_METRICS + optional)} vs {axis}",
+                        _keys(ok, analysis.AXIS_METRICS + optional),
+                        groupby=axis,
+                    )
+                ],
+            }
+        )
     cold_warm = [_bar(f"{cold} vs {warm}", keys) for cold, warm in COLD_WARM_PAIRS if (keys := _keys(ok, [cold, warm]))]
     gating = summary_keys(ok, "gating_accuracy")
     if cold_warm or gating:
-        sections.append({
-            "key": "cold-warm", "heading": "Cold vs warm",
-            "text": "Per machine state, per model x domain; gating accuracy for the gated models.",
-            "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
-            "panels": cold_warm + ([_bar("gating_accuracy", gating)] if gating else []),
-        })
+        sections.append(
+            {
+                "key": "cold-warm",
+                "heading": "Cold vs warm",
+                "text": "Per machine state, per model x domain; gating accuracy for the gated models.",
+                "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
+                "panels": cold_warm + ([_bar("gating_accuracy", gating)] if gating else []),
+            }
+        )
     severity = [_bar(metric, keys) for metric in SEVERITY_METRICS if (keys := summary_keys(ok, metric))]
     if severity:
-        sections.append({"key": "severity", "heading": "Severity", "text": "Severity regression per model x domain.",
-                         "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)], "panels": severity})
+        sections.append(
+            {
+                "key": "severity",
+                "heading": "Severity",
+                "text": "Severity regression per model x domain.",
+                "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
+                "panels": severity,
+            }
+        )
     columns = ([{"config": "model.name"}] if len(models) > 1 else []) + [{"config": axis} for axis in axes]
     columns += [{"summary": key} for key in summary_keys(ok, "image_auroc")]
-    sections.append({"key": "parallel", "heading": "Axes × image AUROC",
-                     "text": "Every trial run: its axis values and image AUROC.", "runsets": [trials],
-                     "panels": [{"type": "ParallelCoordinatesPlot", "title": "axes × image_auroc",
-                                 "columns": columns}]})
+    sections.append(
+        {
+            "key": "parallel",
+            "heading": "Axes × image AUROC",
+            "text": "Every trial run: its axis values and image AUROC.",
+            "runsets": [trials],
+            "panels": [{"type": "ParallelCoordinatesPlot", "title": "axes × image_auroc", "columns": columns}],
+        }
+    )
     return {
         "format": FORMAT,
         "title": f"Sweep report: {data.name}"[:TITLE_MAX],
         "description": f"{data.n_trials_ok} trials ok, {data.n_trials_error} failed; W&B group {data.name}. "
-                       "Paired comparisons with bootstrap CIs and ORACLE figures: report.html beside the results.",
+        "Paired comparisons with bootstrap CIs and ORACLE figures: report.html beside the results.",
         "entity": settings.entity,
         "project": settings.project,
         "group": data.name,
@@ -172,8 +201,13 @@ def to_report(definition: dict[str, Any], entity: str | None = None):
     def runset(spec: dict):
         job_types = spec["job_types"]
         job = expr.Metric("JobType") == job_types[0] if len(job_types) == 1 else expr.Metric("JobType").isin(job_types)
-        return wr.Runset(entity=report.entity, project=report.project, name=spec["name"],
-                         filters=expr.And(expr.Metric("Group") == group, job), groupby=spec["groupby"])
+        return wr.Runset(
+            entity=report.entity,
+            project=report.project,
+            name=spec["name"],
+            filters=expr.And(expr.Metric("Group") == group, job),
+            groupby=spec["groupby"],
+        )
 
     def panel(spec: dict):
         kind = spec["type"]
@@ -182,9 +216,12 @@ def to_report(definition: dict[str, Any], entity: str | None = None):
             grouped = {"groupby": wr.Config(by), "groupby_aggfunc": "mean", "groupby_rangefunc": "stddev"} if by else {}
             return wr.BarPlot(title=spec["title"], metrics=spec["metrics"], orientation="v", **grouped)
         if kind == "ParallelCoordinatesPlot":
-            columns = [wr.ParallelCoordinatesPlotColumn(
-                metric=wr.Config(c["config"]) if "config" in c else wr.SummaryMetric(c["summary"]))
-                for c in spec["columns"]]
+            columns = [
+                wr.ParallelCoordinatesPlotColumn(
+                    metric=wr.Config(c["config"]) if "config" in c else wr.SummaryMetric(c["summary"])
+                )
+                for c in spec["columns"]
+            ]
             return wr.ParallelCoordinatesPlot(title=spec["title"], columns=columns, layout=wr.Layout(w=24, h=9))
         if kind == "WeavePanelSummaryTable":
             return wr.WeavePanelSummaryTable(table_name=spec["table_name"], layout=wr.Layout(w=24, h=12))
@@ -194,9 +231,11 @@ def to_report(definition: dict[str, Any], entity: str | None = None):
     for section in definition["sections"]:
         if not section["panels"] or not section["runsets"]:
             continue
-        blocks += [wr.H2(section["heading"]), wr.P(section["text"]),
-                   wr.PanelGrid(runsets=[runset(r) for r in section["runsets"]],
-                                panels=[panel(p) for p in section["panels"]])]
+        blocks += [
+            wr.H2(section["heading"]),
+            wr.P(section["text"]),
+            wr.PanelGrid(runsets=[runset(r) for r in section["runsets"]], panels=[panel(p) for p in section["panels"]]),
+        ]
     report.blocks = blocks
     return report
 
@@ -243,8 +282,10 @@ class WandbReportOutcome:
         later = f"`hdmap report {sweep_dir} --wandb` publishes it"
         if self.mode == "online":
             return f"W&B report not published ({self.status}); definition saved: {self.path}; {later} when W&B answers"
-        return (f"W&B report definition saved: {self.path} (W&B {self.mode}); {later} later, once online "
-                "(an API key configured: `wandb login` or WANDB_API_KEY, and W&B mode online)")
+        return (
+            f"W&B report definition saved: {self.path} (W&B {self.mode}); {later} later, once online "
+            "(an API key configured: `wandb login` or WANDB_API_KEY, and W&B mode online)"
+        )
 
 
 def write_wandb_report(data: analysis.SweepData, settings: WandbSettings, out_dir: str | Path) -> WandbReportOutcome:

@@ -40,8 +40,12 @@ def trial_trainable(config: dict) -> None:
         watchdog.cancel()
     store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
     first = result.rows[0]
-    final = {"hdmap_done": True, "hdmap_trial_id": cfg.trial_id, "image_auroc": first.get("image_auroc"),
-             "accuracy": first.get("accuracy")}
+    final = {
+        "hdmap_done": True,
+        "hdmap_trial_id": cfg.trial_id,
+        "image_auroc": first.get("image_auroc"),
+        "accuracy": first.get("accuracy"),
+    }
     if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
     tune.report(final)
@@ -84,6 +88,7 @@ class _Watchdog:
     def __init__(self, timeout_s: float | None, store: ResultStore, trial_id: str) -> None:
         self.timer = None
         if timeout_s:
+
             def expire() -> None:
                 store.write_json(f"parts/timeouts/{trial_id}.json", {"timeout_s": timeout_s})
                 os._exit(3)
@@ -98,12 +103,12 @@ class _Watchdog:
             self.timer.cancel()
 
 
-def record_failure(store: ResultStore, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str,
-                   status: str = "error") -> None:
+def record_failure(
+    store: ResultStore, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str, status: str = "error"
+) -> None:
     """The one writer of a trial's row when it has no result: status error (or pruned), the error's text."""
     from hdmap.trial import failed_trial
 
     failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error)))
     failed.rows[0].update(status=status)
     store.write_trial(failed, sweep, spec_hash)
-

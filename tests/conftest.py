@@ -24,15 +24,31 @@ def tiny_overrides(root, model="patchcore"):
     """CLI-style overrides for a fast trial on CPU (random init: pretrained weights are not available here)."""
     common = [f"data.root={root}", "data.domain=C"]
     if model == "patchcore":
-        return common + ["model.backbone=resnet18", "model.pretrained=false", "data.image_size=[64,192]",
-                         "model.coreset_ratio=0.1"]
+        return common + [
+            "model.backbone=resnet18",
+            "model.pretrained=false",
+            "data.image_size=[64,192]",
+            "model.coreset_ratio=0.1",
+        ]
     if model == "draem":
-        return common + ["model.name=draem", "model.epochs=2", "model.base_width=16", "data.image_size=[32,96]",
-                         "data.normalization=none"]
+        return common + [
+            "model.name=draem",
+            "model.epochs=2",
+            "model.base_width=16",
+            "data.image_size=[32,96]",
+            "data.normalization=none",
+        ]
     if model in ("cutpaste_clf", "draem_cutpaste"):
         width = "model.width=8" if model == "cutpaste_clf" else "model.base_width=8"
-        return common + [f"model.name={model}", "model.epochs=1", width, "model.batch_size=16", "model.cut_w=[2,48]",
-                         "data.image_size=[32,96]", "data.normalization=none"]
+        return common + [
+            f"model.name={model}",
+            "model.epochs=1",
+            width,
+            "model.batch_size=16",
+            "model.cut_w=[2,48]",
+            "data.image_size=[32,96]",
+            "data.normalization=none",
+        ]
     if model in TINY:
         return common + ["data.image_size=[64,64]", f"model.name={model}", *TINY[model]]
     raise ValueError(model)
@@ -69,31 +85,60 @@ def s3(monkeypatch):
 # one tiny, random-init trial per model (the parametrised test in test_all_models.py runs every registered one)
 _R18 = ["model.pretrained=false"]
 TINY: dict[str, list[str]] = {
-    "draem_sevnet": ["model.epochs=1", "model.base_width=8", "model.patch_width_range=[4,16]", "data.to_rgb=false",
-                     "data.image_size=[32,96]", "data.normalization=none"],
+    "draem_sevnet": [
+        "model.epochs=1",
+        "model.base_width=8",
+        "model.patch_width_range=[4,16]",
+        "data.to_rgb=false",
+        "data.image_size=[32,96]",
+        "data.normalization=none",
+    ],
     "ca_patchcore": _R18 + ["model.backbone=resnet18", "model.layers=[layer2]", "model.gating=p90"],
     "cpd_patchcore": _R18 + ["model.backbone=resnet18", "model.layers=[layer2]"],
     "padim": _R18 + ["model.backbone=resnet18", "model.layers=[layer1,layer2]", "model.n_features=20"],
     "dfm": _R18 + ["model.backbone=resnet18", "model.layer=layer2"],
     "dfkde": _R18 + ["model.backbone=resnet18", "model.layers=[layer3]", "model.n_pca_components=4"],
-    "cflow": _R18 + ["model.backbone=resnet18", "model.layers=[layer2,layer3]", "model.epochs=1",
-                     "model.coupling_blocks=2", "model.condition_vector=16", "model.fiber_batch_size=16"],
+    "cflow": _R18
+    + [
+        "model.backbone=resnet18",
+        "model.layers=[layer2,layer3]",
+        "model.epochs=1",
+        "model.coupling_blocks=2",
+        "model.condition_vector=16",
+        "model.fiber_batch_size=16",
+    ],
     "fastflow": _R18 + ["model.backbone=resnet18", "model.epochs=1", "model.flow_steps=2", "model.batch_size=16"],
     "reverse_distillation": _R18 + ["model.backbone=resnet18", "model.epochs=1"],
     "stfpm": _R18 + ["model.backbone=resnet18", "model.epochs=1"],
     "ganomaly": ["model.epochs=1", "model.n_features=16", "model.latent_vec_size=16", "model.batch_size=16"],
     # its Perlin masks need a feature map >= 64 px: layer1 (stride 4, upscaled x2) at 128 px
-    "supersimplenet": _R18 + ["model.backbone=resnet18", "model.layers=[layer1,layer2]", "model.epochs=1",
-                              "data.image_size=[128,128]"],
+    "supersimplenet": _R18
+    + ["model.backbone=resnet18", "model.layers=[layer1,layer2]", "model.epochs=1", "data.image_size=[128,128]"],
     # its attention bottleneck is wired to (wide_)resnet50 widths
-    "uninet": _R18 + ["model.student_backbone=resnet50", "model.teacher_backbone=resnet50", "model.epochs=1",
-                      "data.image_size=[32,32]"],
-    "csflow": _R18 + ["model.epochs=1", "model.cross_conv_hidden_channels=32", "model.n_coupling_blocks=1",
-                      "data.image_size=[128,128]"],
+    "uninet": _R18
+    + [
+        "model.student_backbone=resnet50",
+        "model.teacher_backbone=resnet50",
+        "model.epochs=1",
+        "data.image_size=[32,32]",
+    ],
+    "csflow": _R18
+    + [
+        "model.epochs=1",
+        "model.cross_conv_hidden_channels=32",
+        "model.n_coupling_blocks=1",
+        "data.image_size=[128,128]",
+    ],
     "cfa": _R18 + ["model.backbone=resnet18", "model.epochs=1"],
     # its autoencoder (5 stride-2 convs, then an 8 x 8 one) needs 256 px; the test adds a local imagenet_dir
-    "efficient_ad": _R18 + ["model.max_steps=2", "model.padding=true", "data.normalization=none",
-                            "data.image_size=[256,256]"],
-    "fre": _R18 + ["model.backbone=resnet18", "model.layer=layer2", "model.epochs=1", "model.input_dim=2048",
-                   "model.latent_dim=32"],
+    "efficient_ad": _R18
+    + ["model.max_steps=2", "model.padding=true", "data.normalization=none", "data.image_size=[256,256]"],
+    "fre": _R18
+    + [
+        "model.backbone=resnet18",
+        "model.layer=layer2",
+        "model.epochs=1",
+        "model.input_dim=2048",
+        "model.latent_dim=32",
+    ],
 }

@@ -62,8 +62,10 @@ def test_config_fields_come_from_the_anomalib_constructor():
         load_trial_config(None, ["model.name=fastflow", "model.flow_steps=many"])
 
 
-@pytest.mark.parametrize("model, looked", [("padim", "HF cache"), ("cfa", "torch hub cache"),
-                                           ("efficient_ad", "pretrained_teacher_small.pth")])
+@pytest.mark.parametrize(
+    "model, looked",
+    [("padim", "HF cache"), ("cfa", "torch hub cache"), ("efficient_ad", "pretrained_teacher_small.pth")],
+)
 def test_missing_weights_fail_precisely_before_any_fit(tiny_root, imagenette, tmp_path, monkeypatch, model, looked):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
@@ -84,8 +86,12 @@ def test_missing_weights_fail_precisely_before_any_fit(tiny_root, imagenette, tm
 def test_asha_refused_for_a_model_without_per_epoch_metric(tmp_path):
     from sweeps.spec import SpecError, expand
 
-    tree = {"name": "a", "data": {"root": str(tmp_path)}, "models": {"padim": {}, "fastflow": {}},
-            "scheduler": {"metric": "train_loss"}}
+    tree = {
+        "name": "a",
+        "data": {"root": str(tmp_path)},
+        "models": {"padim": {}, "fastflow": {}},
+        "scheduler": {"metric": "train_loss"},
+    }
     with pytest.raises(SpecError, match="model 'padim' reports no per-epoch metric"):
         expand(tree)
     tree["models"] = {"fastflow": {}, "cflow": {}}
@@ -102,11 +108,14 @@ def test_mixed_model_sweep_through_ray(tmp_path):
 
     root = tmp_path / "data"
     spec = {
-        "name": "mixed", "output": str(tmp_path / "out"), "max_failures": 0,
+        "name": "mixed",
+        "output": str(tmp_path / "out"),
+        "max_failures": 0,
         "data": {"root": str(root), "simulate": {"n_train": 12, "n_test": 8, "domains": ["C"], "seed": 0}},
         "trial": {"data": {"domain": "C"}},
-        "models": {name: {"trial": _trial_tree(name)}
-                   for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste")},
+        "models": {
+            name: {"trial": _trial_tree(name)} for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste")
+        },
         "tracking": {"wandb": {"mode": "disabled"}},
     }
     path = tmp_path / "mixed.yaml"

@@ -198,8 +198,10 @@ def test_severity_comes_from_the_sidecar_not_the_cache(tmp_path, monkeypatch):
     sidecar = root / "ground_truth.csv"
 
     def write_sidecar(severity):
-        sidecar.write_text("domain,split,file,label,condition,fault_row,severity\n"
-                           f"domain_C,test,domain_C/test/fault/000000.tiff,1,cold,10,{severity}\n")
+        sidecar.write_text(
+            "domain,split,file,label,condition,fault_row,severity\n"
+            f"domain_C,test,domain_C/test/fault/000000.tiff,1,cold,10,{severity}\n"
+        )
 
     write_sidecar(0.25)
     assert load_split(root, "C", "test").severity[4] == 0.25

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import lightning.pytorch as lp
 import numpy as np
@@ -22,9 +22,9 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from sweeps.cli import app
 from hdmap.data.arrays import clear_cache
 from hdmap.data.simulate import simulate
+from sweeps.cli import app
 
 pytestmark = pytest.mark.usefixtures("fresh_arrays")
 
@@ -42,8 +42,9 @@ def base_data(tmp_path_factory):
 def trial_out(tmp_path_factory, base_data):
     """One real, successful `hdmap trial` output (results.parquet + scores.parquet), for the output and report cases."""
     out = tmp_path_factory.mktemp("trial") / "ok"
-    result = CliRunner().invoke(app, ["trial", "--out", str(out), "--set", f"data.root={base_data}",
-                                      *sum((["--set", s] for s in TINY), [])])
+    result = CliRunner().invoke(
+        app, ["trial", "--out", str(out), "--set", f"data.root={base_data}", *sum((["--set", s] for s in TINY), [])]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -74,10 +75,17 @@ def trial_args(c: Ctx, *items: str) -> list[str]:
 
 def spec(c: Ctx, body: str = "", **fields) -> str:
     """A small valid sweep spec file on the case's data, with top-level fields replaced or added."""
-    tree = {"name": "corpus", "data": {"root": str(c.data)}, "output": str(c.tmp / "sweeps"),
-            "trial": {"model": {"name": "patchcore", "backbone": "resnet18", "pretrained": False,
-                                "layers": ["layer2", "layer3"]}, "data": {"image_size": [32, 96]}},
-            "axes": {"model.k": [1, 3]}, **fields}
+    tree = {
+        "name": "corpus",
+        "data": {"root": str(c.data)},
+        "output": str(c.tmp / "sweeps"),
+        "trial": {
+            "model": {"name": "patchcore", "backbone": "resnet18", "pretrained": False, "layers": ["layer2", "layer3"]},
+            "data": {"image_size": [32, 96]},
+        },
+        "axes": {"model.k": [1, 3]},
+        **fields,
+    }
     path = c.tmp / "spec.yaml"
     import yaml
 
@@ -165,31 +173,47 @@ CASES: dict[str, Case] = {
     "data: root missing": Case(lambda c: trial_args(c, f"data.root={c.tmp}/nope"), 2, "nope"),
     "data: domain folder missing": Case(lambda c: trial_args(c, "data.domain=B"), 2, "domain_B"),
     "data: unknown domain": Case(lambda c: trial_args(c, "data.domain=E"), 2, "'E'"),
-    "data: empty split": Case(lambda c: trial_args(c), 2, "test/fault",
-                              lambda c: [p.unlink() for p in (c.data / "domain_C/test/fault").glob("*")]),
-    "data: corrupt tiff": Case(lambda c: trial_args(c), 2, "000003.tiff",
-                               _set("domain_C/test/good/000003.tiff", "garbage")),
-    "data: wrong shape": Case(lambda c: trial_args(c), 2, "000001.tiff",
-                              _set("domain_C/train/good/000001.tiff", image(shape=(32, 95)))),
-    "data: wrong dtype": Case(lambda c: trial_args(c), 2, "float64",
-                              _set("domain_C/train/good/000001.tiff", image(dtype=np.float64))),
+    "data: empty split": Case(
+        lambda c: trial_args(c),
+        2,
+        "test/fault",
+        lambda c: [p.unlink() for p in (c.data / "domain_C/test/fault").glob("*")],
+    ),
+    "data: corrupt tiff": Case(
+        lambda c: trial_args(c), 2, "000003.tiff", _set("domain_C/test/good/000003.tiff", "garbage")
+    ),
+    "data: wrong shape": Case(
+        lambda c: trial_args(c), 2, "000001.tiff", _set("domain_C/train/good/000001.tiff", image(shape=(32, 95)))
+    ),
+    "data: wrong dtype": Case(
+        lambda c: trial_args(c), 2, "float64", _set("domain_C/train/good/000001.tiff", image(dtype=np.float64))
+    ),
     "data: NaN pixels": Case(lambda c: trial_args(c), 2, "000002.tiff", _nan),
-    "data: negative pixels": Case(lambda c: trial_args(c), 2, "negative",
-                                  _set("domain_C/test/fault/000000.tiff", image(-0.2))),
-    "data: stray non-numeric name": Case(lambda c: trial_args(c), 2, "abc.tiff",
-                                         _set("domain_C/test/good/abc.tiff", image())),
+    "data: negative pixels": Case(
+        lambda c: trial_args(c), 2, "negative", _set("domain_C/test/fault/000000.tiff", image(-0.2))
+    ),
+    "data: stray non-numeric name": Case(
+        lambda c: trial_args(c), 2, "abc.tiff", _set("domain_C/test/good/abc.tiff", image())
+    ),
     "data: numbering from 001000": Case(lambda c: trial_args(c), 2, "cold_below", _renumber(1000)),
-    "data: gap in numbering": Case(lambda c: trial_args(c), 2, "domain_C/test/good",
-                                   lambda c: (c.data / "domain_C/test/good/000002.tiff").unlink()),
-    "data: non-TIFF file": Case(lambda c: trial_args(c), 2, "notes.txt",
-                                _set("domain_C/train/good/notes.txt", "hello")),
+    "data: gap in numbering": Case(
+        lambda c: trial_args(c), 2, "domain_C/test/good", lambda c: (c.data / "domain_C/test/good/000002.tiff").unlink()
+    ),
+    "data: non-TIFF file": Case(
+        lambda c: trial_args(c), 2, "notes.txt", _set("domain_C/train/good/notes.txt", "hello")
+    ),
     "data: conditions.csv unknown condition": Case(
-        lambda c: trial_args(c), 2, "lukewarm",
-        _set("conditions.csv", "file,condition\ndomain_C/test/good/000000.tiff,lukewarm\n")),
-    "data: train_shots above what exists": Case(lambda c: trial_args(c, "data.train_shots=500"), 2,
-                                                "data.train_shots=500"),
-    "data: reference_source test without shots": Case(lambda c: trial_args(c, "data.reference_source=test"), 2,
-                                                      "data.train_shots"),
+        lambda c: trial_args(c),
+        2,
+        "lukewarm",
+        _set("conditions.csv", "file,condition\ndomain_C/test/good/000000.tiff,lukewarm\n"),
+    ),
+    "data: train_shots above what exists": Case(
+        lambda c: trial_args(c, "data.train_shots=500"), 2, "data.train_shots=500"
+    ),
+    "data: reference_source test without shots": Case(
+        lambda c: trial_args(c, "data.reference_source=test"), 2, "data.train_shots"
+    ),
     "data: val_fraction 1": Case(lambda c: trial_args(c, "data.val_fraction=1"), 2, "data.val_fraction"),
     # ---------------------------------------------------------------- trial config
     "config: unknown section": Case(lambda c: trial_args(c, "dat.root=x"), 2, "dat"),
@@ -203,81 +227,132 @@ CASES: dict[str, Case] = {
     "config: unknown backbone": Case(lambda c: trial_args(c, "model.backbone=resnet81"), 2, "resnet81"),
     "config: layer the backbone lacks": Case(lambda c: trial_args(c, "model.layers=[layer9]"), 2, "layer9"),
     "config: ViT layers on a CNN": Case(
-        lambda c: ["trial", "--out", str(c.tmp / "out"),
-                   *sets(f"data.root={c.data}", "model.name=ca_patchcore", "model.backbone=resnet18")],
-        2, "blocks.8"),
+        lambda c: [
+            "trial",
+            "--out",
+            str(c.tmp / "out"),
+            *sets(f"data.root={c.data}", "model.name=ca_patchcore", "model.backbone=resnet18"),
+        ],
+        2,
+        "blocks.8",
+    ),
     "config: DRAEM size not a multiple of 32": Case(
         lambda c: ["trial", *sets(f"data.root={c.data}", "model.name=draem", "data.image_size=[31,95]")],
-        2, "multiple of 32"),
+        2,
+        "multiple of 32",
+    ),
     "config: --set without =": Case(lambda c: ["trial", "--set", "model.k"], 2, "model.k"),
     "config: --config missing": Case(lambda c: ["trial", "--config", str(c.tmp / "t.yaml")], 2, "t.yaml"),
     "config: --config is a directory": Case(lambda c: ["trial", "--config", str(c.tmp)], 2, "is a directory"),
-    "config: --config invalid YAML": Case(lambda c: ["trial", "--config", str(c.tmp / "t.yaml")], 2, "not valid YAML",
-                                          lambda c: (c.tmp / "t.yaml").write_text("model: {name: [")),
-    "config: --config not a mapping": Case(lambda c: ["trial", "--config", str(c.tmp / "t.yaml")], 2, "mapping",
-                                           lambda c: (c.tmp / "t.yaml").write_text("- 1\n- 2\n")),
+    "config: --config invalid YAML": Case(
+        lambda c: ["trial", "--config", str(c.tmp / "t.yaml")],
+        2,
+        "not valid YAML",
+        lambda c: (c.tmp / "t.yaml").write_text("model: {name: ["),
+    ),
+    "config: --config not a mapping": Case(
+        lambda c: ["trial", "--config", str(c.tmp / "t.yaml")],
+        2,
+        "mapping",
+        lambda c: (c.tmp / "t.yaml").write_text("- 1\n- 2\n"),
+    ),
     "config: weights file missing": Case(
-        lambda c: trial_args(c, "model.pretrained=true", f"model.weights={c.tmp}/w.pth"), 2, "w.pth"),
-    "config: pretrained weights not cached": Case(lambda c: trial_args(c, "model.pretrained=true"), 2,
-                                                  "model.pretrained=false"),
-    "config: k larger than the memory bank": Case(lambda c: trial_args(c, "model.k=100000", "data.train_shots=1",
-                                                                       "model.coreset_ratio=1.0"),
-                                                  2, "model.k=100000", fits=True),
+        lambda c: trial_args(c, "model.pretrained=true", f"model.weights={c.tmp}/w.pth"), 2, "w.pth"
+    ),
+    "config: pretrained weights not cached": Case(
+        lambda c: trial_args(c, "model.pretrained=true"), 2, "model.pretrained=false"
+    ),
+    "config: k larger than the memory bank": Case(
+        lambda c: trial_args(c, "model.k=100000", "data.train_shots=1", "model.coreset_ratio=1.0"),
+        2,
+        "model.k=100000",
+        fits=True,
+    ),
     # ---------------------------------------------------------------- trial outputs
-    "output: --out is a file": Case(lambda c: trial_args(c), 2, "is a file",
-                                    lambda c: (c.tmp / "out").write_text("x")),
-    "output: --out holds another trial": Case(lambda c: trial_args(c, "model.k=1"), 2, "holds the results",
-                                              _out_holds_other_trial),
-    "output: failure never replaces an ok result": Case(lambda c: trial_args(c), 2, "000001.tiff",
-                                                        _out_ok_then_broken_data),
+    "output: --out is a file": Case(lambda c: trial_args(c), 2, "is a file", lambda c: (c.tmp / "out").write_text("x")),
+    "output: --out holds another trial": Case(
+        lambda c: trial_args(c, "model.k=1"), 2, "holds the results", _out_holds_other_trial
+    ),
+    "output: failure never replaces an ok result": Case(
+        lambda c: trial_args(c), 2, "000001.tiff", _out_ok_then_broken_data
+    ),
     # ---------------------------------------------------------------- sweep spec
     "spec: missing file": Case(lambda c: ["sweep", "plan", str(c.tmp / "nope.yaml")], 2, "nope.yaml"),
     "spec: a directory": Case(lambda c: ["sweep", "plan", str(c.tmp)], 2, "is a directory"),
     "spec: unknown model": Case(lambda c: ["sweep", "plan", spec(c, models={"patchcor": {}})], 2, "patchcor"),
     "spec: unknown axis path": Case(lambda c: ["sweep", "plan", spec(c, axes={"model.kk": [1]})], 2, "model.kk"),
-    "spec: axis value of the wrong type": Case(lambda c: ["sweep", "plan", spec(c, axes={"model.k": [1, "x"]})], 2,
-                                               "model.k='x'"),
-    "spec: axis of another model": Case(lambda c: ["sweep", "plan", spec(c, axes={"model.gating": ["p90"]})], 2,
-                                        "model.gating"),
+    "spec: axis value of the wrong type": Case(
+        lambda c: ["sweep", "plan", spec(c, axes={"model.k": [1, "x"]})], 2, "model.k='x'"
+    ),
+    "spec: axis of another model": Case(
+        lambda c: ["sweep", "plan", spec(c, axes={"model.gating": ["p90"]})], 2, "model.gating"
+    ),
     "spec: unknown top-level field": Case(lambda c: ["sweep", "plan", spec(c, seed=[0])], 2, "seed"),
     "spec: bad name": Case(lambda c: ["sweep", "plan", spec(c, name="my study")], 2, "name"),
-    "spec: fractional GPU above 1": Case(lambda c: ["sweep", "plan", spec(c, resources={"gpu": 1.5})], 2,
-                                         "resources.gpu"),
+    "spec: fractional GPU above 1": Case(
+        lambda c: ["sweep", "plan", spec(c, resources={"gpu": 1.5})], 2, "resources.gpu"
+    ),
     "spec: asha for a model without a per-epoch metric": Case(
-        lambda c: ["sweep", "plan", spec(c, scheduler="asha")], 2, "per-epoch"),
-    "spec: unknown backbone": Case(lambda c: ["sweep", "plan", spec(c), "--set", "trial.model.backbone=resnet81"],
-                                   2, "resnet81"),
+        lambda c: ["sweep", "plan", spec(c, scheduler="asha")], 2, "per-epoch"
+    ),
+    "spec: unknown backbone": Case(
+        lambda c: ["sweep", "plan", spec(c), "--set", "trial.model.backbone=resnet81"], 2, "resnet81"
+    ),
     "spec: --set without =": Case(lambda c: ["sweep", "plan", spec(c), "--set", "resources"], 2, "resources"),
-    "spec: output is a file": Case(lambda c: ["sweep", "plan", spec(c, output=str(c.tmp / "f"))], 2, "is a file",
-                                   lambda c: (c.tmp / "f").write_text("x")),
-    "spec: data root missing": Case(lambda c: ["sweep", "plan", spec(c, data={"root": str(c.tmp / "gone")})], 2,
-                                    "gone"),
-    "spec: corrupt file found before launch": Case(lambda c: ["sweep", "plan", spec(c)], 2, "000005.tiff",
-                                                   _set("domain_C/test/fault/000005.tiff", "garbage")),
+    "spec: output is a file": Case(
+        lambda c: ["sweep", "plan", spec(c, output=str(c.tmp / "f"))],
+        2,
+        "is a file",
+        lambda c: (c.tmp / "f").write_text("x"),
+    ),
+    "spec: data root missing": Case(
+        lambda c: ["sweep", "plan", spec(c, data={"root": str(c.tmp / "gone")})], 2, "gone"
+    ),
+    "spec: corrupt file found before launch": Case(
+        lambda c: ["sweep", "plan", spec(c)], 2, "000005.tiff", _set("domain_C/test/fault/000005.tiff", "garbage")
+    ),
     "spec: train_shots above what exists": Case(
-        lambda c: ["sweep", "plan", spec(c), "--set", "trial.data.train_shots=99"], 2, "data.train_shots=99"),
-    "run: output is a file": Case(lambda c: ["sweep", "run", spec(c, output=str(c.tmp / "f"))], 2, "is a file",
-                                  lambda c: (c.tmp / "f").write_text("x")),
-    "run: corrupt file found before launch": Case(lambda c: ["sweep", "run", spec(c)], 2, "000005.tiff",
-                                                  _set("domain_C/test/fault/000005.tiff", "garbage")),
+        lambda c: ["sweep", "plan", spec(c), "--set", "trial.data.train_shots=99"], 2, "data.train_shots=99"
+    ),
+    "run: output is a file": Case(
+        lambda c: ["sweep", "run", spec(c, output=str(c.tmp / "f"))],
+        2,
+        "is a file",
+        lambda c: (c.tmp / "f").write_text("x"),
+    ),
+    "run: corrupt file found before launch": Case(
+        lambda c: ["sweep", "run", spec(c)], 2, "000005.tiff", _set("domain_C/test/fault/000005.tiff", "garbage")
+    ),
     # ---------------------------------------------------------------- report
     "report: folder missing": Case(lambda c: ["report", str(c.tmp / "nope")], 2, "nope"),
     "report: folder without results": Case(lambda c: ["report", str(c.tmp)], 2, "results.parquet"),
-    "report: damaged sweep.json": Case(lambda c: ["report", str(c.tmp / "copied")], 2, "sweep.json",
-                                       _damaged_sweep_json),
-    "report: damaged results file": Case(lambda c: ["report", str(c.tmp / "bad")], 2, "bad",
-                                         lambda c: (c.tmp / "bad").mkdir() or (c.tmp / "bad/results.parquet")
-                                         .write_bytes(b"PAR1 not parquet")),
-    "report: --out is a file": Case(lambda c: ["report", str(c.tmp / "trial"), "--out", str(c.tmp / "f")], 2,
-                                    lambda c: str(c.tmp / "f"),
-                                    lambda c: guard_trial_out(c) and (c.tmp / "f").write_text("x")),
+    "report: damaged sweep.json": Case(
+        lambda c: ["report", str(c.tmp / "copied")], 2, "sweep.json", _damaged_sweep_json
+    ),
+    "report: damaged results file": Case(
+        lambda c: ["report", str(c.tmp / "bad")],
+        2,
+        "bad",
+        lambda c: (c.tmp / "bad").mkdir() or (c.tmp / "bad/results.parquet").write_bytes(b"PAR1 not parquet"),
+    ),
+    "report: --out is a file": Case(
+        lambda c: ["report", str(c.tmp / "trial"), "--out", str(c.tmp / "f")],
+        2,
+        lambda c: str(c.tmp / "f"),
+        lambda c: guard_trial_out(c) and (c.tmp / "f").write_text("x"),
+    ),
     # ---------------------------------------------------------------- simulate
     "simulate: n-train 0": Case(lambda c: ["simulate", str(c.tmp / "s"), "--n-train", "0"], 2, "--n-train"),
     "simulate: unknown domain": Case(lambda c: ["simulate", str(c.tmp / "s"), "--domains", "A,X"], 2, "'X'"),
-    "simulate: root is a file": Case(lambda c: ["simulate", str(c.tmp / "f")], 2, "f",
-                                     lambda c: (c.tmp / "f").write_text("x")),
-    "simulate: root holds data it did not write": Case(lambda c: ["simulate", str(c.tmp / "real")], 2, "real data",
-                                                       lambda c: (c.tmp / "real/domain_A").mkdir(parents=True)),
+    "simulate: root is a file": Case(
+        lambda c: ["simulate", str(c.tmp / "f")], 2, "f", lambda c: (c.tmp / "f").write_text("x")
+    ),
+    "simulate: root holds data it did not write": Case(
+        lambda c: ["simulate", str(c.tmp / "real")],
+        2,
+        "real data",
+        lambda c: (c.tmp / "real/domain_A").mkdir(parents=True),
+    ),
 }
 
 

@@ -62,6 +62,7 @@ def _without(path: str):
         for key in parents:
             node = node[key]
         del node[leaf]
+
     return mutate
 
 
@@ -69,21 +70,36 @@ def _worker_type(config: dict) -> str:
     return next(name for name, t in config["available_node_types"].items() if t["resources"].get("GPU", 0) > 0)
 
 
-@pytest.mark.parametrize("name, mutate, error", [
-    ("no provider", _without("provider"), "'provider' is a required property"),
-    ("no head_node_type", _without("head_node_type"), "head_node_type` must be one of"),
-    ("worker type without node_config", lambda c: c["available_node_types"][_worker_type(c)].pop("node_config"),
-     "'node_config' is a required property"),
-    ("worker type without resources", lambda c: c["available_node_types"][_worker_type(c)].pop("resources"),
-     "'resources' is a required property"),
-    ("misspelled top-level key", lambda c: c.__setitem__("setup_command", c.pop("setup_commands")),
-     "'setup_command' was unexpected"),
-    ("fractional GPU resource",
-     lambda c: c["available_node_types"][_worker_type(c)]["resources"].__setitem__("GPU", 0.5), "is not of type 'integer'"),
-    ("negative max_workers", lambda c: c.__setitem__("max_workers", -1), "less than the minimum of 0"),
-])
+@pytest.mark.parametrize(
+    "name, mutate, error",
+    [
+        ("no provider", _without("provider"), "'provider' is a required property"),
+        ("no head_node_type", _without("head_node_type"), "head_node_type` must be one of"),
+        (
+            "worker type without node_config",
+            lambda c: c["available_node_types"][_worker_type(c)].pop("node_config"),
+            "'node_config' is a required property",
+        ),
+        (
+            "worker type without resources",
+            lambda c: c["available_node_types"][_worker_type(c)].pop("resources"),
+            "'resources' is a required property",
+        ),
+        (
+            "misspelled top-level key",
+            lambda c: c.__setitem__("setup_command", c.pop("setup_commands")),
+            "'setup_command' was unexpected",
+        ),
+        (
+            "fractional GPU resource",
+            lambda c: c["available_node_types"][_worker_type(c)]["resources"].__setitem__("GPU", 0.5),
+            "is not of type 'integer'",
+        ),
+        ("negative max_workers", lambda c: c.__setitem__("max_workers", -1), "less than the minimum of 0"),
+    ],
+)
 def test_ray_config_broken_copies_fail_rays_validation(name, mutate, error):
-    """The check can fail: each broken copy is rejected, for the expected reason, by the validation the real file passes."""
+    """The check can fail: each broken copy is rejected, for the expected reason, by the validation the file passes."""
     config = load_ray_config()
     mutate(config)
     with pytest.raises((jsonschema.ValidationError, ValueError), match=re.escape(error)):
@@ -110,7 +126,9 @@ def test_ray_config_contents():
     setup = " ; ".join(config["setup_commands"])
     assert "pip install -e ~/hdmap-sweeps" in setup
     # torch comes from pyproject's pins: nothing in the config installs another version
-    pins = {d.split("==")[0]: d for d in re.findall(r'"(torch(?:vision)?==[^"]+)"', (ROOT / "pyproject.toml").read_text())}
+    pins = {
+        d.split("==")[0]: d for d in re.findall(r'"(torch(?:vision)?==[^"]+)"', (ROOT / "pyproject.toml").read_text())
+    }
     assert set(pins) == {"torch", "torchvision"}
     everything = yaml.safe_dump(config)
     for pinned in re.findall(r"\b(torch(?:vision)?==[\w.]+)", everything):
@@ -156,36 +174,68 @@ def _wait_for(log: Path, pattern: str, count: int = 1, timeout: float = 10.0) ->
 
 
 def test_sbatch_starts_head_then_workers_then_the_sweep(tmp_path):
-    """Run the batch script with stub scontrol/srun/ray/hdmap: the Ray start-up order and arguments, and the exit code."""
+    """The batch script with stub scontrol/srun/ray/hdmap: the Ray start-up order and arguments, and the exit code."""
     stubs, log, submit = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "submit"
     stubs.mkdir(), submit.mkdir(), (tmp_path / "home").mkdir()
     _stub(stubs, "scontrol", 'printf "n1\\nn2\\nn3\\n"\n')
-    _stub(stubs, "srun", 'node=""\nwhile [[ "$1" == -* ]]; do if [[ "$1" == -w ]]; then node=$2; shift; fi; shift; done\n'
-                         'SRUN_NODE=$node exec "$@"\n')
-    _stub(stubs, "hostname", 'echo 10.0.0.1\n')
-    _stub(stubs, "sleep", '')
+    _stub(
+        stubs,
+        "srun",
+        'node=""\nwhile [[ "$1" == -* ]]; do if [[ "$1" == -w ]]; then node=$2; shift; fi; shift; done\n'
+        'SRUN_NODE=$node exec "$@"\n',
+    )
+    _stub(stubs, "hostname", "echo 10.0.0.1\n")
+    _stub(stubs, "sleep", "")
     _stub(stubs, "ray", 'echo "ray@$SRUN_NODE $* auth=$RAY_AUTH_MODE token=${RAY_AUTH_TOKEN:+yes}" >> "$STUB_LOG"\n')
-    _stub(stubs, "hdmap", 'echo "hdmap $* | addr=$RAY_ADDRESS auth=$RAY_AUTH_MODE token=${RAY_AUTH_TOKEN:+yes} '
-                          'cache=$HDMAP_ARRAY_CACHE cwd=$PWD" >> "$STUB_LOG"\nexit 3\n')
-    env = {"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path / "home"), "USER": "tester", "STUB_LOG": str(log),
-           "SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_NUM_NODES": "3", "SLURM_CPUS_PER_TASK": "8",
-           "SLURM_GPUS_PER_TASK": "4", "SLURM_SUBMIT_DIR": str(submit)}
-    result = subprocess.run(["bash", str(SBATCH), "sweeps/examples/quickstart.yaml", "--set", "resources.gpu=0.25"],
-                            env=env, capture_output=True, text=True, timeout=30)
+    _stub(
+        stubs,
+        "hdmap",
+        'echo "hdmap $* | addr=$RAY_ADDRESS auth=$RAY_AUTH_MODE token=${RAY_AUTH_TOKEN:+yes} '
+        'cache=$HDMAP_ARRAY_CACHE cwd=$PWD" >> "$STUB_LOG"\nexit 3\n',
+    )
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "USER": "tester",
+        "STUB_LOG": str(log),
+        "SLURM_JOB_NODELIST": "n[1-3]",
+        "SLURM_JOB_NUM_NODES": "3",
+        "SLURM_CPUS_PER_TASK": "8",
+        "SLURM_GPUS_PER_TASK": "4",
+        "SLURM_SUBMIT_DIR": str(submit),
+    }
+    result = subprocess.run(
+        ["bash", str(SBATCH), "sweeps/examples/quickstart.yaml", "--set", "resources.gpu=0.25"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 3, f"the sweep's exit code is the job's\n{result.stdout}\n{result.stderr}"
     text = _wait_for(log, r"^ray@n\d ", count=3)
-    head = [l for l in text.splitlines() if l.startswith("ray@n1 ")]
-    assert head == ["ray@n1 start --head --node-ip-address=10.0.0.1 --port=6379 --num-cpus=8 --num-gpus=4 --block "
-                    "auth=token token=yes"]
+    head = [line for line in text.splitlines() if line.startswith("ray@n1 ")]
+    assert head == [
+        "ray@n1 start --head --node-ip-address=10.0.0.1 --port=6379 --num-cpus=8 --num-gpus=4 --block "
+        "auth=token token=yes"
+    ]
     for node in ("n2", "n3"):
-        assert f"ray@{node} start --address=10.0.0.1:6379 --num-cpus=8 --num-gpus=4 --block auth=token token=yes" in text
-    assert (f"hdmap sweep run sweeps/examples/quickstart.yaml --address auto --set resources.gpu=0.25 | "
-            f"addr=10.0.0.1:6379 auth=token token=yes cache=/tmp/hdmap-array-cache-tester cwd={submit}") in text
+        assert (
+            f"ray@{node} start --address=10.0.0.1:6379 --num-cpus=8 --num-gpus=4 --block auth=token token=yes" in text
+        )
+    assert (
+        f"hdmap sweep run sweeps/examples/quickstart.yaml --address auto --set resources.gpu=0.25 | "
+        f"addr=10.0.0.1:6379 auth=token token=yes cache=/tmp/hdmap-array-cache-tester cwd={submit}"
+    ) in text
 
     # SPEC from the environment; every argument is passed through
     log.unlink()
-    result = subprocess.run(["bash", str(SBATCH), "--retry-failed"], env={**env, "SPEC": "my.yaml"},
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["bash", str(SBATCH), "--retry-failed"],
+        env={**env, "SPEC": "my.yaml"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 3
     assert "hdmap sweep run my.yaml --address auto --retry-failed |" in _wait_for(log, r"^hdmap ")
 
@@ -250,8 +300,13 @@ def test_rayjob_has_the_fields_kuberay_requires():
 
 # ------------------------------------------------------------------------------------- submit_sweep
 def run_submit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SUBMIT), *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(SUBMIT), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_submit_sweep_help_and_usage():
@@ -263,8 +318,11 @@ def test_submit_sweep_help_and_usage():
 def test_submit_sweep_builds_the_cli_command():
     env = {"HDMAP_SWEEP_OUTPUT": "s3://bucket/prefix"}
     out = run_submit("--dry-run", "sweeps/examples/quickstart.yaml", "--set", "resources.gpu=0.25", env=env).stdout
-    assert re.search(r"sweep run sweeps/examples/quickstart\.yaml --address auto --set output=s3://bucket/prefix "
-                     r"--set resources\.gpu=0\.25$", out.strip()), out
+    assert re.search(
+        r"sweep run sweeps/examples/quickstart\.yaml --address auto --set output=s3://bucket/prefix "
+        r"--set resources\.gpu=0\.25$",
+        out.strip(),
+    ), out
     # the user's own output and address win
     out = run_submit("--dry-run", "s.yaml", "--set", "output=/nfs/x", "--address", "ray://h:10001", env=env).stdout
     assert "s3://bucket/prefix" not in out and "--address auto" not in out
@@ -275,11 +333,18 @@ def test_submit_sweep_runs_the_cli_in_the_repo_and_returns_its_exit_code(tmp_pat
     stubs, log = tmp_path / "bin", tmp_path / "calls.log"
     stubs.mkdir()
     _stub(stubs, "hdmap", 'echo "$PWD | $*" > "$STUB_LOG"\nexit 7\n')
-    env = {"PATH": f"{stubs}:{os.environ['PATH']}", "HDMAP_REPO": str(tmp_path), "STUB_LOG": str(log),
-           "HDMAP_SWEEP_OUTPUT": ""}
+    env = {
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "HDMAP_REPO": str(tmp_path),
+        "STUB_LOG": str(log),
+        "HDMAP_SWEEP_OUTPUT": "",
+    }
     result = run_submit("sweeps/examples/quickstart.yaml", "--retry-failed", env=env)
     assert result.returncode == 7
-    assert log.read_text().strip() == f"{tmp_path} | sweep run sweeps/examples/quickstart.yaml --address auto --retry-failed"
+    assert (
+        log.read_text().strip()
+        == f"{tmp_path} | sweep run sweeps/examples/quickstart.yaml --address auto --retry-failed"
+    )
 
 
 # --------------------------------------------------------------------------------- GPUs: Ray only

@@ -40,7 +40,13 @@ def test_yaml_file_and_errors(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("data:\n  domain: B\nmodel:\n  name: draem\n  epochs: 2\nseed: 7\n")
     cfg = load_trial_config(path, ["model.lr=0.001"])
-    assert (cfg.data.domain, cfg.model.name, cfg.model.epochs, cfg.model.lr, cfg.seed) == ("domain_B", "draem", 2, 0.001, 7)
+    assert (cfg.data.domain, cfg.model.name, cfg.model.epochs, cfg.model.lr, cfg.seed) == (
+        "domain_B",
+        "draem",
+        2,
+        0.001,
+        7,
+    )
     with pytest.raises(ConfigError, match="does not exist"):
         load_trial_config(tmp_path / "missing.yaml")
     path.write_text("model:\n  name: draem\n  dtd_dir: /no/such/dir\n")

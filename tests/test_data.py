@@ -90,8 +90,10 @@ def test_error_corrupt_file_named(tmp_path):
 
 @pytest.mark.parametrize(
     "array, found",
-    [(np.zeros((31, 95), np.float64), "dtype float64, expected float32"),
-     (np.zeros((32, 95), np.float32), r"shape \(32, 95\), expected \(31, 95\)")],
+    [
+        (np.zeros((31, 95), np.float64), "dtype float64, expected float32"),
+        (np.zeros((32, 95), np.float32), r"shape \(32, 95\), expected \(31, 95\)"),
+    ],
 )
 def test_error_wrong_dtype_or_shape_named(tmp_path, array, found):
     root = write_layout(tmp_path / "r")

@@ -44,11 +44,14 @@ def no_decoding(monkeypatch):
 # ---- pixel values
 
 
-@pytest.mark.parametrize("bad, count, message", [
-    (np.nan, 40, r"40 non-finite pixel values \(NaN/inf\); HDMAP files must be finite"),
-    (np.inf, 3, r"3 non-finite pixel values"),
-    (-0.25, 7, r"7 negative pixel values \(min -0\.25\).*data\.allow_negative: true"),
-])
+@pytest.mark.parametrize(
+    "bad, count, message",
+    [
+        (np.nan, 40, r"40 non-finite pixel values \(NaN/inf\); HDMAP files must be finite"),
+        (np.inf, 3, r"3 non-finite pixel values"),
+        (-0.25, 7, r"7 negative pixel values \(min -0\.25\).*data\.allow_negative: true"),
+    ],
+)
 def test_bad_pixel_values_name_file_and_count(root, bad, count, message):
     img = image()
     img.flat[:count] = bad
@@ -117,20 +120,29 @@ def test_train_names_are_free_but_follow_the_suffix_rule(root):
 
 def test_stray_name_in_a_test_folder_is_an_error_saying_how_to_state_the_split(root):
     tifffile.imwrite(root / GOOD / "abc.tiff", image())  # used to flip a warm image to cold silently
-    with pytest.raises(DataLayoutError, match=rf"{GOOD}: test file names must be <digits>\.tiff \(or \.tif\) .*"
-                                              r"found abc\.tiff.*data\.cold_below: K.*conditions\.csv \(columns "
-                                              r"file,condition; e\.g\. domain_C/test/good/abc\.tiff,cold\)"):
+    with pytest.raises(
+        DataLayoutError,
+        match=rf"{GOOD}: test file names must be <digits>\.tiff \(or \.tif\) .*"
+        r"found abc\.tiff.*data\.cold_below: K.*conditions\.csv \(columns "
+        r"file,condition; e\.g\. domain_C/test/good/abc\.tiff,cold\)",
+    ):
         load_split(root, "C", "test")
 
 
-@pytest.mark.parametrize("mapping, found, missing", [
-    ({f"{i:06d}.tiff": f"{1000 + i:06d}.tiff" for i in range(4)}, "001000.tiff..001003.tiff", "4 numbers"),
-    ({"000001.tiff": "000007.tiff"}, "000000.tiff..000007.tiff", r"1 numbers of 0\.\.3 missing, e\.g\. 1\)"),
-])
+@pytest.mark.parametrize(
+    "mapping, found, missing",
+    [
+        ({f"{i:06d}.tiff": f"{1000 + i:06d}.tiff" for i in range(4)}, "001000.tiff..001003.tiff", "4 numbers"),
+        ({"000001.tiff": "000007.tiff"}, "000000.tiff..000007.tiff", r"1 numbers of 0\.\.3 missing, e\.g\. 1\)"),
+    ],
+)
 def test_numbering_the_index_rule_does_not_assume_is_an_error(root, mapping, found, missing):
     rename(root / GOOD, mapping)
-    with pytest.raises(DataLayoutError, match=rf"{GOOD}: the index rule .* numbered 0\.\.3; found {found} \({missing}"
-                                              r".*data\.cold_below"):
+    with pytest.raises(
+        DataLayoutError,
+        match=rf"{GOOD}: the index rule .* numbered 0\.\.3; found {found} \({missing}"
+        r".*data\.cold_below",
+    ):
         scan_split(root, "C", "test")
 
 
@@ -141,8 +153,15 @@ def test_duplicate_numbers_are_an_error(root):
 
 
 def test_cold_below_assigns_by_number_and_allows_gaps(root):
-    rename(root / GOOD, {"000000.tiff": "001000.tiff", "000001.tiff": "001001.tiff", "000002.tiff": "001005.tiff",
-                         "000003.tiff": "001009.tiff"})
+    rename(
+        root / GOOD,
+        {
+            "000000.tiff": "001000.tiff",
+            "000001.tiff": "001001.tiff",
+            "000002.tiff": "001005.tiff",
+            "000003.tiff": "001009.tiff",
+        },
+    )
     test = load_split(root, "C", "test", cold_below=1002)
     good = [(f.rsplit("/", 1)[1], c) for f, c in zip(test.files, test.conditions) if "/good/" in f]
     assert good == [("001000.tiff", "cold"), ("001001.tiff", "cold"), ("001005.tiff", "warm"), ("001009.tiff", "warm")]
@@ -169,17 +188,31 @@ def test_conditions_csv_states_the_split_for_any_names(root):
     assert [got[f"domain_C/test/fault/{i:06d}.tiff"] for i in range(4)] == ["warm", "cold", "warm", "cold"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda rows: rows[:-1], r"conditions\.csv: no row for 1 test files of .*test/fault \(domain_C/test/fault/000003"),
-    (lambda rows: rows[:2] + ["domain_C/test/good/000002.tiff,hot"] + rows[3:],
-     r"conditions\.csv line 4: condition 'hot' for domain_C/test/good/000002\.tiff; expected cold or warm"),
-    (lambda rows: rows + ["domain_C/test/good/000009.tiff,cold"],
-     r"conditions\.csv line 10: domain_C/test/good/000009\.tiff does not exist"),
-    (lambda rows: rows + [rows[1]],
-     r"conditions\.csv line 10: domain_C/test/good/000001\.tiff already has a row \(line 3\)"),
-    (lambda rows: rows + ["C/good/000001.tiff,cold"],
-     r"conditions\.csv line 10: file 'C/good/000001\.tiff' is not a test"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda rows: rows[:-1],
+            r"conditions\.csv: no row for 1 test files of .*test/fault \(domain_C/test/fault/000003",
+        ),
+        (
+            lambda rows: rows[:2] + ["domain_C/test/good/000002.tiff,hot"] + rows[3:],
+            r"conditions\.csv line 4: condition 'hot' for domain_C/test/good/000002\.tiff; expected cold or warm",
+        ),
+        (
+            lambda rows: rows + ["domain_C/test/good/000009.tiff,cold"],
+            r"conditions\.csv line 10: domain_C/test/good/000009\.tiff does not exist",
+        ),
+        (
+            lambda rows: rows + [rows[1]],
+            r"conditions\.csv line 10: domain_C/test/good/000001\.tiff already has a row \(line 3\)",
+        ),
+        (
+            lambda rows: rows + ["C/good/000001.tiff,cold"],
+            r"conditions\.csv line 10: file 'C/good/000001\.tiff' is not a test",
+        ),
+    ],
+)
 def test_conditions_csv_errors_name_the_row(root, edit, message):
     conditions_csv(root, edit(all_rows(root)))
     with pytest.raises(DataLayoutError, match=message):
@@ -218,21 +251,40 @@ def test_new_data_fields_keep_earlier_trial_ids():
     default = load_trial_config(None, [])
     assert "cold_below" not in default.canonical()["data"] and "allow_negative" not in default.canonical()["data"]
     assert load_trial_config(None, ["data.cold_below=null", "data.allow_negative=false"]).trial_id == default.trial_id
-    assert len({default.trial_id, load_trial_config(None, ["data.cold_below=500"]).trial_id,
-                load_trial_config(None, ["data.allow_negative=true"]).trial_id}) == 3
+    assert (
+        len(
+            {
+                default.trial_id,
+                load_trial_config(None, ["data.cold_below=500"]).trial_id,
+                load_trial_config(None, ["data.allow_negative=true"]).trial_id,
+            }
+        )
+        == 3
+    )
 
 
 # ---- counts against train_shots and val_fraction, before any decoding
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.train_shots=50"], r"data\.train_shots=50 but only 5 images are available in domain_C/train/good after "
-                              r"holding out 1 for validation \(data\.val_fraction=0\.1\); use at most 5"),
-    (["data.train_shots=5", "data.reference_source=test"],
-     r"data\.train_shots=5 but only 4 images are available in domain_C/test/good; use at most 4"),
-    (["data.val_fraction=0.95"], r"data\.val_fraction=0\.95 holds out 6 of the 6 images in domain_C/train/good "
-                                 r"and leaves none to fit on"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["data.train_shots=50"],
+            r"data\.train_shots=50 but only 5 images are available in domain_C/train/good after "
+            r"holding out 1 for validation \(data\.val_fraction=0\.1\); use at most 5",
+        ),
+        (
+            ["data.train_shots=5", "data.reference_source=test"],
+            r"data\.train_shots=5 but only 4 images are available in domain_C/test/good; use at most 4",
+        ),
+        (
+            ["data.val_fraction=0.95"],
+            r"data\.val_fraction=0\.95 holds out 6 of the 6 images in domain_C/train/good "
+            r"and leaves none to fit on",
+        ),
+    ],
+)
 def test_counts_that_cannot_work_are_named_before_decoding(root, monkeypatch, overrides, message):
     cfg = load_trial_config(None, [f"data.root={root}", *overrides]).data
     no_decoding(monkeypatch)
@@ -250,12 +302,15 @@ def test_check_headers_passes_good_data_without_decoding(root, monkeypatch):
         check_headers(root, "C", split, workers=4)
 
 
-@pytest.mark.parametrize("write, message", [
-    (lambda p: p.write_bytes(b"not a tiff at all"), "not a readable TIFF"),
-    (lambda p: tifffile.imwrite(p, np.zeros((31, 95), np.float64)), "dtype float64, expected float32"),
-    (lambda p: tifffile.imwrite(p, np.zeros((31, 96), np.float32)), r"shape \(31, 96\), expected \(31, 95\)"),
-    (lambda p: tifffile.imwrite(p, np.zeros((2, 31, 95), np.float32)), r"shape \(2, 31, 95\)"),
-])
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda p: p.write_bytes(b"not a tiff at all"), "not a readable TIFF"),
+        (lambda p: tifffile.imwrite(p, np.zeros((31, 95), np.float64)), "dtype float64, expected float32"),
+        (lambda p: tifffile.imwrite(p, np.zeros((31, 96), np.float32)), r"shape \(31, 96\), expected \(31, 95\)"),
+        (lambda p: tifffile.imwrite(p, np.zeros((2, 31, 95), np.float32)), r"shape \(2, 31, 95\)"),
+    ],
+)
 def test_check_headers_names_the_first_bad_file(root, write, message):
     write(root / "domain_C/test/fault/000002.tiff")
     write(root / "domain_C/test/fault/000003.tiff")

@@ -15,9 +15,19 @@ from hdmap.trial import run_trial
 
 
 def _overrides(root, *extra):
-    return [f"data.root={root}", "data.domain=C", "model.name=draem_sevnet", "model.epochs=1", "model.base_width=8",
-            "model.severity_width=4", "data.image_size=[32,96]", "data.normalization=none", "data.to_rgb=false",
-            "model.batch_size=8", *extra]
+    return [
+        f"data.root={root}",
+        "data.domain=C",
+        "model.name=draem_sevnet",
+        "model.epochs=1",
+        "model.base_width=8",
+        "model.severity_width=4",
+        "data.image_size=[32,96]",
+        "data.normalization=none",
+        "data.to_rgb=false",
+        "model.batch_size=8",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("mode", list(SEVERITY_INPUT_CHANNELS))
@@ -33,9 +43,17 @@ def test_trial_every_severity_input(sim_root, mode):
 
 
 def test_weighted_average_score_and_smooth_l1(sim_root):
-    cfg = load_trial_config(None, _overrides(sim_root, "model.score_combination=weighted_average",
-                                             "model.score_severity_weight=0.3", "model.severity_loss=smooth_l1",
-                                             "model.patch_aspect=[1.0, 2.0]", "model.patch_count=3"))
+    cfg = load_trial_config(
+        None,
+        _overrides(
+            sim_root,
+            "model.score_combination=weighted_average",
+            "model.score_severity_weight=0.3",
+            "model.severity_loss=smooth_l1",
+            "model.patch_aspect=[1.0, 2.0]",
+            "model.patch_count=3",
+        ),
+    )
     result = run_trial(cfg)
     assert result.ok and np.isfinite(result.scores["score"].to_numpy()).all()
 
@@ -45,8 +63,10 @@ def test_early_stopping_is_configured_on_val_loss():
     from hdmap.data.transforms import HdmapTransform
     from hdmap.models.draem_sevnet import DraemSevNetConfig, build
 
-    module = build(DraemSevNetConfig(early_stopping_patience=2, base_width=8),
-                   HdmapTransform((32, 96), to_rgb=False, normalization="none"))
+    module = build(
+        DraemSevNetConfig(early_stopping_patience=2, base_width=8),
+        HdmapTransform((32, 96), to_rgb=False, normalization="none"),
+    )
     (stopper,) = module.configure_callbacks()
     assert stopper.monitor == "val_loss" and stopper.patience == 2
     assert build(DraemSevNetConfig(base_width=8), HdmapTransform((32, 96), to_rgb=False)).configure_callbacks() == []
@@ -58,9 +78,19 @@ def test_rgb_input_is_a_clear_error(sim_root):
         run_trial(cfg)
 
 
-@pytest.mark.parametrize("bad", ["model.severity_input=everything", "model.patch_count=4", "model.patch_aspect=wide",
-                                 "model.patch_aspect=[0.5, 0.2]", "model.anomaly_probability=1.5",
-                                 "model.severity_loss=l1", "model.score_combination=mean", "model.patch_width_range=[9, 3]"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "model.severity_input=everything",
+        "model.patch_count=4",
+        "model.patch_aspect=wide",
+        "model.patch_aspect=[0.5, 0.2]",
+        "model.anomaly_probability=1.5",
+        "model.severity_loss=l1",
+        "model.score_combination=mean",
+        "model.patch_width_range=[9, 3]",
+    ],
+)
 def test_bad_config_names_the_field(sim_root, bad):
     with pytest.raises((ConfigError, ValidationError)) as err:
         load_trial_config(None, _overrides(sim_root, bad))
@@ -86,7 +116,9 @@ def test_severity_subnetwork_input_channels(mode, channels):
 
 
 def test_module_is_picklable_and_validation_is_repeatable():
-    module = DraemSevNetModule(DraemSevNetConfig(base_width=8, severity_width=4), HdmapTransform((32, 96), to_rgb=False))
+    module = DraemSevNetModule(
+        DraemSevNetConfig(base_width=8, severity_width=4), HdmapTransform((32, 96), to_rgb=False)
+    )
     clone = pickle.loads(pickle.dumps(module))
     batch = {"image": torch.rand(4, 1, 32, 96)}
     logged = []

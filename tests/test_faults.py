@@ -66,15 +66,20 @@ def test_aspect_honoured(aspect):
 
 def test_presets_orientation():
     assert ASPECT_PRESETS["landscape"] == (2.0, 4.0) and ASPECT_PRESETS["portrait"] == (0.25, 0.5)
-    out = CutPasteFaults(patch_width_range=(12, 12), patch_aspect="landscape", anomaly_probability=1.0)(_images(b=8), _gen())
+    out = CutPasteFaults(patch_width_range=(12, 12), patch_aspect="landscape", anomaly_probability=1.0)(
+        _images(b=8), _gen()
+    )
     assert all(bw > bh for boxes in out.boxes for _, _, bh, bw in boxes)
-    out = CutPasteFaults(patch_width_range=(4, 4), patch_aspect="portrait", anomaly_probability=1.0)(_images(b=8), _gen())
+    out = CutPasteFaults(patch_width_range=(4, 4), patch_aspect="portrait", anomaly_probability=1.0)(
+        _images(b=8), _gen()
+    )
     assert all(bh > bw for boxes in out.boxes for _, _, bh, bw in boxes)
 
 
 def test_patches_never_overlap_and_stay_inside():
     out = CutPasteFaults(patch_width_range=(10, 40), patch_aspect="square", patch_count=3, anomaly_probability=1.0)(
-        _images(b=100, h=32, w=96), _gen(5))
+        _images(b=100, h=32, w=96), _gen(5)
+    )
     for i, boxes in enumerate(out.boxes):
         area = sum(bh * bw for _, _, bh, bw in boxes)
         assert out.mask[i].sum().item() == area  # disjoint targets
@@ -84,7 +89,9 @@ def test_patches_never_overlap_and_stay_inside():
 
 def test_boundary_safe_with_huge_patches():
     x = _images(b=20, h=8, w=12)
-    out = CutPasteFaults(patch_width_range=(50, 60), patch_aspect="square", patch_count=3, anomaly_probability=1.0)(x, _gen())
+    out = CutPasteFaults(patch_width_range=(50, 60), patch_aspect="square", patch_count=3, anomaly_probability=1.0)(
+        x, _gen()
+    )
     assert all(len(b) >= 1 for b in out.boxes) and torch.isfinite(out.image).all()
     assert (out.mask.flatten(1).amax(1) == 1).all()
 
@@ -97,9 +104,18 @@ def test_deterministic_under_seed():
     assert not torch.equal(a.image, c.image)
 
 
-@pytest.mark.parametrize("kwargs", [dict(patch_count=4), dict(patch_count=0), dict(anomaly_probability=1.5),
-                                    dict(patch_aspect="wide"), dict(patch_aspect=(0.5, 0.2)),
-                                    dict(patch_width_range=(5, 2)), dict(severity_max=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(patch_count=4),
+        dict(patch_count=0),
+        dict(anomaly_probability=1.5),
+        dict(patch_aspect="wide"),
+        dict(patch_aspect=(0.5, 0.2)),
+        dict(patch_width_range=(5, 2)),
+        dict(severity_max=0),
+    ],
+)
 def test_bad_settings_rejected(kwargs):
     with pytest.raises(ValueError):
         CutPasteFaults(**kwargs)

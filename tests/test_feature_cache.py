@@ -54,8 +54,10 @@ def test_failed_compute_commits_nothing(tmp_path):
 
 def test_cached_trials_score_exactly_like_uncached_ones(sim_root, tmp_path):
     cache = tmp_path / "cache"
-    for extra in (["model.gating=p90", "model.coreset_ratio=0.5", "model.k=3", "model.context_k=[2,3]"],
-                  ["model.gating=soft", "model.k=1"]):
+    for extra in (
+        ["model.gating=p90", "model.coreset_ratio=0.5", "model.k=3", "model.context_k=[2,3]"],
+        ["model.gating=soft", "model.k=1"],
+    ):
         plain = run_trial(load_trial_config(None, ca_overrides(sim_root, *extra)))
         first = run_trial(load_trial_config(None, ca_overrides(sim_root, *extra, f"runtime.feature_cache={cache}")))
         again = run_trial(load_trial_config(None, ca_overrides(sim_root, *extra, f"runtime.feature_cache={cache}")))
@@ -86,7 +88,7 @@ def test_sweep_shares_features_and_no_feature_cache_gives_same_metrics(tmp_path)
     spec.write_text(f"""
 name: fc
 data:
-  root: {tmp_path / 'data'}
+  root: {tmp_path / "data"}
   simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}
 trial:
   data: {{domain: C, image_size: [64, 192]}}
@@ -94,7 +96,7 @@ trial:
 axes:
   model.k: [1, 9]
 max_concurrent: 1
-output: {tmp_path / 'out'}
+output: {tmp_path / "out"}
 tracking: {{wandb: {{mode: disabled}}}}
 """)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

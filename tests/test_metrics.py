@@ -316,8 +316,13 @@ def test_counts():
 
 
 def test_accepts_numpy_and_bool_labels():
-    r = evaluate(np.array(SCORES), np.array(LABELS, dtype=bool), np.array(CONDS), val_scores=np.array(VAL),
-                 threshold_method="val_max")
+    r = evaluate(
+        np.array(SCORES),
+        np.array(LABELS, dtype=bool),
+        np.array(CONDS),
+        val_scores=np.array(VAL),
+        threshold_method="val_max",
+    )
     assert r == base()
 
 

@@ -45,13 +45,16 @@ def test_weights_from_local_file_are_loaded(sim_root, tmp_path):
     loaded = module.model.feature_extractor.feature_extractor.state_dict()["layer1.0.conv1.weight"]
     assert torch.equal(loaded, reference.state_dict()["layer1.0.conv1.weight"])
     with pytest.raises(WeightsNotFoundError, match="no such file"):
-        PatchCoreModule(PatchCoreConfig(backbone="resnet18", weights=str(tmp_path / "nope.pth")), HdmapTransform((64, 64)))
+        PatchCoreModule(
+            PatchCoreConfig(backbone="resnet18", weights=str(tmp_path / "nope.pth")), HdmapTransform((64, 64))
+        )
 
 
 def test_draem_early_stopping_on_val_loss(sim_root):
     from hdmap.trial import run_trial as run
 
-    cfg = load_trial_config(None, tiny_overrides(sim_root, "draem") + ["model.epochs=30", "model.early_stopping_patience=1",
-                                                                        "model.lr=0.1"])
+    cfg = load_trial_config(
+        None, tiny_overrides(sim_root, "draem") + ["model.epochs=30", "model.early_stopping_patience=1", "model.lr=0.1"]
+    )
     row = run(cfg).rows[0]
     assert row["status"] == "ok" and row["epochs_run"] < 30  # val_loss stopped improving: stopped early

@@ -59,9 +59,18 @@ def test_context_with_gated_banks_end_to_end(sim_root):
 
 def test_dinov2_small_blocks_tiny_image(sim_root):
     grab = _Grab()
-    cfg = load_trial_config(None, ca_overrides(
-        sim_root, "model.backbone=vit_small_patch14_dinov2", "model.layers=[blocks.8,blocks.11]",
-        "data.image_size=[28,84]", "model.gating=p90", "model.context_k=1", "model.shots_per_bank=2"))
+    cfg = load_trial_config(
+        None,
+        ca_overrides(
+            sim_root,
+            "model.backbone=vit_small_patch14_dinov2",
+            "model.layers=[blocks.8,blocks.11]",
+            "data.image_size=[28,84]",
+            "model.gating=p90",
+            "model.context_k=1",
+            "model.shots_per_bank=2",
+        ),
+    )
     result = run_trial(cfg, callbacks=[grab])
     (row,) = result.rows
     assert row["status"] == "ok" and row["pretrained_weights"].startswith("random-init")
@@ -74,8 +83,15 @@ def test_dinov2_pretrained_without_local_weights_fails_precisely(sim_root, tmp_p
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
-    cfg = load_trial_config(None, [f"data.root={sim_root}", "model.name=ca_patchcore",
-                                   "model.backbone=vit_small_patch14_dinov2", "model.pretrained=true"])
+    cfg = load_trial_config(
+        None,
+        [
+            f"data.root={sim_root}",
+            "model.name=ca_patchcore",
+            "model.backbone=vit_small_patch14_dinov2",
+            "model.pretrained=true",
+        ],
+    )
     with pytest.raises(WeightsNotFoundError) as err:
         run_trial(cfg)
     text = str(err.value)
@@ -119,21 +135,26 @@ def test_p90_threshold_is_calibrated_on_train_only(sim_root, tmp_path):
 
 def test_explicit_gate_threshold_is_used(sim_root):
     grab = _Grab()
-    cfg = load_trial_config(None, ca_overrides(sim_root, "model.gating=p90", "model.gate_threshold=1000.0",
-                                               "model.shots_per_bank=null"))
+    cfg = load_trial_config(
+        None, ca_overrides(sim_root, "model.gating=p90", "model.gate_threshold=1000.0", "model.shots_per_bank=null")
+    )
     with pytest.raises(ValueError, match="no fit image in the warm bank"):
         run_trial(cfg, callbacks=[grab])
 
 
 def test_mixed_with_all_fit_images_needs_no_gate(sim_root):
     """One fit image cannot calibrate a gate; the ungated baseline must not need one."""
-    cfg = load_trial_config(None, ca_overrides(sim_root, "model.gating=mixed", "model.shots_per_bank=null",
-                                               "data.train_shots=1"))
+    cfg = load_trial_config(
+        None, ca_overrides(sim_root, "model.gating=mixed", "model.shots_per_bank=null", "data.train_shots=1")
+    )
     (row,) = run_trial(cfg).rows
     assert row["status"] == "ok" and row["n_fit"] == 1 and row["gating_accuracy"] is None
     with pytest.raises(ValueError, match="gate_threshold"):
-        run_trial(load_trial_config(None, ca_overrides(sim_root, "model.gating=p90", "model.shots_per_bank=null",
-                                                       "data.train_shots=1")))
+        run_trial(
+            load_trial_config(
+                None, ca_overrides(sim_root, "model.gating=p90", "model.shots_per_bank=null", "data.train_shots=1")
+            )
+        )
 
 
 def test_two_means_midpoint():
@@ -176,16 +197,18 @@ def test_k_reweighting_matches_anomalib_patchcore(sim_root):
     ours = run_trial(load_trial_config(None, common + ["model.name=ca_patchcore", "model.layers=[layer2,layer3]"]))
     anomalib = run_trial(load_trial_config(None, common))  # anomalib's PatchcoreModel (default layers layer2+3)
     np.testing.assert_allclose(ours.scores["score"].to_numpy(), anomalib.scores["score"].to_numpy(), atol=1e-4, rtol=0)
-    k1 = run_trial(load_trial_config(None, common + ["model.name=ca_patchcore", "model.layers=[layer2,layer3]",
-                                                       "model.k=1"]))
+    k1 = run_trial(
+        load_trial_config(None, common + ["model.name=ca_patchcore", "model.layers=[layer2,layer3]", "model.k=1"])
+    )
     assert not np.allclose(k1.scores["score"].to_numpy(), ours.scores["score"].to_numpy())  # k is not ignored
 
 
 def test_faiss_trial_equals_dense_trial(sim_root):
     scores = {}
     for knn in ("faiss", "torch"):
-        cfg = load_trial_config(None, ca_overrides(sim_root, "model.gating=p90", f"model.knn={knn}",
-                                                   "model.shots_per_bank=4"))
+        cfg = load_trial_config(
+            None, ca_overrides(sim_root, "model.gating=p90", f"model.knn={knn}", "model.shots_per_bank=4")
+        )
         scores[knn] = run_trial(cfg).scores["score"].to_numpy()
     np.testing.assert_allclose(scores["faiss"], scores["torch"], atol=1e-4, rtol=0)
 

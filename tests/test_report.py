@@ -18,13 +18,13 @@ import pytest
 
 from sweeps.report import ORACLE_HEADING, ReportPaths, build_report
 from sweeps.report.analysis import (
-    load,
     VERDICT_BETTER,
     VERDICT_FEW,
     VERDICT_UNCLEAR,
     VERDICT_WORSE,
     bootstrap_ci,
     first_error_line,
+    load,
     value_key,
     verdict,
 )
@@ -81,7 +81,7 @@ def _rows():
             "trial_id": FAILED_ID,
             "sweep": "unit-sweep",
             "status": "error",
-            "error": "Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: CUDA out of memory",
+            "error": 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: CUDA out of memory',
             "model": "patchcore",
             "train_domain": "domain_C",
             "test_domain": "domain_C",
@@ -99,10 +99,20 @@ def _rows():
 
 
 TYPES = {
-    "trial_id": pa.string(), "sweep": pa.string(), "status": pa.string(), "error": pa.string(),
-    "model": pa.string(), "train_domain": pa.string(), "test_domain": pa.string(), "seed": pa.int64(),
-    "data.root": pa.string(), "data.domain": pa.string(), "data.train_shots": pa.int64(),
-    "model.name": pa.string(), "model.k": pa.int64(), "model.layers": pa.string(),
+    "trial_id": pa.string(),
+    "sweep": pa.string(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "model": pa.string(),
+    "train_domain": pa.string(),
+    "test_domain": pa.string(),
+    "seed": pa.int64(),
+    "data.root": pa.string(),
+    "data.domain": pa.string(),
+    "data.train_shots": pa.int64(),
+    "model.name": pa.string(),
+    "model.k": pa.int64(),
+    "model.layers": pa.string(),
 }
 
 
@@ -112,8 +122,16 @@ def make_sweep(path, spec: dict | None = None):
     table = pa.table({c: pa.array([r[c] for r in rows], type=TYPES.get(c, pa.float64())) for c in rows[0]})
     pq.write_table(table, path / "results.parquet")
     pq.write_table(
-        pa.table({"trial_id": ["pat-A-k1-s0"] * 2, "test_domain": ["domain_A"] * 2, "file": ["a.tiff", "b.tiff"],
-                  "label": pa.array([0, 1], pa.int8()), "condition": ["cold", "warm"], "score": [0.1, 0.9]}),
+        pa.table(
+            {
+                "trial_id": ["pat-A-k1-s0"] * 2,
+                "test_domain": ["domain_A"] * 2,
+                "file": ["a.tiff", "b.tiff"],
+                "label": pa.array([0, 1], pa.int8()),
+                "condition": ["cold", "warm"],
+                "score": [0.1, 0.9],
+            }
+        ),
         path / "scores.parquet",
     )
     if spec is not None:
@@ -128,8 +146,10 @@ def report_of(d, out=None) -> ReportPaths:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> ReportPaths:
-    d = make_sweep(tmp_path_factory.mktemp("sweep") / "unit",
-                   {"name": "unit-sweep", "axes": {"data.domain": ["domain_A", "domain_C"], "model.k": [1, 3]}})
+    d = make_sweep(
+        tmp_path_factory.mktemp("sweep") / "unit",
+        {"name": "unit-sweep", "axes": {"data.domain": ["domain_A", "domain_C"], "model.k": [1, 3]}},
+    )
     return report_of(d)
 
 

@@ -169,9 +169,7 @@ def test_deterministic_per_seed_and_independent_of_other_domains(sim, tmp_path):
 def test_ground_truth_sidecar(sim, tmp_path):
     root, _ = sim
     gt = read_ground_truth(root)
-    expected = {
-        f"{d}/test/{sub}/{i:06d}.tiff" for d in DOMAINS for sub in ("good", "fault") for i in range(N_TEST)
-    }
+    expected = {f"{d}/test/{sub}/{i:06d}.tiff" for d in DOMAINS for sub in ("good", "fault") for i in range(N_TEST)}
     assert set(gt) == expected, "ground_truth.csv must hold exactly one row per test file"
     lines = (root / "ground_truth.csv").read_text().splitlines()
     assert lines[0] == "domain,split,file,label,condition,fault_row,severity"

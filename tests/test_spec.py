@@ -30,14 +30,19 @@ def test_quickstart_expands():
 
 
 def test_grid_zip_seeds_and_per_model_resources(tmp_path):
-    plan = load_spec(write(tmp_path, """
+    plan = load_spec(
+        write(
+            tmp_path,
+            """
         axes:
           data.domain: [A, B]
           zip: [{model.layers: [[layer2], [layer3]], model.k: [1, 3]}]
         models:
           patchcore: {resources: {cpu: 2, gpu: 0.25}}
         seeds: [0, 1, 2]
-    """))
+    """,
+        )
+    )
     assert len(plan.trials) == 2 * 2 * 3
     assert {(tuple(t.model.layers), t.model.k) for t in plan.trials} == {(("layer2",), 1), (("layer3",), 3)}
     assert plan.resources_for("patchcore").gpu == 0.25 and plan.resources_for("draem").gpu == 0
@@ -48,14 +53,25 @@ def test_grid_zip_seeds_and_per_model_resources(tmp_path):
     "body, expected",
     [
         ("models: {patchcor: {}}", r"spec\.yaml: models\.patchcor: unknown model; allowed: patchcore, draem"),
-        ("axes: {model.kk: [1, 2]}", r"spec\.yaml: axes\.model\.kk: unknown config path .*allowed: name, batch_size, backbone"),
+        (
+            "axes: {model.kk: [1, 2]}",
+            r"spec\.yaml: axes\.model\.kk: unknown config path .*allowed: name, batch_size, backbone",
+        ),
         ("axes: {data.domian: [A]}", r"spec\.yaml: axes\.data\.domian: unknown config path .*allowed: root, domain"),
-        ("axes: {model.k: [1, many]}", r"spec\.yaml: model patchcore, axis value model\.k='many': .*model\.k: .*integer"),
+        (
+            "axes: {model.k: [1, many]}",
+            r"spec\.yaml: model patchcore, axis value model\.k='many': .*model\.k: .*integer",
+        ),
         ("axes: {data.domain: [A, E]}", r"axis value data\.domain='E'.*expected one of A, B, C, D"),
-        ("models: {patchcore: {}, draem: {}}\naxes: {model.k: [1, 3]}",
-         r"spec\.yaml: axes\.model\.k: does not apply to model 'draem' .*put it under models\.patchcore\.axes"),
+        (
+            "models: {patchcore: {}, draem: {}}\naxes: {model.k: [1, 3]}",
+            r"spec\.yaml: axes\.model\.k: does not apply to model 'draem' .*put it under models\.patchcore\.axes",
+        ),
         ("axes: {model.k: 3}", r"axes\.model\.k: expected a non-empty list"),
-        ("scheduler: asha", r"scheduler: asha ranks trials by per-epoch 'val_loss'; model 'patchcore' reports no per-epoch"),
+        (
+            "scheduler: asha",
+            r"scheduler: asha ranks trials by per-epoch 'val_loss'; model 'patchcore' reports no per-epoch",
+        ),
         ("resources: {gpu: 1.5}", r"resources\.gpu: .*whole GPUs"),
         ("max_concurent: 2", r"spec\.yaml: max_concurent: Extra inputs are not permitted"),
     ],
@@ -67,7 +83,9 @@ def test_each_mistake_is_named(tmp_path, body, expected):
 
 def test_plan_cli_fails_before_running(tmp_path):
     path = write(tmp_path, "axes: {model.kk: [1]}\nmodels: {patchcore: {}, nope: {}}")
-    proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "plan", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "sweep", "plan", str(path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "models.nope: unknown model" in proc.stderr and "Traceback" not in proc.stderr
 
 

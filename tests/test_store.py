@@ -88,8 +88,13 @@ def test_never_rewrites_a_file_holding_trials_the_parts_lack(tmp_path):
 def test_sweep_meta_round_trip_and_damaged_file(tmp_path):
     store = ResultStore(tmp_path / "sweep")
     assert store.meta() is None
-    meta = SweepMeta(name="s", axes={"model.k": [3, 1]}, trial_ids=["a"], state="running",
-                     wandb=WandbSettings(project="gearbox", entity="lab"))
+    meta = SweepMeta(
+        name="s",
+        axes={"model.k": [3, 1]},
+        trial_ids=["a"],
+        state="running",
+        wandb=WandbSettings(project="gearbox", entity="lab"),
+    )
     store.write_meta(meta)
     assert store.meta() == meta
     (tmp_path / "sweep" / "sweep.json").write_text("{not json")

@@ -7,7 +7,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-
 pytestmark = pytest.mark.slow
 moto_server = pytest.importorskip("moto.server", reason="moto is a test dependency (pip install -e '.[test]')")
 
@@ -23,7 +22,7 @@ def test_sweep_output_on_s3_through_the_cli(tmp_path, s3, monkeypatch):
     spec = tmp_path / "s3.yaml"
     spec.write_text(f"""
 name: s3sweep
-data: {{root: {tmp_path / 'data'}, simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}}}
+data: {{root: {tmp_path / "data"}, simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}}}
 trial:
   data: {{domain: C, image_size: [64, 192]}}
   model: {{backbone: resnet18, pretrained: false, layers: [layer2], coreset_ratio: 0.1}}

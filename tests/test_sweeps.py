@@ -17,10 +17,10 @@ from hdmap.config import validate_trial_config
 from hdmap.data.simulate import simulate
 from hdmap.trial import run_trial
 from sweeps.report.analysis import load
-from sweeps.store import ResultStore
 from sweeps.report.render import header_section
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec
+from sweeps.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,12 @@ tracking: {{wandb: {{mode: offline, timeout_s: 60}}}}
 
 def spec_file(tmp_path, name="s", ks="[1, 9]", ratios="[0.1]", max_failures=1, extra=""):
     path = tmp_path / f"{name}-{abs(hash((ks, ratios, extra)))}.yaml"
-    path.write_text(SPEC.format(name=name, root=tmp_path / "data", ks=ks, ratios=ratios, max_failures=max_failures,
-                                out=tmp_path / "out") + textwrap.dedent(extra))
+    path.write_text(
+        SPEC.format(
+            name=name, root=tmp_path / "data", ks=ks, ratios=ratios, max_failures=max_failures, out=tmp_path / "out"
+        )
+        + textwrap.dedent(extra)
+    )
     return path
 
 
@@ -92,8 +96,9 @@ def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_
     # growing the spec runs only the new trial; failed ones stay failed unless asked
     grown = run_sweep(load_spec(spec_file(tmp_path, ks="[1, 9, 3]", ratios="[0.1, 0.000001]")), live=False)
     assert grown.skipped == 4 and grown.ok == 3 and len(grown.failed) == 3  # new k=3 x 1e-6 fails too
-    retried = run_sweep(load_spec(spec_file(tmp_path, ks="[1, 9, 3]", ratios="[0.1, 0.000001]")),
-                        retry_failed=True, live=False)
+    retried = run_sweep(
+        load_spec(spec_file(tmp_path, ks="[1, 9, 3]", ratios="[0.1, 0.000001]")), retry_failed=True, live=False
+    )
     assert retried.skipped == 3 and len(retried.failed) == 3
     rows = results(retried.sweep_dir)
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6  # retries replace, never duplicate
@@ -157,8 +162,13 @@ def test_bad_file_fails_once_named_in_full_without_ray_tracebacks(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(SPEC.format(name="bad", root=root, ks="[1]", ratios="[0.1]", max_failures=1, out=tmp_path / "out"))
     env = {**os.environ, "COLUMNS": "400"}  # a wide terminal: the failure table keeps each error on one line
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec), "--no-report"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec), "--no-report"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     printed = done.stdout + done.stderr
     assert done.returncode == 1, printed
     [row] = results(tmp_path / "out" / "bad")
@@ -188,14 +198,18 @@ tracking: {{wandb: {{mode: disabled}}}}
 
 def draem_spec(tmp_path, name, epochs, scheduler="fifo", extra=""):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(DRAEM_SPEC.format(name=name, root=tmp_path / "data", epochs=epochs, scheduler=scheduler,
-                                      extra=extra, out=tmp_path / "out"))
+    path.write_text(
+        DRAEM_SPEC.format(
+            name=name, root=tmp_path / "data", epochs=epochs, scheduler=scheduler, extra=extra, out=tmp_path / "out"
+        )
+    )
     return path
 
 
 def test_asha_scheduler_runs_on_per_epoch_val_loss(tmp_path, ray_local):
-    spec = draem_spec(tmp_path, "asha", epochs=4,
-                      scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}")
+    spec = draem_spec(
+        tmp_path, "asha", epochs=4, scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}"
+    )
     outcome = run_sweep(load_spec(spec), live=False)
     rows = results(outcome.sweep_dir)
     assert len(rows) == 3 and not outcome.failed
@@ -209,8 +223,9 @@ def test_user_error_under_asha_is_an_error_not_a_pruned_trial(tmp_path, ray_loca
     nor the prune recorder may take that for a scheduler's stop."""
     simulate(tmp_path / "data", n_train=30, n_test=20, domains=["C"], seed=0)
     truncate(tmp_path / "data" / "domain_C" / "test" / "fault" / "000002.tiff")
-    spec = draem_spec(tmp_path, "asha-bad", epochs=2,
-                      scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}")
+    spec = draem_spec(
+        tmp_path, "asha-bad", epochs=2, scheduler="{metric: val_loss, mode: min, grace_period: 1, reduction_factor: 3}"
+    )
     outcome = run_sweep(load_spec(spec, ["max_failures=1"]), live=False)
     assert outcome.ok == 0 and outcome.pruned == 0 and len(outcome.failed) == 3
     assert all("000002.tiff" in f["error"] for f in outcome.failed), outcome.failed
@@ -218,16 +233,18 @@ def test_user_error_under_asha_is_an_error_not_a_pruned_trial(tmp_path, ray_loca
 
 
 def test_trial_timeout_is_a_recorded_failure(tmp_path, ray_local):
-    outcome = run_sweep(load_spec(draem_spec(tmp_path, "slow", epochs=500, extra="trial_timeout_s: 4\nmax_concurrent: 3")),
-                        live=False)
+    outcome = run_sweep(
+        load_spec(draem_spec(tmp_path, "slow", epochs=500, extra="trial_timeout_s: 4\nmax_concurrent: 3")), live=False
+    )
     assert outcome.ok == 0 and len(outcome.failed) == 3
     assert all("trial_timeout_s=4" in f["error"] for f in outcome.failed), outcome.failed
 
 
 def test_tune_stopped_by_a_lost_worker_restarts_the_rest(tmp_path, ray_local, monkeypatch):
     """Ray 2.60's Tune controller raises on an OOM-killed worker (ray#28937); the sweep restarts what is unfinished."""
-    import sweeps.runner as runner
     from ray.exceptions import OutOfMemoryError
+
+    import sweeps.runner as runner
 
     real, calls = runner._run_tune, []
 

@@ -32,8 +32,16 @@ def wandb_env(monkeypatch, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_DATA_DIR", "WANDB_SERVICE",
-                "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
+    for var in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_BASE_URL",
+        "WANDB_DIR",
+        "WANDB_DATA_DIR",
+        "WANDB_SERVICE",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "NETRC",
+    ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 
@@ -41,30 +49,51 @@ def wandb_env(monkeypatch, tmp_path):
 def _rows(domains=("A", "C")):
     rows = []
     for i, domain in enumerate(domains):
-        rows.append({
-            "trial_id": "t-001", "sweep": None, "model": "patchcore", "train_domain": "A", "test_domain": domain,
-            "status": "ok", "error": None, "seed": 0, "image_auroc": 0.9 - 0.1 * i, "accuracy": 0.8,
-            "accuracy_cold": 0.85, "accuracy_warm": 0.75, "auroc_warm": None, "n_test": 8.0,
-            "fit_s": 1.25, "total_s": 2.5, "features_s": 0.5, "cache_hits": 3, "cache_misses": 1, "attempts": 1,
-            "model.k": 3, "data.domain": "A",
-        })
+        rows.append(
+            {
+                "trial_id": "t-001",
+                "sweep": None,
+                "model": "patchcore",
+                "train_domain": "A",
+                "test_domain": domain,
+                "status": "ok",
+                "error": None,
+                "seed": 0,
+                "image_auroc": 0.9 - 0.1 * i,
+                "accuracy": 0.8,
+                "accuracy_cold": 0.85,
+                "accuracy_warm": 0.75,
+                "auroc_warm": None,
+                "n_test": 8.0,
+                "fit_s": 1.25,
+                "total_s": 2.5,
+                "features_s": 0.5,
+                "cache_hits": 3,
+                "cache_misses": 1,
+                "attempts": 1,
+                "model.k": 3,
+                "data.domain": "A",
+            }
+        )
     return rows
 
 
 def _scores(domains=("A", "C"), per_domain=8):
     n = per_domain * len(domains)
-    return pa.table({
-        "trial_id": ["t-001"] * n,
-        "sweep": pa.nulls(n, pa.string()),
-        "test_domain": [d for d in domains for _ in range(per_domain)],
-        "file": [f"img_{i:03d}.tiff" for i in range(n)],
-        "label": pa.array([i % 2 for i in range(n)], pa.int8()),
-        "condition": [("cold", "warm")[(i // 2) % 2] for i in range(n)],
-        "score": [0.05 * i for i in range(n)],
-        "gate": ["cold"] * n,
-        "severity_pred": pa.nulls(n, pa.float64()),
-        "severity_true": [float("nan")] * n,
-    })
+    return pa.table(
+        {
+            "trial_id": ["t-001"] * n,
+            "sweep": pa.nulls(n, pa.string()),
+            "test_domain": [d for d in domains for _ in range(per_domain)],
+            "file": [f"img_{i:03d}.tiff" for i in range(n)],
+            "label": pa.array([i % 2 for i in range(n)], pa.int8()),
+            "condition": [("cold", "warm")[(i // 2) % 2] for i in range(n)],
+            "score": [0.05 * i for i in range(n)],
+            "gate": ["cold"] * n,
+            "severity_pred": pa.nulls(n, pa.float64()),
+            "severity_true": [float("nan")] * n,
+        }
+    )
 
 
 class _CountingListener:
@@ -108,8 +137,16 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
     sweep_dir = wandb_env / "out" / "sw1"
     try:
         t0 = time.monotonic()
-        status = log_trial(WandbSettings(timeout_s=45), sweep="sw1", trial_id="t-001", model="patchcore",
-                           config=CONFIG, rows=_rows(), scores=_scores(), run_dir=sweep_dir)
+        status = log_trial(
+            WandbSettings(timeout_s=45),
+            sweep="sw1",
+            trial_id="t-001",
+            model="patchcore",
+            config=CONFIG,
+            rows=_rows(),
+            scores=_scores(),
+            run_dir=sweep_dir,
+        )
         elapsed = time.monotonic() - t0
     finally:
         listener.close()
@@ -127,8 +164,14 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
     assert not (wandb_env / "home" / ".local" / "share" / "wandb").exists()
 
     run = read_offline_run(run_dir)
-    assert run["run"] == {"id": rid, "project": "hdmap-sweeps", "entity": "", "group": "sw1",
-                          "job_type": "patchcore", "name": "t-001"}
+    assert run["run"] == {
+        "id": rid,
+        "project": "hdmap-sweeps",
+        "entity": "",
+        "group": "sw1",
+        "job_type": "patchcore",
+        "name": "t-001",
+    }
     assert run["config"] == CONFIG
     summary = run["summary"]
     assert summary["A/image_auroc"] == pytest.approx(0.9)
@@ -155,16 +198,25 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
     assert run["history"] and "A/scores/good_cold" in run["history"][0]
 
     # Logging the same trial again writes a second offline directory for the *same* run id (sync resumes it) ...
-    again = log_trial(WandbSettings(timeout_s=45), sweep="sw1", trial_id="t-001", model="patchcore",
-                      config=CONFIG, rows=_rows(), scores=None, run_dir=sweep_dir)
+    again = log_trial(
+        WandbSettings(timeout_s=45),
+        sweep="sw1",
+        trial_id="t-001",
+        model="patchcore",
+        config=CONFIG,
+        rows=_rows(),
+        scores=None,
+        run_dir=sweep_dir,
+    )
     assert again.startswith("logged offline: ") and again != status
     runs = sorted((sweep_dir / "wandb").glob(f"offline-run-*-{rid}"))
     assert len(runs) == 2
     # ... and the documented `wandb sync <dir>/wandb/offline-run-*` recognises both (dry run: no upload).
     env = {**os.environ, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     wandb_cli = Path(sys.executable).with_name("wandb")
-    dry = subprocess.run([str(wandb_cli), "sync", "--dry-run", *map(str, runs)], env=env, capture_output=True,
-                         text=True, timeout=60)
+    dry = subprocess.run(
+        [str(wandb_cli), "sync", "--dry-run", *map(str, runs)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert dry.returncode == 0 and "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
 
@@ -172,8 +224,9 @@ def test_trial_summary_names():
     single = tracking.trial_summary(_rows(domains=("C",)))
     assert single["image_auroc"] == pytest.approx(0.9) and "C/image_auroc" not in single
     assert single["status"] == "ok"
-    failed = tracking.trial_summary([{"trial_id": "t", "status": "error", "error": "ValueError: boom",
-                                      "model": "draem", "model.k": 3}])
+    failed = tracking.trial_summary(
+        [{"trial_id": "t", "status": "error", "error": "ValueError: boom", "model": "draem", "model.k": 3}]
+    )
     assert failed["status"] == "error" and failed["error"] == "ValueError: boom"
     assert run_id("sw", "t1") == run_id("sw", "t1") != run_id("sw", "t2") != run_id("sw2", "t1")
 
@@ -199,12 +252,22 @@ def test_mode_resolution(wandb_env, monkeypatch):
 
 def test_disabled_writes_nothing(wandb_env):
     out = wandb_env / "out"
-    status = log_trial(WandbSettings(mode="disabled"), sweep="sw", trial_id="t", model="patchcore", config=CONFIG,
-                       rows=_rows(), scores=_scores(), run_dir=out)
+    status = log_trial(
+        WandbSettings(mode="disabled"),
+        sweep="sw",
+        trial_id="t",
+        model="patchcore",
+        config=CONFIG,
+        rows=_rows(),
+        scores=_scores(),
+        run_dir=out,
+    )
     assert status == "disabled"
     assert not out.exists()
-    assert log_summary(WandbSettings(mode="disabled"), sweep="sw", table=pd.DataFrame({"a": [1]}),
-                       run_dir=out) == "disabled"
+    assert (
+        log_summary(WandbSettings(mode="disabled"), sweep="sw", table=pd.DataFrame({"a": [1]}), run_dir=out)
+        == "disabled"
+    )
     assert not out.exists()
 
 
@@ -213,8 +276,16 @@ def test_unreachable_server_fails_fast_without_raising(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # closed port on loopback
     timeout_s = 15
     t0 = time.monotonic()
-    status = log_trial(WandbSettings(mode="online", timeout_s=timeout_s), sweep="sw", trial_id="t-001",
-                       model="patchcore", config=CONFIG, rows=_rows(), scores=_scores(), run_dir=wandb_env / "out")
+    status = log_trial(
+        WandbSettings(mode="online", timeout_s=timeout_s),
+        sweep="sw",
+        trial_id="t-001",
+        model="patchcore",
+        config=CONFIG,
+        rows=_rows(),
+        scores=_scores(),
+        run_dir=wandb_env / "out",
+    )
     elapsed = time.monotonic() - t0
     assert status.startswith(("failed", "timed out")), status
     assert "\n" not in status and len(status) < 400
@@ -238,8 +309,16 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
     out = wandb_env / "out"
     out.mkdir()
     t0 = time.monotonic()
-    status = log_trial(WandbSettings(mode="offline", timeout_s=4), sweep="sw", trial_id="t", model="patchcore",
-                       config=CONFIG, rows=_rows(), scores=_scores(), run_dir=out)
+    status = log_trial(
+        WandbSettings(mode="offline", timeout_s=4),
+        sweep="sw",
+        trial_id="t",
+        model="patchcore",
+        config=CONFIG,
+        rows=_rows(),
+        scores=_scores(),
+        run_dir=out,
+    )
     elapsed = time.monotonic() - t0
     assert status == "timed out after 4s"
     assert elapsed < 4 + 5
@@ -250,22 +329,42 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
 
 def test_child_crash_and_parent_errors_become_status(wandb_env, monkeypatch):
     monkeypatch.setattr(tracking, "_log_trial_body", _exit_body)
-    status = log_trial(WandbSettings(mode="offline", timeout_s=20), sweep="sw", trial_id="t", model="patchcore",
-                       config=CONFIG, rows=_rows(), scores=None, run_dir=wandb_env / "out")
+    status = log_trial(
+        WandbSettings(mode="offline", timeout_s=20),
+        sweep="sw",
+        trial_id="t",
+        model="patchcore",
+        config=CONFIG,
+        rows=_rows(),
+        scores=None,
+        run_dir=wandb_env / "out",
+    )
     assert status == "failed: tracking process exited with code 3 and no status"
     monkeypatch.undo()
     unpicklable = {**CONFIG, "callback": lambda: None}
-    status = log_trial(WandbSettings(mode="offline", timeout_s=20), sweep="sw", trial_id="t", model="patchcore",
-                       config=unpicklable, rows=_rows(), scores=None, run_dir=wandb_env / "out")
+    status = log_trial(
+        WandbSettings(mode="offline", timeout_s=20),
+        sweep="sw",
+        trial_id="t",
+        model="patchcore",
+        config=unpicklable,
+        rows=_rows(),
+        scores=None,
+        run_dir=wandb_env / "out",
+    )
     assert status.startswith("failed: "), status
 
 
 def test_log_summary_offline_writes_the_table(wandb_env):
-    table = pd.DataFrame({
-        "test_domain": ["A", "C", "A"], "model": ["patchcore", "patchcore", "draem"],
-        "image_auroc_mean": [0.91, 0.77, float("nan")], "n": [3, 3, 0],
-        "started_at": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True),
-    })
+    table = pd.DataFrame(
+        {
+            "test_domain": ["A", "C", "A"],
+            "model": ["patchcore", "patchcore", "draem"],
+            "image_auroc_mean": [0.91, 0.77, float("nan")],
+            "n": [3, 3, 0],
+            "started_at": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True),
+        }
+    )
     sweep_dir = wandb_env / "out" / "sw1"
     status = log_summary(WandbSettings(timeout_s=45), sweep="sw1", table=table, run_dir=sweep_dir)
     assert status.startswith("logged offline: "), status
@@ -313,8 +412,9 @@ def test_driver_logger_logs_each_stored_trial_once_from_one_child(wandb_env):
     assert set(tally.statuses) == {"t-001", "t-002"} and not tally.not_logged, tally.statuses
     assert tally.line() == f"W&B: 2 runs logged offline in {(sweep_dir / 'wandb').resolve()}, 0 failed"
 
-    runs = {read_offline_run(Path(s.removeprefix("logged offline: ")))["run"]["name"]: s for s in
-            tally.statuses.values()}
+    runs = {
+        read_offline_run(Path(s.removeprefix("logged offline: ")))["run"]["name"]: s for s in tally.statuses.values()
+    }
     assert set(runs) == {"t-001", "t-002"} and len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 2
     run = read_offline_run(Path(runs["t-002"].removeprefix("logged offline: ")))
     assert run["run"]["id"] == run_id("sw1", "t-002") and run["run"]["group"] == "sw1"
@@ -338,8 +438,10 @@ def test_driver_logger_hang_is_bounded_and_reported(wandb_env, monkeypatch):
     assert elapsed < 3 + 2 * tracking._KILL_GRACE_S + 1  # the end of a sweep waits a bounded time
     assert set(tally.not_logged) == {"t-001", "t-002", "t-003", "missing"}
     assert tally.statuses["t-001"] == "timed out after 3s"
-    assert tally.line().startswith("W&B: 0 runs logged offline in ") and ", 4 failed (first: t-001: timed out" in \
-        tally.line()
+    assert (
+        tally.line().startswith("W&B: 0 runs logged offline in ")
+        and ", 4 failed (first: t-001: timed out" in tally.line()
+    )
     pid = int((sweep_dir / "hang.pid").read_text())
     with pytest.raises(ProcessLookupError):  # the hung child was killed and reaped
         os.kill(pid, 0)

@@ -47,7 +47,9 @@ def test_error_row_has_schema(sim_root):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_trial_on_foreign_layout(tmp_path):
@@ -61,8 +63,15 @@ def test_cli_trial_on_foreign_layout(tmp_path):
 
 
 def test_cli_bad_input_one_clear_error(tmp_path):
-    proc = run_cli("trial", "--set", f"data.root={tmp_path}/missing", "--set", "model.pretrained=false",
-                   "--out", str(tmp_path / "run"))
+    proc = run_cli(
+        "trial",
+        "--set",
+        f"data.root={tmp_path}/missing",
+        "--set",
+        "model.pretrained=false",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert proc.returncode == 2
     assert "error: data root" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("trial", "--set", "model.colour=red")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from sweeps.cli import app
 from hdmap.results import results_schema, to_table
 from hdmap.trial import failed_trial
+from sweeps.cli import app
 from sweeps.report import analysis
 from sweeps.spec import load_spec
 from sweeps.store import ResultStore
@@ -32,9 +32,20 @@ def _trial_rows(cfg, i: int, test_domains: list[str], severity: bool) -> list[di
     rows = []
     for j, domain in enumerate(test_domains):
         acc = 0.6 + 0.01 * i + 0.05 * j
-        row = {**base, "status": "ok", "error": None, "sweep": "quickstart", "test_domain": domain,
-               "image_auroc": acc + 0.1, "accuracy": acc, "accuracy_cold": acc - 0.05, "accuracy_warm": acc + 0.02,
-               "auroc_cold": acc + 0.05, "auroc_warm": acc + 0.12, "tpr_at_fpr_1pct": acc - 0.3}
+        row = {
+            **base,
+            "status": "ok",
+            "error": None,
+            "sweep": "quickstart",
+            "test_domain": domain,
+            "image_auroc": acc + 0.1,
+            "accuracy": acc,
+            "accuracy_cold": acc - 0.05,
+            "accuracy_warm": acc + 0.02,
+            "auroc_cold": acc + 0.05,
+            "auroc_warm": acc + 0.12,
+            "tpr_at_fpr_1pct": acc - 0.3,
+        }
         if cfg.model.name == "ca_patchcore" and cfg.model.gating != "mixed":  # gated banks report their gate
             row["gating_accuracy"] = 0.9
         if severity and cfg.model.name == "draem":
@@ -43,8 +54,9 @@ def _trial_rows(cfg, i: int, test_domains: list[str], severity: bool) -> list[di
     return rows
 
 
-def make_sweep(path: Path, *, models: set[str] | None = None, severity: bool = False,
-               multi_domain: bool = False) -> tuple[Path, list[list[dict]]]:
+def make_sweep(
+    path: Path, *, models: set[str] | None = None, severity: bool = False, multi_domain: bool = False
+) -> tuple[Path, list[list[dict]]]:
     """A quickstart results folder; `multi_domain`: patchcore trials test on both domains (prefixed keys)."""
     plan = load_spec(QUICKSTART)
     trials = []
@@ -80,8 +92,9 @@ def test_quickstart_definition_holds_the_html_reports_views(tmp_path):
     assert definition["entity"] == "team" and definition["title"] == "Sweep report: quickstart"
 
     table = sections["main-table"]
-    assert table["panels"] == [{"type": "WeavePanelSummaryTable", "title": "model × test domain",
-                                "table_name": "summary"}]
+    assert table["panels"] == [
+        {"type": "WeavePanelSummaryTable", "title": "model × test domain", "table_name": "summary"}
+    ]
     assert table["runsets"] == [{"name": "summary table", "job_types": ["report"], "groupby": []}]
     by_model = sections["main-runs"]
     assert by_model["runsets"][0]["groupby"] == ["JobType", "config.data.domain"]
@@ -90,8 +103,13 @@ def test_quickstart_definition_holds_the_html_reports_views(tmp_path):
     # one panel per axis, grouped by that config key, one runset per model the axis varies for
     axis_sections = [s for s in definition["sections"] if s["key"].startswith("axis:")]
     assert [s["key"] for s in axis_sections] == [f"axis:{a}" for a in AXES]
-    models_on = {"data.domain": ["ca_patchcore", "draem", "patchcore"], "model.coreset_ratio": ["patchcore"],
-                 "model.k": ["patchcore"], "model.gating": ["ca_patchcore"], "model.lr": ["draem"]}
+    models_on = {
+        "data.domain": ["ca_patchcore", "draem", "patchcore"],
+        "model.coreset_ratio": ["patchcore"],
+        "model.k": ["patchcore"],
+        "model.gating": ["ca_patchcore"],
+        "model.lr": ["draem"],
+    }
     for axis, section in zip(AXES, axis_sections):
         (panel,) = section["panels"]
         assert panel["type"] == "BarPlot" and panel["groupby"] == axis
@@ -100,12 +118,16 @@ def test_quickstart_definition_holds_the_html_reports_views(tmp_path):
 
     cold_warm = sections["cold-warm"]
     assert [p["metrics"] for p in cold_warm["panels"]] == [
-        ["accuracy_cold", "accuracy_warm"], ["auroc_cold", "auroc_warm"], ["gating_accuracy"]]
+        ["accuracy_cold", "accuracy_warm"],
+        ["auroc_cold", "auroc_warm"],
+        ["gating_accuracy"],
+    ]
     assert "severity" not in sections  # quickstart's models report no severity
 
     (parallel,) = sections["parallel"]["panels"]
-    assert parallel["columns"] == ([{"config": "model.name"}] + [{"config": a} for a in AXES]
-                                   + [{"summary": "image_auroc"}])
+    assert parallel["columns"] == (
+        [{"config": "model.name"}] + [{"config": a} for a in AXES] + [{"summary": "image_auroc"}]
+    )
 
     # every runset is the sweep's group; every trial runset names only the sweep's models
     logged = _logged_keys(trials)
@@ -163,7 +185,9 @@ def test_without_gating_or_severity_no_such_panels_and_with_severity_a_section(t
     text = json.dumps(definition)
     assert "gating_accuracy" not in text and "severity" not in text
     assert [p["metrics"] for p in sections["cold-warm"]["panels"]] == [
-        ["accuracy_cold", "accuracy_warm"], ["auroc_cold", "auroc_warm"]]
+        ["accuracy_cold", "accuracy_warm"],
+        ["auroc_cold", "auroc_warm"],
+    ]
     assert "axis:model.gating" not in sections  # ca_patchcore's axis is gone with its trials
 
     path, trials = make_sweep(tmp_path / "severity", models={"patchcore", "draem"}, severity=True)
@@ -177,8 +201,14 @@ def test_trials_on_several_test_domains_use_prefixed_keys(tmp_path):
     path, trials = make_sweep(tmp_path / "multi", models={"patchcore", "draem"}, multi_domain=True)
     sections = _sections(_definition(path))
     (panel,) = sections["axis:model.k"]["panels"]
-    assert panel["metrics"] == ["image_auroc", "domain_A/image_auroc", "domain_C/image_auroc",
-                                "accuracy", "domain_A/accuracy", "domain_C/accuracy"]
+    assert panel["metrics"] == [
+        "image_auroc",
+        "domain_A/image_auroc",
+        "domain_C/image_auroc",
+        "accuracy",
+        "domain_A/accuracy",
+        "domain_C/accuracy",
+    ]
     assert set(panel["metrics"]) <= _logged_keys(trials)  # draem: plain keys; patchcore: prefixed
 
 

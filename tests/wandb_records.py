@@ -24,11 +24,11 @@ def _log_records(path: Path):
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:  # zero padding up to the block end
             pos += left
             continue
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
             yield chunk
@@ -67,8 +67,14 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            out["run"] = {"id": r.run_id, "project": r.project, "entity": r.entity, "group": r.run_group,
-                          "job_type": r.job_type, "name": r.display_name}
+            out["run"] = {
+                "id": r.run_id,
+                "project": r.project,
+                "entity": r.entity,
+                "group": r.run_group,
+                "job_type": r.job_type,
+                "name": r.display_name,
+            }
             for item in r.config.update:
                 apply(out["config"], item)
         elif kind == "config":

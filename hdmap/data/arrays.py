@@ -60,10 +60,15 @@ class SplitArrays:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, index: np.ndarray) -> "SplitArrays":
+    def take(self, index: np.ndarray) -> SplitArrays:
         index = np.asarray(index, dtype=np.int64)
         return SplitArrays(
-            self.domain, self.images[index], self.labels[index], self.conditions[index], self.files[index], self.severity[index]
+            self.domain,
+            self.images[index],
+            self.labels[index],
+            self.conditions[index],
+            self.files[index],
+            self.severity[index],
         )
 
 
@@ -79,8 +84,10 @@ def read_tiff(path: Path, allow_negative: bool = False) -> np.ndarray:
         raise DataLayoutError(f"{path}: {non_finite} non-finite pixel values (NaN/inf); HDMAP files must be finite")
     negative = int(np.count_nonzero(array < 0))
     if negative and not allow_negative:
-        raise DataLayoutError(f"{path}: {negative} negative pixel values (min {array.min():.4g}); HDMAP files are "
-                              f"min-max scaled to >= 0 (set data.allow_negative: true if yours are not)")
+        raise DataLayoutError(
+            f"{path}: {negative} negative pixel values (min {array.min():.4g}); HDMAP files are "
+            f"min-max scaled to >= 0 (set data.allow_negative: true if yours are not)"
+        )
     return array
 
 
@@ -92,8 +99,7 @@ def _check_format(path: Path, shape: tuple, dtype: np.dtype) -> None:
         raise DataLayoutError(f"{path}: shape {tuple(shape)}, expected {IMAGE_SHAPE} (H x W, single channel)")
 
 
-def check_headers(root: str | Path, domain: str, split: str, cold_below: int | None = None,
-                  workers: int = 8) -> None:
+def check_headers(root: str | Path, domain: str, split: str, cold_below: int | None = None, workers: int = 8) -> None:
     """Pre-launch check of a split without decoding pixels: the layout rules, then every file's TIFF header.
 
     Headers (readable, shape, dtype of what `read_tiff` would return) are read in a thread pool; the first bad
@@ -124,26 +130,35 @@ def _header_problem(path: Path) -> DataLayoutError | None:
     return None
 
 
-def load_split(root: str | Path, domain: str, split: str, cold_below: int | None = None,
-               allow_negative: bool = False) -> SplitArrays:
+def load_split(
+    root: str | Path, domain: str, split: str, cold_below: int | None = None, allow_negative: bool = False
+) -> SplitArrays:
     """Cached per process (and per node when ``HDMAP_ARRAY_CACHE`` is set): trials decode each split once.
 
     ``cold_below`` and ``allow_negative`` are the trial's `data.*` fields (see `hdmap.data.layout`).
     """
     cache_dir = os.environ.get(CACHE_ENV) or None
-    return _load_split_cached(str(Path(root).resolve()), normalize_domain(domain), split, cache_dir,
-                              cold_below, allow_negative)
+    return _load_split_cached(
+        str(Path(root).resolve()), normalize_domain(domain), split, cache_dir, cold_below, allow_negative
+    )
 
 
 @functools.lru_cache(maxsize=32)
-def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None = None,
-                       cold_below: int | None = None, allow_negative: bool = False) -> SplitArrays:
+def _load_split_cached(
+    root: str,
+    domain: str,
+    split: str,
+    cache_dir: str | None = None,
+    cold_below: int | None = None,
+    allow_negative: bool = False,
+) -> SplitArrays:
     entries = scan_split(root, domain, split, cold_below)
     if cache_dir is None:
         images, files, labels, conditions = _decode(root, entries, allow_negative)
     else:
-        images, files, labels, conditions = _load_via_node_cache(Path(cache_dir), root, domain, split, entries,
-                                                                 allow_negative)
+        images, files, labels, conditions = _load_via_node_cache(
+            Path(cache_dir), root, domain, split, entries, allow_negative
+        )
     images.setflags(write=False)
     return SplitArrays(
         domain=domain,
@@ -155,8 +170,9 @@ def _load_split_cached(root: str, domain: str, split: str, cache_dir: str | None
     )
 
 
-def _decode(root: str, entries: list[FileEntry],
-            allow_negative: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _decode(
+    root: str, entries: list[FileEntry], allow_negative: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The uncached path: read and validate every file (raises DataLayoutError naming the first bad one)."""
     return _decode_images(entries, allow_negative), *_listing(root, entries)
 
@@ -190,13 +206,21 @@ def files_key(root: str, domain: str, split: str, files) -> str:
 def cache_key(root: str, domain: str, split: str, entries: list[FileEntry], allow_negative: bool = False) -> dict:
     """Node-cache key: the files (`files_key`), each one's label and condition, and the validation rule."""
     rels = [e.path.relative_to(root).as_posix() for e in entries]
-    return {"format": _CACHE_FORMAT, "root": root, "domain": domain, "split": split,
-            "files": files_key(root, domain, split, rels), "allow_negative": allow_negative,
-            "labels": [e.label for e in entries], "conditions": [e.condition for e in entries]}
+    return {
+        "format": _CACHE_FORMAT,
+        "root": root,
+        "domain": domain,
+        "split": split,
+        "files": files_key(root, domain, split, rels),
+        "allow_negative": allow_negative,
+        "labels": [e.label for e in entries],
+        "conditions": [e.condition for e in entries],
+    }
 
 
-def _load_via_node_cache(cache_dir: Path, root: str, domain: str, split: str, entries: list[FileEntry],
-                         allow_negative: bool):
+def _load_via_node_cache(
+    cache_dir: Path, root: str, domain: str, split: str, entries: list[FileEntry], allow_negative: bool
+):
     """The images from the node cache's "arrays" entry, decoding (once per node) on a miss."""
     files, labels, conditions = _listing(root, entries)  # from the scan: the key holds them, the entry need not
     try:

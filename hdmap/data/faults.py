@@ -17,8 +17,9 @@ Severity scale: a patch's peak |added value| equals its severity, in the units o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal, Union
 
 import torch
 

@@ -79,13 +79,13 @@ def scan_split(root: str | Path, domain: str, split: str, cold_below: int | None
     domain_dir = root / domain
     if not domain_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DataLayoutError(
-            f"domain folder {domain_dir} does not exist; folders found in {root}: {found or 'none'}"
-        )
+        raise DataLayoutError(f"domain folder {domain_dir} does not exist; folders found in {root}: {found or 'none'}")
     table = read_conditions(root) if split == "test" else None
     if table is not None and cold_below is not None:
-        raise DataLayoutError(f"{root / CONDITIONS_FILE} and data.cold_below={cold_below} both state the cold/warm "
-                              f"split; keep one (delete the file or unset data.cold_below)")
+        raise DataLayoutError(
+            f"{root / CONDITIONS_FILE} and data.cold_below={cold_below} both state the cold/warm "
+            f"split; keep one (delete the file or unset data.cold_below)"
+        )
     entries: list[FileEntry] = []
     for sub, label in SPLIT_FOLDERS[split]:
         folder = domain_dir / sub
@@ -109,9 +109,11 @@ def tiff_files(folder: Path) -> list[Path]:
         raise DataLayoutError(f"split folder {folder} does not exist (expected NNNNNN.tiff files)") from None
     others = sorted(name for name, is_file in visible if not (is_file and _is_tiff_name(name)))
     if others:
-        raise DataLayoutError(f"{folder}: {len(others)} entries that are not .tif/.tiff files "
-                              f"({_examples(others)}); move them out of the data folders (names starting "
-                              f"with '.' are skipped)")
+        raise DataLayoutError(
+            f"{folder}: {len(others)} entries that are not .tif/.tiff files "
+            f"({_examples(others)}); move them out of the data folders (names starting "
+            f"with '.' are skipped)"
+        )
     if not visible:
         raise DataLayoutError(f"split folder {folder} has no .tiff files (expected NNNNNN.tiff files)")
     return [folder / name for name, _ in sorted(visible)]
@@ -128,25 +130,32 @@ def _examples(names: list[str]) -> str:
 
 def _how_to_state(root: Path, example: Path) -> str:
     rel = example.relative_to(root).as_posix()
-    return (f"state the split with data.cold_below: K (number < K is cold) or with {root / CONDITIONS_FILE} "
-            f"(columns file,condition; e.g. {rel},cold)")
+    return (
+        f"state the split with data.cold_below: K (number < K is cold) or with {root / CONDITIONS_FILE} "
+        f"(columns file,condition; e.g. {rel},cold)"
+    )
 
 
-def _conditions_by_number(root: Path, folder: Path, files: list[Path],
-                          cold_below: int | None) -> tuple[list[Path], list[str]]:
+def _conditions_by_number(
+    root: Path, folder: Path, files: list[Path], cold_below: int | None
+) -> tuple[list[Path], list[str]]:
     """The index rule or `cold_below`: files in number order and their conditions; errors name the folder."""
     unnumbered = [p.name for p in files if not NUMBERED_NAME.match(p.name)]
     if unnumbered:
-        raise DataLayoutError(f"{folder}: test file names must be <digits>.tiff (or .tif) to assign cold/warm by "
-                              f"number; found {_examples(unnumbered)}; rename or move them, or "
-                              f"{_how_to_state(root, folder / unnumbered[0])}")
+        raise DataLayoutError(
+            f"{folder}: test file names must be <digits>.tiff (or .tif) to assign cold/warm by "
+            f"number; found {_examples(unnumbered)}; rename or move them, or "
+            f"{_how_to_state(root, folder / unnumbered[0])}"
+        )
     numbered = sorted((int(NUMBERED_NAME.match(p.name).group(1)), p) for p in files)
     numbers = [n for n, _ in numbered]
     repeated = sorted({n for n, m in zip(numbers, numbers[1:]) if n == m})
     if repeated:
         names = [p.name for n, p in numbered if n == repeated[0]]
-        raise DataLayoutError(f"{folder}: number {repeated[0]} is used by {len(names)} files ({', '.join(names)}); "
-                              f"each test file needs its own number")
+        raise DataLayoutError(
+            f"{folder}: number {repeated[0]} is used by {len(names)} files ({', '.join(names)}); "
+            f"each test file needs its own number"
+        )
     files = [p for _, p in numbered]
     if cold_below is not None:
         return files, ["cold" if n < cold_below else "warm" for n in numbers]
@@ -156,7 +165,8 @@ def _conditions_by_number(root: Path, folder: Path, files: list[Path],
         raise DataLayoutError(
             f"{folder}: the index rule (number < N/2 is cold) needs the {n} files numbered 0..{n - 1}; found "
             f"{files[0].name}..{files[-1].name} ({len(missing)} numbers of 0..{n - 1} missing, e.g. "
-            f"{_examples([str(m) for m in missing])}); {_how_to_state(root, files[0])}")
+            f"{_examples([str(m) for m in missing])}); {_how_to_state(root, files[0])}"
+        )
     return files, [condition_of(i, n) for i in numbers]
 
 
@@ -182,32 +192,38 @@ def read_conditions(root: Path) -> dict[str, tuple[str, int]] | None:
         if len(parts) == 4 and parts[0] in DOMAINS and parts[1:3] == ["train", "good"]:
             continue  # train files carry no condition
         if not is_test:
-            raise DataLayoutError(f"{path} line {line}: file {row['file']!r} is not a test file path "
-                                  f"(expected domain_X/test/good|fault/NAME.tiff, relative to {root})")
+            raise DataLayoutError(
+                f"{path} line {line}: file {row['file']!r} is not a test file path "
+                f"(expected domain_X/test/good|fault/NAME.tiff, relative to {root})"
+            )
         condition = row["condition"].lower()
         if condition not in CONDITIONS:
-            raise DataLayoutError(f"{path} line {line}: condition {row['condition']!r} for {file}; "
-                                  f"expected cold or warm")
+            raise DataLayoutError(
+                f"{path} line {line}: condition {row['condition']!r} for {file}; expected cold or warm"
+            )
         if file in table:
             raise DataLayoutError(f"{path} line {line}: {file} already has a row (line {table[file][1]})")
         table[file] = (condition, line)
     return table
 
 
-def _conditions_from_table(root: Path, folder: Path, files: list[Path],
-                           table: dict[str, tuple[str, int]]) -> list[str]:
+def _conditions_from_table(root: Path, folder: Path, files: list[Path], table: dict[str, tuple[str, int]]) -> list[str]:
     """Every file of the folder needs a row, and every row of the folder needs its file."""
     source = root / CONDITIONS_FILE
     rels = [p.relative_to(root).as_posix() for p in files]
     unlisted = [rel for rel in rels if rel not in table]
     if unlisted:
-        raise DataLayoutError(f"{source}: no row for {len(unlisted)} test files of {folder} "
-                              f"({_examples(unlisted)}); every test file needs a row file,cold|warm")
+        raise DataLayoutError(
+            f"{source}: no row for {len(unlisted)} test files of {folder} "
+            f"({_examples(unlisted)}); every test file needs a row file,cold|warm"
+        )
     prefix = folder.relative_to(root).as_posix() + "/"
     present = set(rels)
     stale = sorted((line, file) for file, (_, line) in table.items() if file.startswith(prefix) and file not in present)
     if stale:
         line, file = stale[0]
-        raise DataLayoutError(f"{source} line {line}: {file} does not exist (or is skipped as hidden); "
-                              f"{len(stale)} such rows for {folder}")
+        raise DataLayoutError(
+            f"{source} line {line}: {file} does not exist (or is skipped as hidden); "
+            f"{len(stale)} such rows for {folder}"
+        )
     return [table[rel][0] for rel in rels]

@@ -23,9 +23,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import tifffile
@@ -167,9 +167,7 @@ def _signatures(domain: str) -> dict[str, _Signature]:
     m, n = rng.integers(3, 8), rng.integers(1, 3)
     diagonal = 0.6 * np.cos(2 * np.pi * (m * c / W + n * r / H) + rng.uniform(0, 2 * np.pi))
     return {
-        "cold": _Signature(
-            cold_rows, base, np.array([0.8, 0.5]), rng.uniform(0, 2 * np.pi, 2), np.zeros((H, W))
-        ),
+        "cold": _Signature(cold_rows, base, np.array([0.8, 0.5]), rng.uniform(0, 2 * np.pi, 2), np.zeros((H, W))),
         "warm": _Signature(
             warm_rows,
             np.concatenate([base, extra]),

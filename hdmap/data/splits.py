@@ -31,8 +31,12 @@ def check_sizes(data_cfg) -> None:
     n_train = len(scan_split(data_cfg.root, data_cfg.domain, "train"))
     n_val = _validation_size(data_cfg, n_train)
     if data_cfg.reference_source == "train":
-        _check_shots(data_cfg, n_train - n_val, f"{data_cfg.domain}/train/good after holding out {n_val} "
-                                                f"for validation (data.val_fraction={data_cfg.val_fraction})")
+        _check_shots(
+            data_cfg,
+            n_train - n_val,
+            f"{data_cfg.domain}/train/good after holding out {n_val} "
+            f"for validation (data.val_fraction={data_cfg.val_fraction})",
+        )
     else:
         test = scan_split(data_cfg.root, data_cfg.domain, "test", data_cfg.cold_below)
         _check_shots(data_cfg, sum(e.label == 0 for e in test), f"{data_cfg.domain}/test/good")
@@ -51,7 +55,7 @@ def build_trial_data(data_cfg, seed: int) -> TrialData:
     tests = {d: load_split(data_cfg.root, d, "test", *rules) for d in data_cfg.resolved_test_domains()}
     removed = 0
     if data_cfg.reference_source == "train":
-        fit = train.take(np.sort(remaining[:data_cfg.train_shots or len(remaining)]))
+        fit = train.take(np.sort(remaining[: data_cfg.train_shots or len(remaining)]))
     else:
         source_test = load_split(data_cfg.root, data_cfg.domain, "test", *rules)
         good = np.flatnonzero(source_test.labels == 0)
@@ -67,12 +71,16 @@ def build_trial_data(data_cfg, seed: int) -> TrialData:
 def _validation_size(data_cfg, n_train: int) -> int:
     n_val = max(1, int(round(data_cfg.val_fraction * n_train)))
     if n_val >= n_train:
-        raise DataLayoutError(f"data.val_fraction={data_cfg.val_fraction} holds out {n_val} of the {n_train} images "
-                              f"in {data_cfg.domain}/train/good and leaves none to fit on; use a smaller fraction")
+        raise DataLayoutError(
+            f"data.val_fraction={data_cfg.val_fraction} holds out {n_val} of the {n_train} images "
+            f"in {data_cfg.domain}/train/good and leaves none to fit on; use a smaller fraction"
+        )
     return n_val
 
 
 def _check_shots(data_cfg, available: int, where: str) -> None:
     if data_cfg.train_shots is not None and data_cfg.train_shots > available:
-        raise DataLayoutError(f"data.train_shots={data_cfg.train_shots} but only {available} images are available "
-                              f"in {where}; use at most {available}")
+        raise DataLayoutError(
+            f"data.train_shots={data_cfg.train_shots} but only {available} images are available "
+            f"in {where}; use at most {available}"
+        )

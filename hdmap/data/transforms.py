@@ -18,7 +18,9 @@ class HdmapTransform(nn.Module):
     `aspect_pad` keeps the 31:95 aspect ratio (bilinear fit) and zero-pads to the target size.
     """
 
-    def __init__(self, size: tuple[int, int], resize: str = "bilinear", to_rgb: bool = True, normalization: str = "imagenet"):
+    def __init__(
+        self, size: tuple[int, int], resize: str = "bilinear", to_rgb: bool = True, normalization: str = "imagenet"
+    ):
         super().__init__()
         if resize not in RESIZE_METHODS:
             raise ValueError(f"resize={resize!r}: expected one of {RESIZE_METHODS}")

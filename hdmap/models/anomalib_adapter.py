@@ -61,11 +61,13 @@ ANOMALIB_MODELS: dict[str, AnomalibSpec] = {
     "dfkde": AnomalibSpec("dfkde.lightning_model:Dfkde", epochs=1, per_epoch_metric=None),
     "cflow": AnomalibSpec("cflow.lightning_model:Cflow"),
     "fastflow": AnomalibSpec("fastflow.lightning_model:Fastflow", batch_size=64),
-    "reverse_distillation": AnomalibSpec("reverse_distillation.lightning_model:ReverseDistillation", epochs=200,
-                                         batch_size=16),
+    "reverse_distillation": AnomalibSpec(
+        "reverse_distillation.lightning_model:ReverseDistillation", epochs=200, batch_size=16
+    ),
     "stfpm": AnomalibSpec("stfpm.lightning_model:Stfpm", pretrained=True),
-    "ganomaly": AnomalibSpec("ganomaly.lightning_model:Ganomaly", epochs=150, per_epoch_metric="generator_loss",
-                             batch_size=32),  # its constructor's batch_size is ours
+    "ganomaly": AnomalibSpec(
+        "ganomaly.lightning_model:Ganomaly", epochs=150, per_epoch_metric="generator_loss", batch_size=32
+    ),  # its constructor's batch_size is ours
     "supersimplenet": AnomalibSpec("supersimplenet.lightning_model:Supersimplenet", pretrained=True),
     "uninet": AnomalibSpec("uninet.lightning_model:UniNet", pretrained=True, batch_size=2),
     "csflow": AnomalibSpec("csflow.lightning_model:Csflow", pretrained=True),
@@ -73,8 +75,15 @@ ANOMALIB_MODELS: dict[str, AnomalibSpec] = {
     "fre": AnomalibSpec("fre.lightning_model:Fre"),
     # teacher = anomalib's pretrained PDN (`weights`), ImageNette penalty images from a local `imagenet_dir`;
     # quantiles of its maps come from validation normals, so it validates each epoch
-    "efficient_ad": AnomalibSpec("efficient_ad.lightning_model:EfficientAd", epochs=3, batch_size=1,
-                                 per_epoch_metric=None, pretrained=True, uses_validation=True, min_side=256),
+    "efficient_ad": AnomalibSpec(
+        "efficient_ad.lightning_model:EfficientAd",
+        epochs=3,
+        batch_size=1,
+        per_epoch_metric=None,
+        pretrained=True,
+        uses_validation=True,
+        min_side=256,
+    ),
 }
 
 
@@ -92,7 +101,8 @@ class AnomalibConfig(ModelConfig):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (None: epochs decide)")
     gradient_clip_val: float | None = Field(None, ge=0, description="None: the model's own trainer_arguments")
     optimizer: Literal["model", "adam", "adamw", "sgd"] = Field(
-        "model", description="'model': anomalib's configure_optimizers; else this optimiser over trainable params")
+        "model", description="'model': anomalib's configure_optimizers; else this optimiser over trainable params"
+    )
     optimizer_lr: float = Field(1e-4, gt=0, description="lr of `optimizer` when it is not 'model'")
 
     def max_epochs(self) -> int:
@@ -123,7 +133,8 @@ def _field_type(annotation: Any) -> Any | None:
     if annotation is Path:
         return str
     if annotation in (int, float, str, bool, type(None), Any) or (
-            isinstance(annotation, type) and issubclass(annotation, Enum)):
+        isinstance(annotation, type) and issubclass(annotation, Enum)
+    ):
         return annotation
     if origin in (Union, types.UnionType):
         parts = [_field_type(a) for a in typing.get_args(annotation)]
@@ -144,12 +155,17 @@ def _config_class(name: str, spec: AnomalibSpec) -> type[AnomalibConfig]:
     cls = anomalib_class(spec)
     signature = inspect.signature(cls.__init__)
     hints = typing.get_type_hints(cls.__init__)
-    fields: dict[str, Any] = {"name": (Literal[name], name), "epochs": (int, Field(spec.epochs, ge=1)),
-                              "batch_size": (int, Field(spec.batch_size, ge=1))}
+    fields: dict[str, Any] = {
+        "name": (Literal[name], name),
+        "epochs": (int, Field(spec.epochs, ge=1)),
+        "batch_size": (int, Field(spec.batch_size, ge=1)),
+    }
     constructor: list[str] = []
     for arg, param in signature.parameters.items():
         if arg in ("self", "precision", "pre_trained", *_COMPONENTS) or param.kind in (
-                param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            param.VAR_POSITIONAL,
+            param.VAR_KEYWORD,
+        ):
             continue
         annotation = _field_type(hints.get(arg, Any))
         if annotation is None or arg in fields:
@@ -164,11 +180,19 @@ def _config_class(name: str, spec: AnomalibSpec) -> type[AnomalibConfig]:
         fields["pretrained"] = (bool, Field(True, description="False: random init (recorded in the row)"))
         fields["weights"] = (str | None, Field(None, description="local checkpoint of the pretrained backbone"))
     class_name = "".join(part.title() for part in name.split("_")) + "Config"
-    base = type(f"_{class_name}Base", (AnomalibConfig,), {
-        "__module__": __name__, "anomalib_class": spec.cls, "pretrained_argument": has_pretrained,
-        "constructor_fields": tuple(constructor), "per_epoch_metric": spec.per_epoch_metric,
-        "needs_pretrained_weights": has_pretrained or spec.pretrained,
-        "__doc__": f"`{name}`: anomalib's {cls.__name__} ({spec.cls})."})
+    base = type(
+        f"_{class_name}Base",
+        (AnomalibConfig,),
+        {
+            "__module__": __name__,
+            "anomalib_class": spec.cls,
+            "pretrained_argument": has_pretrained,
+            "constructor_fields": tuple(constructor),
+            "per_epoch_metric": spec.per_epoch_metric,
+            "needs_pretrained_weights": has_pretrained or spec.pretrained,
+            "__doc__": f"`{name}`: anomalib's {cls.__name__} ({spec.cls}).",
+        },
+    )
     config = create_model(class_name, __base__=base, __module__=__name__, **fields)
     config.__doc__ = base.__doc__
     globals()[base.__name__] = base
@@ -186,8 +210,9 @@ class _ImageView:
 
     def __iter__(self):
         for batch in self.loader:
-            yield self.module.on_after_batch_transfer({k: v.to(self.module.device) if torch.is_tensor(v) else v
-                                                       for k, v in batch.items()}, 0)
+            yield self.module.on_after_batch_transfer(
+                {k: v.to(self.module.device) if torch.is_tensor(v) else v for k, v in batch.items()}, 0
+            )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -268,7 +293,8 @@ class _EfficientAdHooks:
             raise WeightsNotFoundError(
                 f"efficient_ad: model.imagenet_dir={cfg.imagenet_dir!r} is not a folder (its penalty loss needs "
                 f"ImageNette images, an ImageFolder tree; never downloaded here): copy ImageNette there or set "
-                f"model.imagenet_dir")
+                f"model.imagenet_dir"
+            )
         if cfg.pretrained:
             self.model.teacher.load_state_dict(torch.load(self._teacher_file(), map_location="cpu", weights_only=True))
 
@@ -276,15 +302,18 @@ class _EfficientAdHooks:
         from anomalib.utils.path import get_pretrained_weights_dir
 
         size = getattr(self.cfg.model_size, "value", self.cfg.model_size)
-        path = Path(self.cfg.weights or get_pretrained_weights_dir() / "efficientad_pretrained_weights"
-                    / f"pretrained_teacher_{size}.pth").expanduser()
+        path = Path(
+            self.cfg.weights
+            or get_pretrained_weights_dir() / "efficientad_pretrained_weights" / f"pretrained_teacher_{size}.pth"
+        ).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"pretrained teacher for model 'efficient_ad' (size {size}) not found (never downloaded at run time).\n"
                 f"  looked in: {path}\n"
                 f"  provide it by one of: (1) model.weights=/path/to/pretrained_teacher_{size}.pth "
                 f"(from anomalib's efficientad_pretrained_weights.zip release); (2) unzip that release into "
-                f"{path.parent.parent}; (3) model.pretrained=false for a random teacher (results will say so).")
+                f"{path.parent.parent}; (3) model.pretrained=false for a random teacher (results will say so)."
+            )
         return path
 
     def prepare_pretrained_model(self) -> None:
@@ -315,8 +344,11 @@ HOOKS: dict[str, type] = {"cfa": _CfaHooks, "efficient_ad": _EfficientAdHooks}
 
 def _module_class(name: str, spec: AnomalibSpec, config: type[AnomalibConfig]) -> type[AnomalibAdapter]:
     bases = ((HOOKS[name],) if name in HOOKS else ()) + (AnomalibAdapter, anomalib_class(spec))
-    cls = type("".join(part.title() for part in name.split("_")) + "Module", bases,
-               {"__module__": __name__, "hdmap_config": config})
+    cls = type(
+        "".join(part.title() for part in name.split("_")) + "Module",
+        bases,
+        {"__module__": __name__, "hdmap_config": config},
+    )
     return cls
 
 
@@ -373,14 +405,17 @@ def _torchvision_file(cfg: AnomalibConfig, url: str) -> Path:
         f"  looked in: torch hub cache {candidate}\n"
         f"  provide them by one of: (1) model.weights=/path/to/{candidate.name}; (2) on a machine with internet "
         f"download {url} into $TORCH_HOME/hub/checkpoints on this node; "
-        f"(3) model.pretrained=false for random initialisation (results will say so).")
+        f"(3) model.pretrained=false for random initialisation (results will say so)."
+    )
 
 
 def _load_wanted(cfg: AnomalibConfig, wanted: list[tuple[str, torch.nn.Module]]) -> None:
     names = sorted({name for name, _ in wanted})
     if cfg.weights and len(names) > 1:
-        raise WeightsNotFoundError(f"model.weights for {cfg.name}: one file cannot fill its {len(names)} pretrained "
-                                   f"backbones {names}; provide them through the HF / torch-hub cache instead")
+        raise WeightsNotFoundError(
+            f"model.weights for {cfg.name}: one file cannot fill its {len(names)} pretrained "
+            f"backbones {names}; provide them through the HF / torch-hub cache instead"
+        )
     for backbone, module in wanted:
         try:
             load_pretrained(module, backbone, cfg.weights)
@@ -395,7 +430,7 @@ def _build_all() -> dict[str, tuple[type[AnomalibConfig], type[AnomalibAdapter]]
     out = {}
     with warnings.catch_warnings():  # anomalib's own imports announce deprecations of modules we never use
         warnings.simplefilter("ignore", FutureWarning)
-        for name, spec in ANOMALIB_MODELS.items():
+        for spec in ANOMALIB_MODELS.values():
             anomalib_class(spec)
     for name, spec in ANOMALIB_MODELS.items():
         config = _config_class(name, spec)

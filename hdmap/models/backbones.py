@@ -38,7 +38,7 @@ class BackboneConfig(ModelConfig):
         return pretrained_label(self.pretrained, self.weights)
 
     @model_validator(mode="after")
-    def _known_backbone_and_layers(self) -> "BackboneConfig":
+    def _known_backbone_and_layers(self) -> BackboneConfig:
         strides = backbone_strides(self.backbone)
         unknown = [layer for layer in self.layers if layer not in strides]
         if not self.layers or unknown:
@@ -49,8 +49,10 @@ class BackboneConfig(ModelConfig):
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         stride = max(backbone_strides(self.backbone)[layer] for layer in self.layers)
         if min(size) < stride:
-            return (f"{self.backbone} layer(s) {', '.join(self.layers)} downsample by {stride}: "
-                    f"each side needs >= {stride} px, got {list(size)}")
+            return (
+                f"{self.backbone} layer(s) {', '.join(self.layers)} downsample by {stride}: "
+                f"each side needs >= {stride} px, got {list(size)}"
+            )
         return None
 
 
@@ -69,8 +71,10 @@ def backbone_strides(backbone: str) -> dict[str, int]:
     (stride = patch size); any other model exposes its `features_only` stages (`layer2`, ...)."""
     if not timm.is_model(backbone):
         close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
-        raise ValueError(f"unknown backbone {backbone!r} (not a timm model)"
-                         + (f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"))
+        raise ValueError(
+            f"unknown backbone {backbone!r} (not a timm model)"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()")
+        )
     vit = "vit" in backbone.lower()
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False, features_only=not vit)
@@ -96,7 +100,10 @@ def find_weights(backbone: str, weights: str | None = None) -> Path:
     looked: list[str] = []
     cfg = timm.models.get_pretrained_cfg(backbone)
     if cfg is None:
-        raise WeightsNotFoundError(f"backbone {backbone!r} has no pretrained weights known to timm; set model.weights or model.pretrained=false")
+        raise WeightsNotFoundError(
+            f"backbone {backbone!r} has no pretrained weights known to timm; "
+            "set model.weights or model.pretrained=false"
+        )
     hf_id = getattr(cfg, "hf_hub_id", None)
     if hf_id:
         from huggingface_hub import try_to_load_from_cache

@@ -88,7 +88,7 @@ class AnomalyModule(L.LightningModule):
     disk_cache = None
 
     def feature_key(self) -> dict | None:
-        """What determines `base_features` besides the input image (backbone, layers, weight hash); None = not cacheable."""
+        """What determines `base_features` besides the image (backbone, layers, weight hash); None = not cacheable."""
         return None
 
     def base_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,9 @@ import torch
 from hdmap.errors import ConfigError
 
 
-def k_center_greedy(features: torch.Tensor, n_select: int, seed: int = 0, project_dim: int | None = 128) -> torch.Tensor:
+def k_center_greedy(
+    features: torch.Tensor, n_select: int, seed: int = 0, project_dim: int | None = 128
+) -> torch.Tensor:
     """Indices of `n_select` rows chosen farthest-first (the first one at random, seeded)."""
     n = features.shape[0]
     if not 1 <= n_select <= n:
@@ -45,5 +47,7 @@ def subsample(bank: torch.Tensor, ratio: float, seed: int = 0) -> torch.Tensor:
 def check_neighbours(k: int, bank: torch.Tensor, which: str = "memory bank") -> None:
     """`model.k` neighbours must exist in the bank: k is never clamped behind the results row's back."""
     if k > bank.shape[0]:
-        raise ConfigError(f"model.k={k} but the {which} holds only {bank.shape[0]} patch features (fit images x "
-                          f"patches per image x coreset_ratio); lower model.k or raise model.coreset_ratio / shots")
+        raise ConfigError(
+            f"model.k={k} but the {which} holds only {bank.shape[0]} patch features (fit images x "
+            f"patches per image x coreset_ratio); lower model.k or raise model.coreset_ratio / shots"
+        )

@@ -46,7 +46,7 @@ class ScaledCutPasteConfig(TrainedModelConfig):
     gamma: float = Field(0.1, gt=0, le=1, description="StepLR: lr factor per decay")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "ScaledCutPasteConfig":
+    def _ranges(self) -> ScaledCutPasteConfig:
         for field in ("cut_w", "cut_h"):
             lo, hi = getattr(self, field)
             if not 1 <= lo <= hi:
@@ -57,8 +57,12 @@ class ScaledCutPasteConfig(TrainedModelConfig):
 
     def faults(self, probability: float | None = None) -> CutPasteFaults:
         p = self.anomaly_probability if probability is None else probability
-        return CutPasteFaults(self.cut_w, anomaly_probability=p, patch_height_range=self.cut_h,
-                              severity_range=(self.a_fault_start, self.a_fault_range_end))
+        return CutPasteFaults(
+            self.cut_w,
+            anomaly_probability=p,
+            patch_height_range=self.cut_h,
+            severity_range=(self.a_fault_start, self.a_fault_range_end),
+        )
 
 
 class CutPasteClfConfig(ScaledCutPasteConfig):
@@ -121,8 +125,12 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers, c = [], in_channels
         for out in (width, 2 * width, 4 * width, 8 * width):
-            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2, ceil_mode=True)]
+            layers += [
+                nn.Conv2d(c, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
             c = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * c, 1)

@@ -31,7 +31,9 @@ class TrainedModelConfig(ModelConfig):
 
 class DraemConfig(TrainedModelConfig):
     name: Literal["draem"] = "draem"
-    base_width: int = Field(128, ge=8, description="reconstructive width (anomalib default 128); discriminative gets half")
+    base_width: int = Field(
+        128, ge=8, description="reconstructive width (anomalib default 128); discriminative gets half"
+    )
     beta: tuple[float, float] = Field((0.1, 1.0), description="blend factor range of synthetic anomalies")
     dtd_dir: str | None = Field(None, description="existing local DTD texture folder; None = Perlin noise only")
 
@@ -76,6 +78,7 @@ class DraemModule(AnomalyModule):
         super().__init__(transform)
         from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
         from anomalib.models.image.draem.loss import DraemLoss
+
         if transform.channels != 3:
             raise ValueError("draem needs 3-channel input: set data.to_rgb=true")
         self.model = DraemNet(cfg.base_width)

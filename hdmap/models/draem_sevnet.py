@@ -50,7 +50,8 @@ class DraemSevNetConfig(TrainedModelConfig):
     severity_width: int = Field(16, ge=4, description="channels of the severity CNN's first layer")
     patch_width_range: tuple[int, int] = Field((8, 32), description="patch width in model-input pixels (lo, hi)")
     patch_aspect: Literal[tuple(ASPECT_PRESETS)] | tuple[float, float] = Field(  # type: ignore[valid-type]
-        "landscape", description="width / height: landscape (2-4), portrait (0.25-0.5), square (1) or [lo, hi]")
+        "landscape", description="width / height: landscape (2-4), portrait (0.25-0.5), square (1) or [lo, hi]"
+    )
     patch_count: int = Field(1, ge=1, le=3)
     anomaly_probability: float = Field(0.5, ge=0, le=1)
     severity_max: float = Field(1.0, gt=0, description="severity ~ U[0, severity_max]: peak added value, input units")
@@ -78,7 +79,7 @@ class DraemSevNetConfig(TrainedModelConfig):
         return v
 
     @model_validator(mode="after")
-    def _some_loss(self) -> "DraemSevNetConfig":
+    def _some_loss(self) -> DraemSevNetConfig:
         if self.w_recon + self.w_seg + self.w_sev == 0:
             raise ValueError("w_recon, w_seg and w_sev are all 0: nothing to train")
         return self
@@ -94,7 +95,12 @@ class SeverityNet(nn.Module):
         super().__init__()
         layers, c = [], in_channels
         for out in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+            layers += [
+                nn.Conv2d(c, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
             c = out
         self.features = nn.Sequential(*layers[:-1])  # no pooling after the last block
         self.head = nn.Sequential(nn.Linear(2 * c, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 1))
@@ -139,8 +145,9 @@ class DraemSevNetModule(AnomalyModule):
         self.model = DraemSevNet(cfg.base_width, cfg.severity_input, cfg.severity_width)
         self.draem_loss = DraemLoss()  # its l2_loss, ssim_loss and focal_loss are reused term by term
         self.severity_criterion = nn.MSELoss() if cfg.severity_loss == "mse" else nn.SmoothL1Loss()
-        self.faults = CutPasteFaults(cfg.patch_width_range, cfg.patch_aspect, cfg.patch_count,
-                                     cfg.anomaly_probability, cfg.severity_max)
+        self.faults = CutPasteFaults(
+            cfg.patch_width_range, cfg.patch_aspect, cfg.patch_count, cfg.anomaly_probability, cfg.severity_max
+        )
         self.val_faults = CutPasteFaults(cfg.patch_width_range, "landscape", 1, 0.5, cfg.severity_max)
         self.seed = seed
         self.lr = cfg.lr
@@ -159,8 +166,13 @@ class DraemSevNetModule(AnomalyModule):
         state["_train_generator"] = None
         return state
 
-    def _losses(self, images: torch.Tensor, faults: CutPasteFaults, generator: torch.Generator,
-                weights: tuple[float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _losses(
+        self,
+        images: torch.Tensor,
+        faults: CutPasteFaults,
+        generator: torch.Generator,
+        weights: tuple[float, float, float],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (weighted loss, per-image |severity error|)."""
         fb = faults(images, generator)
         reconstruction, logits, severity = self.model(fb.image)

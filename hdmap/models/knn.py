@@ -16,8 +16,9 @@ TORCH_CHUNK = 4096  # query rows per torch.cdist call: bounds the (chunk x bank)
 METHODS = ("faiss", "faiss_ivf", "torch")
 
 
-def knn_search(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, method: str = "faiss",
-               nprobe: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_search(
+    queries: torch.Tensor, bank: torch.Tensor, k: int = 1, method: str = "faiss", nprobe: int = 8, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) queries, (M, D) bank -> distances (N, k) and bank indices (N, k), on the queries' device."""
     if bank.shape[0] == 0:
         raise ValueError("memory bank is empty")

@@ -72,7 +72,9 @@ class CAPatchCoreConfig(BackboneConfig):
     context_k: int | list[int] = Field(0, description="row-context half width(s), e.g. 2 or [2, 3]; 0 = no context")
     context_agg: Literal["mean", "max"] = "mean"
     context_include_self: bool = True
-    k: int = Field(9, ge=1, description="PatchCore image-score reweighting neighbours (anomalib num_neighbors); 1 = max")
+    k: int = Field(
+        9, ge=1, description="PatchCore image-score reweighting neighbours (anomalib num_neighbors); 1 = max"
+    )
     knn: Literal[METHODS] = "faiss"  # type: ignore[valid-type]
     ivf_nprobe: int = Field(8, ge=1, description="knn=faiss_ivf: k-means cells searched per query")
     batch_size: int = Field(8, ge=1)
@@ -88,7 +90,9 @@ class CAPatchCoreConfig(BackboneConfig):
         return v
 
     def context_ks(self) -> list[int]:
-        return [] if self.context_k == 0 else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
+        return (
+            [] if self.context_k == 0 else [self.context_k] if isinstance(self.context_k, int) else list(self.context_k)
+        )
 
     def outputs(self) -> frozenset[str]:
         return frozenset() if self.gating == "mixed" else frozenset({"gate"})
@@ -122,8 +126,10 @@ def two_means_1d(values: torch.Tensor) -> tuple[float, float]:
     v = values.double().flatten().sort().values
     n = v.numel()
     if n < 2 or float(v[-1] - v[0]) == 0.0:
-        raise ValueError(f"cannot calibrate a p90 gate from {n} fit image(s) with p90 range "
-                         f"{float(v[-1] - v[0]) if n else 0.0:.4g}; set model.gate_threshold")
+        raise ValueError(
+            f"cannot calibrate a p90 gate from {n} fit image(s) with p90 range "
+            f"{float(v[-1] - v[0]) if n else 0.0:.4g}; set model.gate_threshold"
+        )
     csum, csq = v.cumsum(0), (v * v).cumsum(0)
     left_n = torch.arange(1, n, dtype=torch.float64)
     right_n = n - left_n
@@ -148,7 +154,7 @@ def row_context(features: torch.Tensor, k: int, agg: str = "mean", include_self:
         if lo >= hi:
             continue
         shifted = torch.full_like(features, float("-inf") if agg == "max" else 0.0)
-        shifted[..., lo:hi] = features[..., lo + d:hi + d]
+        shifted[..., lo:hi] = features[..., lo + d : hi + d]
         count[lo:hi] += 1
         acc = shifted if acc is None else (torch.maximum(acc, shifted) if agg == "max" else acc + shifted)
     if acc is None:
@@ -198,8 +204,12 @@ class CAPatchCoreModule(AnomalyModule):
         for name, tensor in self.extractor.state_dict().items():
             weights.update(name.encode())
             weights.update(hash_array(tensor.detach().cpu().numpy()).encode())
-        return {"backbone": self.cfg.backbone, "layers": self.cfg.layers, "feature_pool": self.cfg.feature_pool,
-                "weights_sha1": weights.hexdigest()}
+        return {
+            "backbone": self.cfg.backbone,
+            "layers": self.cfg.layers,
+            "feature_pool": self.cfg.feature_pool,
+            "weights_sha1": weights.hexdigest(),
+        }
 
     @torch.no_grad()
     def base_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -247,14 +257,22 @@ class CAPatchCoreModule(AnomalyModule):
             if n is not None and members.numel() < n:
                 raise ValueError(
                     f"model.shots_per_bank={n}: the p90 gate (threshold {self.threshold:.4f}) puts only "
-                    f"{members.numel()} of {index.numel()} fit images in the {'warm' if bank else 'cold'} bank")
+                    f"{members.numel()} of {index.numel()} fit images in the {'warm' if bank else 'cold'} bank"
+                )
             if members.numel() == 0 and self.cfg.gating != "mixed":
-                raise ValueError(f"the p90 gate (threshold {self.threshold:.4f}) puts no fit image in the "
-                                 f"{'warm' if bank else 'cold'} bank; set model.gate_threshold or use gating=mixed")
+                raise ValueError(
+                    f"the p90 gate (threshold {self.threshold:.4f}) puts no fit image in the "
+                    f"{'warm' if bank else 'cold'} bank; set model.gate_threshold or use gating=mixed"
+                )
             order = members[torch.randperm(members.numel(), generator=generator)]
             self.selected[bank] = set((order if n is None else order[:n]).tolist())
-        self.gate_stats = {"threshold": self.threshold, "cold_centre": cold_c, "warm_centre": warm_c,
-                           "n_cold": int((~warm).sum()), "n_warm": int(warm.sum())}
+        self.gate_stats = {
+            "threshold": self.threshold,
+            "cold_centre": cold_c,
+            "warm_centre": warm_c,
+            "n_cold": int((~warm).sum()),
+            "n_warm": int(warm.sum()),
+        }
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         index = torch.as_tensor(batch["index"]).tolist()
@@ -283,8 +301,9 @@ class CAPatchCoreModule(AnomalyModule):
         if self.disk_cache is None or self.cfg.coreset_ratio == 1:
             return subsample(features, self.cfg.coreset_ratio, self.seed)
         key = {"features": hash_array(features.numpy()), "ratio": self.cfg.coreset_ratio, "seed": self.seed}
-        entry = self.disk_cache.get("coreset", key, lambda w: w.put(
-            "bank", subsample(features, self.cfg.coreset_ratio, self.seed).numpy()))
+        entry = self.disk_cache.get(
+            "coreset", key, lambda w: w.put("bank", subsample(features, self.cfg.coreset_ratio, self.seed).numpy())
+        )
         return torch.from_numpy(np.array(entry["bank"]))
 
     # ---- predict
@@ -306,7 +325,9 @@ class CAPatchCoreModule(AnomalyModule):
         if self.cfg.gating == "oracle":
             cond = batch.get("condition")
             if cond is None:
-                warnings.warn("gating=oracle but batches carry no 'condition'; falling back to the p90 gate")
+                warnings.warn(
+                    "gating=oracle but batches carry no 'condition'; falling back to the p90 gate", stacklevel=2
+                )
             else:
                 cond = torch.as_tensor(cond, device=gate.device).long()
                 gate = torch.where(cond >= 0, cond, gate)  # -1 (no condition: val normals) -> p90
@@ -338,6 +359,7 @@ class CAPatchCoreModule(AnomalyModule):
 
     def _nearest(self, flat: torch.Tensor, bank_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each patch's nearest bank patch (distance, index); memoised by content in the trial's disk cache."""
+
         def search():
             d, i = knn_search(flat, self.banks[bank_id], 1, self.cfg.knn, self.cfg.ivf_nprobe, self.seed)
             return d[:, 0], i[:, 0]
@@ -354,8 +376,10 @@ class CAPatchCoreModule(AnomalyModule):
             writer.put("index", i.cpu().numpy())
 
         entry = self.disk_cache.get("knn", key, compute)
-        return (torch.from_numpy(np.array(entry["distance"])).to(flat.device),
-                torch.from_numpy(np.array(entry["index"])).to(flat.device))
+        return (
+            torch.from_numpy(np.array(entry["distance"])).to(flat.device),
+            torch.from_numpy(np.array(entry["index"])).to(flat.device),
+        )
 
     def score(self, images: torch.Tensor) -> torch.Tensor:  # gate-free scoring is not defined here
         raise NotImplementedError("ca_patchcore scores through predict_step (it needs the raw image for the gate)")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from hdmap.models import draem, patchcore, patchcore_family
-from hdmap.models import anomalib_adapter, cutpaste, draem_sevnet
+from hdmap.models import anomalib_adapter, cutpaste, draem, draem_sevnet, patchcore, patchcore_family
 from hdmap.models.base import ModelConfig
 
 
@@ -39,12 +38,14 @@ def model_catalog() -> list[dict]:
     for name, entry in MODELS.items():
         config = entry.config
         defaults = config()
-        rows.append({
-            "model": name,
-            "fields": {key: getattr(defaults, key) for key in config.model_fields if key != "name"},
-            "per_epoch_metric": config.per_epoch_metric,
-            "needs_pretrained_weights": config.needs_pretrained_weights,
-            "outputs": sorted({"score"} | defaults.outputs()),
-            "doc": (config.__doc__ or "").strip().splitlines()[0] if config.__doc__ else "",
-        })
+        rows.append(
+            {
+                "model": name,
+                "fields": {key: getattr(defaults, key) for key in config.model_fields if key != "name"},
+                "per_epoch_metric": config.per_epoch_metric,
+                "needs_pretrained_weights": config.needs_pretrained_weights,
+                "outputs": sorted({"score"} | defaults.outputs()),
+                "doc": (config.__doc__ or "").strip().splitlines()[0] if config.__doc__ else "",
+            }
+        )
     return rows

@@ -7,7 +7,8 @@
 Reads the rows through the store (sweeps.store.ResultStore) and the sweep's metadata (sweep.json: name, axes in
 spec order, planned trials). Sections: header, model x test-domain table, the paper's table (model comparisons
 over domains), one plot per ablation axis, cold vs warm, paired comparisons with bootstrap CIs (a worse result
-shown as plainly as a better one), the ORACLE figures kept apart, failures. plotly.js is inlined once, so the HTML opens on machines without internet.
+shown as plainly as a better one), the ORACLE figures kept apart, failures. plotly.js is inlined once,
+so the HTML opens on machines without internet.
 The finish step (sweeps.finish) decides where the files go (beside the results, on object storage too).
 """
 

@@ -186,7 +186,8 @@ def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> Swe
         axes_source = "sweep.json"
     else:
         axes = [
-            c for c in cfg
+            c
+            for c in cfg
             if c not in NOT_AXES and not c.startswith("runtime.") and keys[c][keys[c] != NULL].nunique() > 1
         ]
         axes_source = "inferred"
@@ -247,7 +248,8 @@ def failures_table(err: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
                 domain = value_key(row[c])
                 break
         cfg = ", ".join(
-            f"{a}={value_key(row[a])}" for a in axes
+            f"{a}={value_key(row[a])}"
+            for a in axes
             if a in g.columns and a != "data.domain" and value_key(row[a]) != NULL
         )
         if "seed" in g.columns and value_key(row["seed"]) != NULL:
@@ -320,8 +322,11 @@ def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) 
     if not mask.any():
         return pd.DataFrame(columns=cols)
     # e.g. gating accuracy, only where some trial of this axis reports it
-    metrics = list(metrics) + [m for m in OPTIONAL_AXIS_METRICS
-                               if m not in metrics and m in data.ok.columns and data.ok.loc[mask, m].notna().any()]
+    metrics = list(metrics) + [
+        m
+        for m in OPTIONAL_AXIS_METRICS
+        if m not in metrics and m in data.ok.columns and data.ok.loc[mask, m].notna().any()
+    ]
     frame = pd.DataFrame(
         {
             "model": data.ok.loc[mask, "model"],
@@ -385,8 +390,18 @@ def verdict(metric: str, n: int, lo: float, hi: float) -> str:
 
 
 COMPARISON_COLUMNS = [
-    "axis", "value", "baseline", "metric", "scope", "model", "test_domain", "n_pairs",
-    "mean_delta", "ci_low", "ci_high", "verdict",
+    "axis",
+    "value",
+    "baseline",
+    "metric",
+    "scope",
+    "model",
+    "test_domain",
+    "n_pairs",
+    "mean_delta",
+    "ci_low",
+    "ci_high",
+    "verdict",
 ]
 
 
@@ -419,7 +434,9 @@ def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) ->
         any_pairs = False
         for v in values:
             cur = frame[frame["value"] == v]
-            cur_mean = cur.groupby("sig").agg({**{m: "mean" for m in metrics}, "model": "first", "test_domain": "first"})
+            cur_mean = cur.groupby("sig").agg(
+                {**{m: "mean" for m in metrics}, "model": "first", "test_domain": "first"}
+            )
             joined = cur_mean.merge(b.add_suffix("__base"), how="inner", left_index=True, right_index=True)
             if joined.empty:
                 continue
@@ -435,9 +452,17 @@ def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) ->
                     mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
                     rows.append(
                         {
-                            "axis": axis, "value": v, "baseline": base, "metric": m, "scope": scope,
-                            "model": mo, "test_domain": td, "n_pairs": int(d.size),
-                            "mean_delta": mean, "ci_low": lo, "ci_high": hi,
+                            "axis": axis,
+                            "value": v,
+                            "baseline": base,
+                            "metric": m,
+                            "scope": scope,
+                            "model": mo,
+                            "test_domain": td,
+                            "n_pairs": int(d.size),
+                            "mean_delta": mean,
+                            "ci_low": lo,
+                            "ci_high": hi,
                             "verdict": verdict(m, int(d.size), lo, hi),
                         }
                     )

@@ -65,17 +65,45 @@ def paper_table_section(data: A.SweepData) -> Section | None:
         return None
     s = Section("paper-table", "Paper table: overall fault detection accuracy")
     one_seed = bool((rows["seeds"] == 1).any())
-    s.text("Accuracy (%, threshold from validation normals) as domain mean ± std / domain C ± std, image AUROC (%) "
-           "beside it; sorted by domain-mean accuracy as in the paper. ± is the std over seeds"
-           + ("; methods run with one seed show the std over domains for the mean and none for domain C" if one_seed
-              else "") + ". The paper's figures are on the real data (100k train images, 128 x 128): orientation only.")
-    t = Table(["method", "model", "seeds", "domains", "accuracy: domain mean", "accuracy: domain C",
-               "AUROC: domain mean", "AUROC: domain C", "paper accuracy (real data)"], numeric_from=2, css="main")
+    s.text(
+        "Accuracy (%, threshold from validation normals) as domain mean ± std / domain C ± std, image AUROC (%) "
+        "beside it; sorted by domain-mean accuracy as in the paper. ± is the std over seeds"
+        + (
+            "; methods run with one seed show the std over domains for the mean and none for domain C"
+            if one_seed
+            else ""
+        )
+        + ". The paper's figures are on the real data (100k train images, 128 x 128): orientation only."
+    )
+    t = Table(
+        [
+            "method",
+            "model",
+            "seeds",
+            "domains",
+            "accuracy: domain mean",
+            "accuracy: domain C",
+            "AUROC: domain mean",
+            "AUROC: domain C",
+            "paper accuracy (real data)",
+        ],
+        numeric_from=2,
+        css="main",
+    )
     for r in rows.itertuples():
         paper = PAPER.get(r.model)
-        t.add([paper[0] if paper else r.model, r.model, str(r.seeds), str(r.domains),
-               _pct(r.accuracy_avg, r.accuracy_avg_std), _pct(r.accuracy_c, r.accuracy_c_std),
-               _pct(r.image_auroc_avg, r.image_auroc_avg_std), _pct(r.image_auroc_c, r.image_auroc_c_std),
-               f"{paper[1]:.1f} ± {paper[2]:.1f} / {paper[3]:.1f} ± {paper[4]:.1f}" if paper else "—"])
+        t.add(
+            [
+                paper[0] if paper else r.model,
+                r.model,
+                str(r.seeds),
+                str(r.domains),
+                _pct(r.accuracy_avg, r.accuracy_avg_std),
+                _pct(r.accuracy_c, r.accuracy_c_std),
+                _pct(r.image_auroc_avg, r.image_auroc_avg_std),
+                _pct(r.image_auroc_c, r.image_auroc_c_std),
+                f"{paper[1]:.1f} ± {paper[2]:.1f} / {paper[3]:.1f} ± {paper[4]:.1f}" if paper else "—",
+            ]
+        )
     s.table(t)
     return s

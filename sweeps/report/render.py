@@ -156,7 +156,10 @@ def cold_warm_figure(cw: pd.DataFrame):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    pairs = [("accuracy_cold", "accuracy_warm", "accuracy (calibrated threshold)"), ("auroc_cold", "auroc_warm", "image AUROC")]
+    pairs = [
+        ("accuracy_cold", "accuracy_warm", "accuracy (calibrated threshold)"),
+        ("auroc_cold", "auroc_warm", "image AUROC"),
+    ]
     cw = cw.copy()
     cw["cell"] = cw["model"].astype(str) + "<br>" + cw["test_domain"].astype(str)
     cells = list(dict.fromkeys(cw.sort_values(["model", "test_domain"])["cell"]))
@@ -203,7 +206,10 @@ def forest_figure(cmp_axis: pd.DataFrame, axis: str):
     rows["ylab"] = rows["value"].astype(str) + " vs " + rows["baseline"].astype(str) + " · " + rows["scope"].astype(str)
     ylabs = list(dict.fromkeys(rows["ylab"]))
     fig = make_subplots(
-        rows=1, cols=len(metrics), subplot_titles=[f"Δ {label(m)}" for m in metrics], shared_yaxes=True,
+        rows=1,
+        cols=len(metrics),
+        subplot_titles=[f"Δ {label(m)}" for m in metrics],
+        shared_yaxes=True,
         horizontal_spacing=0.04,
     )
     shown = set()
@@ -220,10 +226,20 @@ def forest_figure(cmp_axis: pd.DataFrame, axis: str):
                     name=v,
                     legendgroup=v,
                     showlegend=v not in shown,
-                    marker=dict(color=VERDICT_COLOR.get(v, "#000"), size=10,
-                                symbol="diamond" if v in (A.VERDICT_BETTER, A.VERDICT_WORSE) else "circle"),
-                    error_x=dict(type="data", symmetric=False, array=hi.tolist(), arrayminus=lo.tolist(),
-                                 color=VERDICT_COLOR.get(v, "#000"), thickness=2, width=6),
+                    marker=dict(
+                        color=VERDICT_COLOR.get(v, "#000"),
+                        size=10,
+                        symbol="diamond" if v in (A.VERDICT_BETTER, A.VERDICT_WORSE) else "circle",
+                    ),
+                    error_x=dict(
+                        type="data",
+                        symmetric=False,
+                        array=hi.tolist(),
+                        arrayminus=lo.tolist(),
+                        color=VERDICT_COLOR.get(v, "#000"),
+                        thickness=2,
+                        width=6,
+                    ),
                     customdata=list(zip(g["n_pairs"], g["ci_low"].round(4), g["ci_high"].round(4))),
                     hovertemplate="%{y}<br>Δ=%{x:.4f}  95% CI [%{customdata[1]}, %{customdata[2]}]"
                     "<br>n pairs=%{customdata[0]}<extra>" + v + "</extra>",
@@ -258,14 +274,22 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
         ("Ablation axes", (", ".join(data.axes) or "none") + f" ({data.axes_source})"),
     ]
     if data.n_trials_missing:
-        facts.insert(4, ("Incomplete", f"{data.n_trials_missing} of {data.n_trials_planned} trials have no result "
-                                       "(interrupted or still running; `hdmap sweep run SPEC` runs them)"))
+        facts.insert(
+            4,
+            (
+                "Incomplete",
+                f"{data.n_trials_missing} of {data.n_trials_planned} trials have no result "
+                "(interrupted or still running; `hdmap sweep run SPEC` runs them)",
+            ),
+        )
     bad = {"Incomplete"} | ({"Trials"} if data.n_trials_error else set())
     s.html.append(
-        '<table class="facts">' + "".join(
+        '<table class="facts">'
+        + "".join(
             f'<tr><th>{html.escape(k)}</th><td class="{"bad" if k in bad else ""}">{html.escape(v)}</td></tr>'
             for k, v in facts
-        ) + "</table>"
+        )
+        + "</table>"
     )
     s.md.append("\n".join(f"- **{k}:** {v}" for k, v in facts))
     for note in data.notes:
@@ -279,16 +303,22 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
         for _, r in overall.iterrows():
             txt = (
                 f"{r['axis']} = {r['value']} vs {r['baseline']} — {label(r['metric'])}: "
-                f"Δ {fmt_signed(r['mean_delta'])} 95% CI {fmt_ci(r['ci_low'], r['ci_high'])} (n={int(r['n_pairs'])} pairs)"
+                f"Δ {fmt_signed(r['mean_delta'])} 95% CI {fmt_ci(r['ci_low'], r['ci_high'])} "
+                f"(n={int(r['n_pairs'])} pairs)"
             )
-            cells = cmp[(cmp["axis"] == r["axis"]) & (cmp["value"] == r["value"]) & (cmp["metric"] == r["metric"])
-                        & (cmp["scope"] != "all")]
+            cells = cmp[
+                (cmp["axis"] == r["axis"])
+                & (cmp["value"] == r["value"])
+                & (cmp["metric"] == r["metric"])
+                & (cmp["scope"] != "all")
+            ]
             if len(cells):
                 per = {v: int((cells["verdict"] == v).sum()) for v in VERDICT_HTML}
                 txt += "; per model × domain: " + ", ".join(f"{n} {v}" for v, n in per.items() if n)
             cls = VERDICT_CLASS.get(r["verdict"], "")
             items_html.append(
-                f'<li class="{cls}"><span class="badge {cls}">{html.escape(VERDICT_HTML.get(r["verdict"], r["verdict"]))}'
+                f'<li class="{cls}"><span class="badge {cls}">'
+                f"{html.escape(VERDICT_HTML.get(r['verdict'], r['verdict']))}"
                 f"</span> {html.escape(txt)}</li>"
             )
             items_md.append(f"- {VERDICT_MD.get(r['verdict'], r['verdict'])} — {txt}")
@@ -372,7 +402,11 @@ def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
             for m in metrics:
                 for v in vals:
                     r = g[(g["metric"] == m) & (g["value"] == v)]
-                    cells.append(fmt_mean_std(r["mean"].iloc[0], r["std"].iloc[0], int(r["n"].iloc[0]), common_n) if len(r) else "—")
+                    cells.append(
+                        fmt_mean_std(r["mean"].iloc[0], r["std"].iloc[0], int(r["n"].iloc[0]), common_n)
+                        if len(r)
+                        else "—"
+                    )
             t.add(cells)
         s.html.append(t.html())
         md_t = Table(md_cols, rows=t.rows, row_classes=t.row_classes, numeric_from=2)
@@ -391,7 +425,11 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
         s.text("No cold/warm metrics in the results.")
         return s
     has_gate = bool(cw[(cw["metric"] == "gating_accuracy")]["n"].sum())
-    cols = ["model", "test domain", "n"] + [label(m) for m in A.COLD_WARM_METRICS] + ["acc gap warm−cold", "AUROC gap warm−cold"]
+    cols = (
+        ["model", "test domain", "n"]
+        + [label(m) for m in A.COLD_WARM_METRICS]
+        + ["acc gap warm−cold", "AUROC gap warm−cold"]
+    )
     if has_gate:
         cols.append(label("gating_accuracy"))
     t = Table(cols, numeric_from=2)
@@ -407,7 +445,11 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
             cells.append(fmt_signed(gap))
         if has_gate:
             gn = int(g.loc["gating_accuracy", "n"])
-            cells.append(fmt_mean_std(g.loc["gating_accuracy", "mean"], g.loc["gating_accuracy", "std"], gn, row_n if gn else None))
+            cells.append(
+                fmt_mean_std(
+                    g.loc["gating_accuracy", "mean"], g.loc["gating_accuracy", "std"], gn, row_n if gn else None
+                )
+            )
         t.add(cells)
     s.table(t)
     fig, height = cold_warm_figure(cw[cw["metric"].isin(A.COLD_WARM_METRICS)])
@@ -435,7 +477,9 @@ def comparison_section(data: A.SweepData, cmp: pd.DataFrame, cmp_notes: list[str
         base = ca["baseline"].iloc[0]
         s.html.append(f"<h3>{html.escape(axis)} (baseline = {html.escape(str(base))})</h3>")
         s.md.append(f"### {axis} (baseline = {base})")
-        t = Table(["comparison", "metric", "scope", "n pairs", "mean Δ", "95% CI", "verdict"], numeric_from=3, css="cmp")
+        t = Table(
+            ["comparison", "metric", "scope", "n pairs", "mean Δ", "95% CI", "verdict"], numeric_from=3, css="cmp"
+        )
         for _, r in ca.iterrows():
             v = r["verdict"]
             cls = VERDICT_CLASS.get(v, "")
@@ -468,17 +512,33 @@ def oracle_section(data: A.SweepData) -> Section:
     if o.empty or o[o["metric"] == "oracle_accuracy"]["n"].sum() == 0:
         s.text("No oracle figures in the results.")
         return s
-    t = Table(["model", "test domain", "n", "ORACLE accuracy (not deployable)", "calibrated accuracy (deployable)",
-               "oracle − calibrated"], numeric_from=2, css="oracle")
+    t = Table(
+        [
+            "model",
+            "test domain",
+            "n",
+            "ORACLE accuracy (not deployable)",
+            "calibrated accuracy (deployable)",
+            "oracle − calibrated",
+        ],
+        numeric_from=2,
+        css="oracle",
+    )
     for (model, td), g in o.groupby(["model", "test_domain"], sort=True):
         g = g.set_index("metric")
         a, b = g.loc["oracle_accuracy", "mean"], g.loc["accuracy", "mean"]
         row_n = int(g["n"].max())
         t.add(
             [
-                model, td, str(row_n),
-                Cell(fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"]), row_n),
-                     cls="oraclecell", md=f"ORACLE {fmt_mean_std(a, g.loc['oracle_accuracy', 'std'], int(g.loc['oracle_accuracy', 'n']), row_n)}"),
+                model,
+                td,
+                str(row_n),
+                Cell(
+                    fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"]), row_n),
+                    cls="oraclecell",
+                    md="ORACLE "
+                    + fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"]), row_n),
+                ),
                 fmt_mean_std(b, g.loc["accuracy", "std"], int(g.loc["accuracy", "n"]), row_n),
                 fmt_signed(a - b) if isnum(a) and isnum(b) else "—",
             ]
@@ -493,8 +553,10 @@ def failures_section(data: A.SweepData) -> Section:
     if f.empty:
         s.text("No failed trial.")
         return s
-    s.text("Trials recorded with status = error (after retries). The error's first line (a traceback's last line).",
-           cls="note bad")
+    s.text(
+        "Trials recorded with status = error (after retries). The error's first line (a traceback's last line).",
+        cls="note bad",
+    )
     t = Table(["trial_id", "model", "domain", "config", "error"], css="fail")
     for _, r in f.iterrows():
         t.add([r["trial_id"], str(r["model"]), str(r["domain"]), str(r["config"]), Cell(str(r["error"]), cls="err")])
@@ -545,7 +607,8 @@ td.v-few { background:var(--few-bg); color:var(--few); font-style:italic; }
 .keybox h3 { margin:8px 0 2px; }
 ul.verdicts { list-style:none; padding:0; margin:6px 0; }
 ul.verdicts li { margin:4px 0; }
-section.oracle { border:3px dashed #b7791f; background:repeating-linear-gradient(135deg,#fffaf0,#fffaf0 14px,#fff4e0 14px,#fff4e0 28px); }
+section.oracle { border:3px dashed #b7791f;
+  background:repeating-linear-gradient(135deg,#fffaf0,#fffaf0 14px,#fff4e0 14px,#fff4e0 28px); }
 section.oracle h2 { color:#8a4b00; letter-spacing:0.02em; }
 td.oraclecell { color:#8a4b00; font-weight:600; }
 .plotly-graph-div { margin:4px 0 8px; }

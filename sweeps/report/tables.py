@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 
 
-
 @dataclass
 class Cell:
     text: str
@@ -39,12 +38,22 @@ class Table:
     def html(self) -> str:
         out = [f'<div class="tablewrap"><table class="{html.escape(self.css)}">', "<thead>"]
         if self.groups:
-            out.append("<tr>" + "".join(
-                f'<th colspan="{n}" class="{"grp" if label else ""}">{html.escape(label)}</th>' for label, n in self.groups
-            ) + "</tr>")
-        out.append("<tr>" + "".join(
-            f'<th class="{"num" if i >= self.numeric_from else ""}">{html.escape(c)}</th>' for i, c in enumerate(self.columns)
-        ) + "</tr>")
+            out.append(
+                "<tr>"
+                + "".join(
+                    f'<th colspan="{n}" class="{"grp" if label else ""}">{html.escape(label)}</th>'
+                    for label, n in self.groups
+                )
+                + "</tr>"
+            )
+        out.append(
+            "<tr>"
+            + "".join(
+                f'<th class="{"num" if i >= self.numeric_from else ""}">{html.escape(c)}</th>'
+                for i, c in enumerate(self.columns)
+            )
+            + "</tr>"
+        )
         out.append("</thead><tbody>")
         for row, rcls in zip(self.rows, self.row_classes):
             tds = []
