@@ -38,8 +38,8 @@ def tiny_overrides(root, model="patchcore"):
             "data.image_size=[32,96]",
             "data.normalization=none",
         ]
-    if model in ("cutpaste_clf", "draem_cutpaste"):
-        width = "model.width=8" if model == "cutpaste_clf" else "model.base_width=8"
+    if model in ("cutpaste", "cutpaste_clf", "draem_cutpaste"):
+        width = "model.base_width=8" if model == "draem_cutpaste" else "model.width=8"
         return common + [
             f"model.name={model}",
             "model.epochs=1",

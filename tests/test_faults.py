@@ -119,3 +119,19 @@ def test_deterministic_under_seed():
 def test_bad_settings_rejected(kwargs):
     with pytest.raises(ValueError):
         CutPasteFaults(**kwargs)
+
+
+def test_unscaled_cutpaste_copies_the_patch_as_it_is():
+    """The original CutPaste (`scaled=False`): the target rectangle becomes the source rectangle, no amplitude."""
+    x = _images(b=6)
+    out = CutPasteFaults(patch_width_range=(10, 10), patch_height_range=(4, 4), anomaly_probability=1.0, scaled=False)(
+        x, _gen(3)
+    )
+    for i, boxes in enumerate(out.boxes):
+        (top, left, ph, pw) = boxes[0]
+        target = out.image[i, :, top : top + ph, left : left + pw]
+        changed = out.mask[i, 0].bool()
+        assert changed.sum() == ph * pw and out.severity[i] == 1.0
+        # the pasted values all come from the same image, and the untouched pixels are the original ones
+        assert torch.isin(target, x[i]).all() and not torch.equal(target, x[i, :, top : top + ph, left : left + pw])
+        assert torch.equal(out.image[i, 0][~changed], x[i, 0][~changed])

@@ -69,6 +69,7 @@ class CutPasteFaults:
         severity_max: float = 1.0,
         severity_range: tuple[float, float] | None = None,
         patch_height_range: tuple[int, int] | None = None,
+        scaled: bool = True,
     ) -> None:
         lo_w, hi_w = (int(v) for v in patch_width_range)
         if not 1 <= lo_w <= hi_w:
@@ -92,6 +93,7 @@ class CutPasteFaults:
         self.patch_count = int(patch_count)
         self.anomaly_probability = float(anomaly_probability)
         self.severity_range = (float(severity_range[0]), float(severity_range[1]))
+        self.scaled = bool(scaled)  # False: the original CutPaste, the patch copied as it is (severity 1)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> FaultBatch:
         """images: (B, C, H, W) or (B, H, W). Random draws happen on the CPU generator; tensors stay on their device."""
@@ -108,7 +110,7 @@ class CutPasteFaults:
             boxes.append([])
             if not faulted[i]:
                 continue
-            sev = self._uniform(*self.severity_range, generator)
+            sev = self._uniform(*self.severity_range, generator) if self.scaled else 1.0
             ph, pw = self._patch_size(h, w, generator)
             taken: list[tuple[int, int, int, int]] = []
             for k in range(self.patch_count):
@@ -117,8 +119,11 @@ class CutPasteFaults:
                     break
                 (st, sl), (tt, tl) = placed
                 patch = x[i, :, st : st + ph, sl : sl + pw]
-                peak = patch.abs().amax().clamp_min(1e-8)
-                out[i, :, tt : tt + ph, tl : tl + pw] += patch / peak * sev
+                if self.scaled:
+                    peak = patch.abs().amax().clamp_min(1e-8)
+                    out[i, :, tt : tt + ph, tl : tl + pw] += patch / peak * sev
+                else:
+                    out[i, :, tt : tt + ph, tl : tl + pw] = patch
                 mask[i, :, tt : tt + ph, tl : tl + pw] = 1.0
                 taken.append((tt, tl, ph, pw))
             severity[i] = sev

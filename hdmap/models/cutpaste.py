@@ -2,6 +2,9 @@
 
 - `cutpaste_clf` ("Scaled CutPaste"): a small CNN classifier trained to tell normals from cut-paste images;
   image score = fault probability.
+- `cutpaste` (the paper's unscaled "CutPaste" baseline, after Li et al. 2021): the same classifier trained on the
+  original augmentation, a rectangle copied as it is to another place (no normalising, no amplitude). The paper's
+  own CutPaste implementation is not in the prior work; this is the augmentation with our classifier.
 - `draem_cutpaste` (the paper's proposed method): DRAEM's reconstructive + discriminative subnetworks
   (`hdmap.models.draem.DraemNet`, shared with `draem` and `draem_sevnet`) trained on the same faults instead of
   Perlin noise; loss = L2 + 2 SSIM (reconstruction) + focal(alpha) (segmentation); score = max of the fault map.
@@ -31,26 +34,40 @@ from hdmap.models.draem import DraemNet, TrainedModelConfig
 _VAL_SEED = 10_000
 
 
-class ScaledCutPasteConfig(TrainedModelConfig):
-    """The paper's knobs shared by both methods."""
+class CutPasteTrainingConfig(TrainedModelConfig):
+    """The knobs every cut-paste-trained model shares: the cut sizes, how often, and the schedule."""
 
     epochs: int = Field(3, ge=1)
     lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(64, ge=1)
     cut_w: tuple[int, int] = Field((2, 127), description="cut width range in model-input pixels (lo, hi)")
     cut_h: tuple[int, int] = Field((4, 8), description="cut height range in model-input pixels (lo, hi)")
-    a_fault_start: float = Field(0.0, ge=0, description="fault amplitude a ~ U(a_fault_start, a_fault_range_end)")
-    a_fault_range_end: float = Field(1.0, gt=0)
     anomaly_probability: float = Field(0.5, ge=0, le=1)
     step_size: int = Field(1, ge=1, description="StepLR: epochs between lr decays")
     gamma: float = Field(0.1, gt=0, le=1, description="StepLR: lr factor per decay")
 
     @model_validator(mode="after")
-    def _ranges(self) -> ScaledCutPasteConfig:
+    def _ranges(self) -> CutPasteTrainingConfig:
         for field in ("cut_w", "cut_h"):
             lo, hi = getattr(self, field)
             if not 1 <= lo <= hi:
                 raise ValueError(f"{field}={[lo, hi]}: need 1 <= lo <= hi")
+        return self
+
+    def faults(self, probability: float | None = None) -> CutPasteFaults:
+        """The original CutPaste: the patch copied as it is."""
+        p = self.anomaly_probability if probability is None else probability
+        return CutPasteFaults(self.cut_w, anomaly_probability=p, patch_height_range=self.cut_h, scaled=False)
+
+
+class ScaledCutPasteConfig(CutPasteTrainingConfig):
+    """The paper's scaled cut-paste: the patch normalised by its peak and added with an amplitude a."""
+
+    a_fault_start: float = Field(0.0, ge=0, description="fault amplitude a ~ U(a_fault_start, a_fault_range_end)")
+    a_fault_range_end: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _amplitudes(self) -> ScaledCutPasteConfig:
         if self.a_fault_start > self.a_fault_range_end:
             raise ValueError(f"a_fault_start={self.a_fault_start} > a_fault_range_end={self.a_fault_range_end}")
         return self
@@ -71,6 +88,14 @@ class CutPasteClfConfig(ScaledCutPasteConfig):
     batch_size: int = Field(128, ge=1)  # the researcher's CutPaste Clf runs (digest 5.3)
 
 
+class CutPasteConfig(CutPasteTrainingConfig):
+    """`cutpaste`: the unscaled baseline; the classifier and schedule of `cutpaste_clf`, no amplitude knobs."""
+
+    name: Literal["cutpaste"] = "cutpaste"
+    width: int = Field(32, ge=4, description="channels of the first conv block (x2 per block, 4 blocks)")
+    batch_size: int = Field(128, ge=1)
+
+
 class DraemCutPasteConfig(ScaledCutPasteConfig):
     name: Literal["draem_cutpaste"] = "draem_cutpaste"
     base_width: int = Field(128, ge=8, description="reconstructive width (DRAEM's 128); discriminative gets half")
@@ -82,7 +107,7 @@ class _ScaledCutPasteModule(AnomalyModule):
 
     uses_validation = True
 
-    def __init__(self, cfg: ScaledCutPasteConfig, transform: nn.Module, seed: int = 0) -> None:
+    def __init__(self, cfg: CutPasteTrainingConfig, transform: nn.Module, seed: int = 0) -> None:
         super().__init__(transform)
         self.cfg = cfg
         self.faults = cfg.faults()
@@ -141,7 +166,7 @@ class SmallCNN(nn.Module):
 
 
 class CutPasteClfModule(_ScaledCutPasteModule):
-    def __init__(self, cfg: CutPasteClfConfig, transform: nn.Module, seed: int = 0) -> None:
+    def __init__(self, cfg: CutPasteClfConfig | CutPasteConfig, transform: nn.Module, seed: int = 0) -> None:
         super().__init__(cfg, transform, seed)
         self.model = SmallCNN(transform.channels, cfg.width)
 
@@ -174,6 +199,7 @@ class DraemCutPasteModule(_ScaledCutPasteModule):
         return torch.softmax(logits, dim=1)[:, 1].amax(dim=(-2, -1))
 
 
-def build(cfg: ScaledCutPasteConfig, transform: nn.Module, seed: int = 0) -> _ScaledCutPasteModule:
-    module = {"cutpaste_clf": CutPasteClfModule, "draem_cutpaste": DraemCutPasteModule}[cfg.name]
+def build(cfg: CutPasteTrainingConfig, transform: nn.Module, seed: int = 0) -> _ScaledCutPasteModule:
+    module = {"cutpaste": CutPasteClfModule, "cutpaste_clf": CutPasteClfModule, "draem_cutpaste": DraemCutPasteModule}
+    module = module[cfg.name]
     return module(cfg, transform, seed)

@@ -23,6 +23,7 @@ MODELS: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(patchcore.PatchCoreConfig, patchcore.build),
     "draem": ModelEntry(draem.DraemConfig, draem.build),
     "draem_sevnet": ModelEntry(draem_sevnet.DraemSevNetConfig, draem_sevnet.build),
+    "cutpaste": ModelEntry(cutpaste.CutPasteConfig, cutpaste.build),
     "cutpaste_clf": ModelEntry(cutpaste.CutPasteClfConfig, cutpaste.build),
     "draem_cutpaste": ModelEntry(cutpaste.DraemCutPasteConfig, cutpaste.build),
     "ca_patchcore": ModelEntry(patchcore_family.CAPatchCoreConfig, patchcore_family.build),

@@ -19,6 +19,7 @@ from sweeps.report.tables import Table
 # model -> (the paper's name, accuracy % domain avg, std, domain C, std)
 PAPER = {
     "draem": ("DRAEM", 51.0, 2.0, 50.0, 0.0),
+    "cutpaste": ("CutPaste", 65.9, 18.0, 72.1, 15.3),
     "uninet": ("UniNet", 72.4, 9.8, 73.3, 1.3),
     "reverse_distillation": ("Reverse Distillation", 78.0, 8.3, 71.2, 4.2),
     "padim": ("PaDiM", 81.7, 9.3, 72.9, 1.6),
