@@ -328,30 +328,22 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
 
 
 def test_child_crash_and_parent_errors_become_status(wandb_env, monkeypatch):
+    def log(config: dict) -> str:
+        return log_trial(
+            WandbSettings(mode="offline", timeout_s=20),
+            sweep="sw",
+            trial_id="t",
+            model="patchcore",
+            config=config,
+            rows=_rows(),
+            scores=None,
+            run_dir=wandb_env / "out",
+        )
+
     monkeypatch.setattr(tracking, "_log_trial_body", _exit_body)
-    status = log_trial(
-        WandbSettings(mode="offline", timeout_s=20),
-        sweep="sw",
-        trial_id="t",
-        model="patchcore",
-        config=CONFIG,
-        rows=_rows(),
-        scores=None,
-        run_dir=wandb_env / "out",
-    )
-    assert status == "failed: tracking process exited with code 3 and no status"
+    assert log(CONFIG) == "failed: tracking process exited with code 3 and no status"
     monkeypatch.undo()
-    unpicklable = {**CONFIG, "callback": lambda: None}
-    status = log_trial(
-        WandbSettings(mode="offline", timeout_s=20),
-        sweep="sw",
-        trial_id="t",
-        model="patchcore",
-        config=unpicklable,
-        rows=_rows(),
-        scores=None,
-        run_dir=wandb_env / "out",
-    )
+    status = log({**CONFIG, "callback": lambda: None})  # unpicklable
     assert status.startswith("failed: "), status
 
 

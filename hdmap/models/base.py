@@ -99,3 +99,18 @@ class AnomalyModule(L.LightningModule):
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def conv_pool_blocks(in_channels: int, widths: tuple[int, ...]) -> tuple[list[torch.nn.Module], int]:
+    """Conv 3x3 -> BatchNorm -> ReLU -> MaxPool(2) per width: the small CNNs of the classifier and severity heads."""
+    layers: list[torch.nn.Module] = []
+    c = in_channels
+    for out in widths:
+        layers += [
+            torch.nn.Conv2d(c, out, 3, padding=1),
+            torch.nn.BatchNorm2d(out),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.MaxPool2d(2, ceil_mode=True),
+        ]
+        c = out
+    return layers, c

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hdmap.data.faults import CutPasteFaults
-from hdmap.models.base import AnomalyModule
+from hdmap.models.base import AnomalyModule, conv_pool_blocks
 from hdmap.models.draem import DraemNet, TrainedModelConfig
 
 _VAL_SEED = 10_000
@@ -148,15 +148,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 32) -> None:
         super().__init__()
-        layers, c = [], in_channels
-        for out in (width, 2 * width, 4 * width, 8 * width):
-            layers += [
-                nn.Conv2d(c, out, 3, padding=1),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2, ceil_mode=True),
-            ]
-            c = out
+        layers, c = conv_pool_blocks(in_channels, (width, 2 * width, 4 * width, 8 * width))
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * c, 1)
 

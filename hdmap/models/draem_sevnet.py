@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range
-from hdmap.models.base import AnomalyModule
+from hdmap.models.base import AnomalyModule, conv_pool_blocks
 from hdmap.models.draem import DraemNet, TrainedModelConfig, draem_size_problem
 
 SEVERITY_INPUT_CHANNELS = {
@@ -93,15 +93,7 @@ class SeverityNet(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 16) -> None:
         super().__init__()
-        layers, c = [], in_channels
-        for out in (width, 2 * width, 4 * width):
-            layers += [
-                nn.Conv2d(c, out, 3, padding=1),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2, ceil_mode=True),
-            ]
-            c = out
+        layers, c = conv_pool_blocks(in_channels, (width, 2 * width, 4 * width))
         self.features = nn.Sequential(*layers[:-1])  # no pooling after the last block
         self.head = nn.Sequential(nn.Linear(2 * c, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 1))
 
