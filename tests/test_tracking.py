@@ -78,6 +78,20 @@ def _rows(domains=("A", "C")):
     return rows
 
 
+def _log(settings, run_dir, *, sweep="sw", trial_id="t", config=CONFIG, scores=None) -> str:
+    """One patchcore trial's W&B run (rows from `_rows`), as the driver's logger would log it."""
+    return log_trial(
+        settings,
+        sweep=sweep,
+        trial_id=trial_id,
+        model="patchcore",
+        config=config,
+        rows=_rows(),
+        scores=scores,
+        run_dir=run_dir,
+    )
+
+
 def _scores(domains=("A", "C"), per_domain=8):
     n = per_domain * len(domains)
     return pa.table(
@@ -137,16 +151,7 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
     sweep_dir = wandb_env / "out" / "sw1"
     try:
         t0 = time.monotonic()
-        status = log_trial(
-            WandbSettings(timeout_s=45),
-            sweep="sw1",
-            trial_id="t-001",
-            model="patchcore",
-            config=CONFIG,
-            rows=_rows(),
-            scores=_scores(),
-            run_dir=sweep_dir,
-        )
+        status = _log(WandbSettings(timeout_s=45), sweep_dir, sweep="sw1", trial_id="t-001", scores=_scores())
         elapsed = time.monotonic() - t0
     finally:
         listener.close()
@@ -198,16 +203,7 @@ def test_offline_run_holds_config_summary_table_and_histograms(wandb_env, monkey
     assert run["history"] and "A/scores/good_cold" in run["history"][0]
 
     # Logging the same trial again writes a second offline directory for the *same* run id (sync resumes it) ...
-    again = log_trial(
-        WandbSettings(timeout_s=45),
-        sweep="sw1",
-        trial_id="t-001",
-        model="patchcore",
-        config=CONFIG,
-        rows=_rows(),
-        scores=None,
-        run_dir=sweep_dir,
-    )
+    again = _log(WandbSettings(timeout_s=45), sweep_dir, sweep="sw1", trial_id="t-001")
     assert again.startswith("logged offline: ") and again != status
     runs = sorted((sweep_dir / "wandb").glob(f"offline-run-*-{rid}"))
     assert len(runs) == 2
@@ -252,16 +248,7 @@ def test_mode_resolution(wandb_env, monkeypatch):
 
 def test_disabled_writes_nothing(wandb_env):
     out = wandb_env / "out"
-    status = log_trial(
-        WandbSettings(mode="disabled"),
-        sweep="sw",
-        trial_id="t",
-        model="patchcore",
-        config=CONFIG,
-        rows=_rows(),
-        scores=_scores(),
-        run_dir=out,
-    )
+    status = _log(WandbSettings(mode="disabled"), out, scores=_scores())
     assert status == "disabled"
     assert not out.exists()
     assert (
@@ -276,15 +263,8 @@ def test_unreachable_server_fails_fast_without_raising(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # closed port on loopback
     timeout_s = 15
     t0 = time.monotonic()
-    status = log_trial(
-        WandbSettings(mode="online", timeout_s=timeout_s),
-        sweep="sw",
-        trial_id="t-001",
-        model="patchcore",
-        config=CONFIG,
-        rows=_rows(),
-        scores=_scores(),
-        run_dir=wandb_env / "out",
+    status = _log(
+        WandbSettings(mode="online", timeout_s=timeout_s), wandb_env / "out", trial_id="t-001", scores=_scores()
     )
     elapsed = time.monotonic() - t0
     assert status.startswith(("failed", "timed out")), status
@@ -309,16 +289,7 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
     out = wandb_env / "out"
     out.mkdir()
     t0 = time.monotonic()
-    status = log_trial(
-        WandbSettings(mode="offline", timeout_s=4),
-        sweep="sw",
-        trial_id="t",
-        model="patchcore",
-        config=CONFIG,
-        rows=_rows(),
-        scores=_scores(),
-        run_dir=out,
-    )
+    status = _log(WandbSettings(mode="offline", timeout_s=4), out, scores=_scores())
     elapsed = time.monotonic() - t0
     assert status == "timed out after 4s"
     assert elapsed < 4 + 5
@@ -328,22 +299,11 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
 
 
 def test_child_crash_and_parent_errors_become_status(wandb_env, monkeypatch):
-    def log(config: dict) -> str:
-        return log_trial(
-            WandbSettings(mode="offline", timeout_s=20),
-            sweep="sw",
-            trial_id="t",
-            model="patchcore",
-            config=config,
-            rows=_rows(),
-            scores=None,
-            run_dir=wandb_env / "out",
-        )
-
+    settings, out = WandbSettings(mode="offline", timeout_s=20), wandb_env / "out"
     monkeypatch.setattr(tracking, "_log_trial_body", _exit_body)
-    assert log(CONFIG) == "failed: tracking process exited with code 3 and no status"
+    assert _log(settings, out) == "failed: tracking process exited with code 3 and no status"
     monkeypatch.undo()
-    status = log({**CONFIG, "callback": lambda: None})  # unpicklable
+    status = _log(settings, out, config={**CONFIG, "callback": lambda: None})  # unpicklable
     assert status.startswith("failed: "), status
 
 
