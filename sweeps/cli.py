@@ -207,16 +207,13 @@ def sweep_run(
     Exit code: 0 all trials have a result, 1 some failed, 2 a mistake in the spec or the environment,
     130 (Ctrl-C) / 143 (SIGTERM) interrupted: the trials that did not run are named with the command to resume.
     """
-    from sweeps.preflight import check_output
-    from sweeps.runner import SweepEnvironmentError, run_sweep
-    from sweeps.spec import SpecError
+    from sweeps.runner import run_sweep
 
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
     try:
-        check_output(plan.spec.sweep_dir())
         outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
-    except (SpecError, SweepEnvironmentError, UserError) as exc:
+    except UserError as exc:  # spec, data, environment (SpecError and SweepEnvironmentError are UserErrors)
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted before any trial started", 130)

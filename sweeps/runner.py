@@ -155,7 +155,11 @@ def run_sweep(
 
 
 def open_store(sweep_dir: str) -> ResultStore:
-    """The sweep's store, or a SweepEnvironmentError when the output location cannot hold it (read-only, a file)."""
+    """The sweep's store, or an error when the output location cannot hold it: the checks `sweep plan` runs
+    (sweeps.preflight.check_output: a file in the way, not writable, no bucket), then a real write probe."""
+    from sweeps.preflight import check_output
+
+    check_output(sweep_dir)
     try:
         store = ResultStore(sweep_dir)
         store.write_json("sweep.json.probe", {})
