@@ -11,6 +11,9 @@ A short check that the script works (not a measurement): ``--trials 4 --trial-s 
 (b) sweep: `run_sweep` (what `hdmap sweep run` does) with `concurrency` trials at once, 1 CPU (= 1 torch thread)
     each, on a fresh local Ray instance per N, without the feature cache (the trials do the same work as in (a)).
 Ratio = b / (a / k): 1.0 is a perfect k-fold speed-up; targets <= 1.10 at 8 trials and <= 1.05 at 32.
+It splits in two, from the trials' own `total_s` rows: how much slower a trial ran inside the sweep than alone
+(`trial_slowdown_in_sweep`: k trials and the driver share the cores, caches and memory bandwidth), and the wall
+spent outside `run_trial` (`wall_outside_trials_s`: Ray start, worker imports, scheduling, the final store pass).
 Recorded apart: Ray start (in b), the import a trial process pays once (a fresh interpreter importing the
 trainable; each of the k reused worker processes pays it once), and W&B: the time per run the driver's logger
 spent (off the trials' slots) and how long the end of the sweep waited for it. Trials differ only in seed.
@@ -153,6 +156,7 @@ def measure_sweep(plan, n: int, k: int, seq_rows: dict, seq_s: list[float], impo
     assert outcome.ok == n, outcome
     swept = {r["trial_id"]: r for r in ResultStore(outcome.sweep_dir).results().to_pylist()}
     sequential = sum(seq_s[:n])
+    in_sweep = sum(r["total_s"] for r in swept.values())  # run_trial's own time, measured inside the workers
     tally = outcome.wandb
     logged = [s for t, s in tally.seconds.items() if tally.statuses[t].startswith("logged")] if tally else []
     return {
@@ -162,6 +166,11 @@ def measure_sweep(plan, n: int, k: int, seq_rows: dict, seq_s: list[float], impo
         "sequential_wall_s": round(sequential, 1),
         "sweep_wall_s": round(sweep, 1),
         "ratio_b_over_a_div_k": round(sweep / (sequential / k), 3),
+        # the ratio's two parts: trials ran slower side by side (the k trials and the driver share cores, caches
+        # and memory bandwidth), and the wall outside run_trial (Ray start, imports, scheduling, the end)
+        "mean_trial_s_in_sweep": round(in_sweep / n, 2),
+        "trial_slowdown_in_sweep": round(in_sweep / sum(r["total_s"] for r in (seq_rows[t] for t in swept)), 3),
+        "wall_outside_trials_s": round(sweep - in_sweep / k, 1),
         "ray_start_s": round(outcome.ray_start_s, 2),
         "trial_import_s": round(import_s, 2),
         "wandb": tally.line() if tally else "W&B: no trial logged",
