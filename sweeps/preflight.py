@@ -53,14 +53,17 @@ def check_data(plan: Plan) -> list[str]:
             raise DataLayoutError(
                 f"data root {root} does not exist (spec field data.root; expected <root>/domain_{{A,B,C,D}}/...)"
             )
+        for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():
+            check_sizes(data_cfg)  # domain folders, train_shots / val_fraction against what the folders hold
         splits = {
             (d, split, t.data.cold_below)
             for t in plan.trials
             if t.data.root == root
-            for d, split in [(t.data.domain, "train"), *((d, "test") for d in t.data.resolved_test_domains())]
+            for d, split in [
+                *((d, "train") for d in t.data.train_domains()),
+                *((d, "test") for d in t.data.resolved_test_domains()),
+            ]
         }
         for domain, split, cold_below in sorted(splits, key=str):
             check_headers(root, domain, split, cold_below)  # listing rules + every file's header, no decoding
-        for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():
-            check_sizes(data_cfg)  # train_shots / val_fraction against what the folders hold
     return notes
