@@ -317,6 +317,17 @@ CASES: dict[str, Case] = {
     "spec: domain all on a root without every domain": Case(
         lambda c: ["sweep", "plan", spec(c, axes={"data.domain": ["all", "C"]})], 2, "no domain_B, domain_D folder"
     ),
+    "spec: domain all on a simulated root lacking domains": Case(
+        lambda c: [
+            "sweep",
+            "plan",
+            spec(
+                c, data={"root": str(c.tmp / "sim"), "simulate": {"domains": ["A", "C"]}}, axes={"data.domain": ["all"]}
+            ),
+        ],
+        2,
+        "add B, D to data.simulate.domains",
+    ),
     "spec: train_shots above what exists": Case(
         lambda c: ["sweep", "plan", spec(c), "--set", "trial.data.train_shots=99"], 2, "data.train_shots=99"
     ),
