@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from hdmap.data.layout import normalize_domain
+from hdmap.data.layout import ALL_DOMAINS, DOMAINS, normalize_domain, normalize_train_domain
 from hdmap.data.transforms import NORMALIZATIONS, RESIZE_METHODS
 from hdmap.errors import ConfigError
 from hdmap.metrics import THRESHOLD_METHODS
@@ -22,6 +22,7 @@ from hdmap.models.base import StrictModel
 from hdmap.models.registry import MODELS
 
 Domain = Annotated[str, BeforeValidator(normalize_domain)]
+TrainDomain = Annotated[str, BeforeValidator(normalize_train_domain)]
 DEFAULT_MODEL = "patchcore"
 MAX_IMAGE_SIDE = 4096
 # data fields added after results existed: left out of `trial_id` at their default, so earlier ids stay valid
@@ -29,16 +30,31 @@ ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative")
 
 
 class DataConfig(StrictModel):
+    """What a trial fits on and is evaluated on (the rules: hdmap/data/splits.py).
+
+    `domain: all` fits ONE model on the train normals of all four domains (the multi-class setting) and, by
+    default, tests on all four, one result row each. `train_shots` and `val_fraction` then apply to each domain
+    (every domain contributes the same number of fit images; n_fit = 4 x train_shots), and each test domain's
+    threshold comes from that domain's own validation normals."""
+
     root: str = "data/hdmap-sim"
-    domain: Domain = "domain_C"
-    test_domains: list[Domain] | Literal["all"] | None = Field(
-        None, description="None: test on `domain`; a list or 'all': cross-domain, one result row per test domain"
+    domain: TrainDomain = Field(
+        "domain_C", description="the domain fitted on; 'all': one model on the train normals of every domain"
     )
-    train_shots: int | None = Field(None, ge=1, description="images the model is fitted on; None = all train")
+    test_domains: list[Domain] | Literal["all"] | None = Field(
+        None,
+        description="None: test on `domain` (every domain for `domain: all`); a list or 'all': one result row "
+        "per test domain",
+    )
+    train_shots: int | None = Field(
+        None, ge=1, description="images the model is fitted on, per train domain; None = all train"
+    )
     reference_source: Literal["train", "test"] = Field(
         "train", description="'test' takes references from test/good and removes them from evaluation"
     )
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="train normals held out for thresholds / early stopping")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="train normals held out (per train domain) for thresholds / early stopping"
+    )
     image_size: tuple[int, int] = Field(
         (224, 224), description="model input (H, W); an int means square; unset: the backbone's pretraining size"
     )
@@ -71,12 +87,14 @@ class DataConfig(StrictModel):
             raise ValueError("data.reference_source='test' needs data.train_shots (how many test/good references)")
         return self
 
+    def train_domains(self) -> list[str]:
+        """The domains whose train normals the model is fitted on."""
+        return list(DOMAINS) if self.domain == ALL_DOMAINS else [self.domain]
+
     def resolved_test_domains(self) -> list[str]:
         if self.test_domains is None:
-            return [self.domain]
+            return self.train_domains()
         if self.test_domains == "all":
-            from hdmap.data.layout import DOMAINS
-
             return list(DOMAINS)
         return list(dict.fromkeys(self.test_domains))
 

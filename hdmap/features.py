@@ -41,13 +41,12 @@ class FeatureLookup:
 def cached_features(
     cache: DiskCache, module, model_key: dict, data_cfg, device: torch.device, batch_size: int
 ) -> FeatureLookup:
-    """Features of every split the trial reads (train and test of its domain, test of its test domains)."""
+    """Features of every split the trial reads (train, or test with test references, of each train domain; test
+    of its test domains). Entries are per domain and split, so a `data.domain: all` trial shares them with
+    single-domain trials."""
     root = str(Path(data_cfg.root).resolve())
-    sources = (
-        {(data_cfg.domain, "train"), (data_cfg.domain, "test")}
-        if data_cfg.reference_source == "test"
-        else {(data_cfg.domain, "train")}
-    )
+    fit_split = "test" if data_cfg.reference_source == "test" else "train"
+    sources = {(domain, split) for domain in data_cfg.train_domains() for split in {"train", fit_split}}
     sources |= {(domain, "test") for domain in data_cfg.resolved_test_domains()}
     transform = {
         "image_size": list(data_cfg.image_size),

@@ -11,6 +11,12 @@ The decision threshold is calibrated from *validation normal* scores only: a rea
 deployment never sees test labels, so a threshold tuned on them would overstate
 accuracy. The test-optimal ("oracle") accuracy is reported separately and named
 as such, only so results can be compared with older tables that used it.
+
+Per machine state: ``auroc_cold`` / ``auroc_warm`` rank each condition's faults against its own
+normals; the cross-condition ``auroc_cold_fault_vs_warm_good`` / ``auroc_warm_fault_vs_cold_good``
+rank one condition's faults against the other's normals. On HDMAP warm normals are brighter than
+cold faults (domain C), so a low cold-fault-vs-warm-normal AUROC says a single mixed model or bank
+scores warm normals above faint cold faults: what condition gating is meant to fix, or fails to.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ METRIC_KEYS: tuple[str, ...] = (
     "accuracy_warm",
     "auroc_cold",
     "auroc_warm",
+    "auroc_cold_fault_vs_warm_good",
+    "auroc_warm_fault_vs_cold_good",
     "tpr_at_fpr_1pct",
     "tpr_at_fpr_5pct",
     "gating_accuracy",
@@ -245,6 +253,9 @@ def evaluate(
             if m.any():
                 out[f"accuracy_{c}"] = float(accuracy_score(y[m], pred[m]))
                 out[f"auroc_{c}"] = _auroc(y[m], s[m])
+        for fault_c, good_c in (("cold", "warm"), ("warm", "cold")):
+            m = ((cond == fault_c) & (y == 1)) | ((cond == good_c) & (y == 0))
+            out[f"auroc_{fault_c}_fault_vs_{good_c}_good"] = _auroc(y[m], s[m])
 
     out["tpr_at_fpr_1pct"] = _tpr_at_fpr(y, s, 0.01)
     out["tpr_at_fpr_5pct"] = _tpr_at_fpr(y, s, 0.05)

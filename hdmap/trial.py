@@ -154,7 +154,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
             out["score"],
             split.labels,
             split.conditions,
-            val_scores=val_out["score"],
+            val_scores=val_out["score"][data.val_for[domain]],
             threshold_method=cfg.eval.threshold_method,
             threshold_percentile=cfg.eval.threshold_percentile,
             threshold_n_std=cfg.eval.threshold_n_std,

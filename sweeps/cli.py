@@ -123,6 +123,8 @@ HEADLINE_METRICS = [
     ("accuracy_warm", "accuracy warm"),
     ("auroc_cold", "AUROC cold"),
     ("auroc_warm", "AUROC warm"),
+    ("auroc_cold_fault_vs_warm_good", "AUROC cold faults vs warm normals"),
+    ("auroc_warm_fault_vs_cold_good", "AUROC warm faults vs cold normals"),
     ("f1", "F1"),
     ("precision", "precision"),
     ("recall", "recall"),

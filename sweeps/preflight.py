@@ -48,19 +48,42 @@ def check_data(plan: Plan) -> list[str]:
     for root in roots:
         if not Path(root).exists():
             if data.simulate is not None:
+                _check_simulated_domains(plan, root)
                 notes.append(f"{root} does not exist yet: it will be simulated at launch")
                 continue
             raise DataLayoutError(
                 f"data root {root} does not exist (spec field data.root; expected <root>/domain_{{A,B,C,D}}/...)"
             )
+        for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():
+            check_sizes(data_cfg)  # domain folders, train_shots / val_fraction against what the folders hold
         splits = {
             (d, split, t.data.cold_below)
             for t in plan.trials
             if t.data.root == root
-            for d, split in [(t.data.domain, "train"), *((d, "test") for d in t.data.resolved_test_domains())]
+            for d, split in [
+                *((d, "train") for d in t.data.train_domains()),
+                *((d, "test") for d in t.data.resolved_test_domains()),
+            ]
         }
         for domain, split, cold_below in sorted(splits, key=str):
             check_headers(root, domain, split, cold_below)  # listing rules + every file's header, no decoding
-        for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():
-            check_sizes(data_cfg)  # train_shots / val_fraction against what the folders hold
     return notes
+
+
+def _check_simulated_domains(plan: Plan, root: str) -> None:
+    """A root the spec simulates must hold every domain a trial reads (`data.domain: all` reads all four)."""
+    from hdmap.data.layout import normalize_domain
+
+    try:
+        simulated = {normalize_domain(d) for d in plan.spec.data.simulate.domains}
+    except ValueError as exc:
+        raise DataLayoutError(f"data.simulate.domains: {exc}") from None
+    read = {
+        d for t in plan.trials if t.data.root == root for d in t.data.train_domains() + t.data.resolved_test_domains()
+    }
+    missing = sorted(read - simulated)
+    if missing:
+        raise DataLayoutError(
+            f"trials read {', '.join(missing)} but data.simulate.domains is {plan.spec.data.simulate.domains}; "
+            f"add {', '.join(d.removeprefix('domain_') for d in missing)} to data.simulate.domains"
+        )

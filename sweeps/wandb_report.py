@@ -26,9 +26,9 @@ Definition format (``format``: ``hdmap-wandb-report/1``)::
 
 Sections mirror report.html: main results (the summary table, and the trial runs grouped by model x domain),
 one ablation panel per axis (image_auroc and accuracy, plus gating accuracy / severity MAE where reported,
-against the axis value, one runset per model the axis varies for), cold vs warm (with gating accuracy where
-reported), severity where reported, and parallel coordinates over the axes and image_auroc. The paired
-comparisons with bootstrap CIs and the ORACLE figures stay in report.html only.
+against the axis value, one runset per model the axis varies for), cold vs warm and the cross-condition AUROCs
+(with gating accuracy where reported), severity where reported, and parallel coordinates over the axes and
+image_auroc. The paired comparisons with bootstrap CIs and the ORACLE figures stay in report.html only.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ REPORT_JOB_TYPE = "report"  # the job_type of tracking.log_summary's run
 SUMMARY_TABLE = "summary"  # the table that run carries (log_summary's default name, as the report step logs it)
 BY_MODEL_AND_DOMAIN = ["JobType", "config.data.domain"]  # runset grouping: model x (train = test) domain
 COLD_WARM_PAIRS = [("accuracy_cold", "accuracy_warm"), ("auroc_cold", "auroc_warm")]
+CROSS_CONDITION_TITLE = "cross-condition AUROC: cold faults vs warm normals, warm faults vs cold normals"
 SEVERITY_METRICS = ["severity_mae", "severity_spearman"]
 TITLE_MAX = 128  # W&B's limit on a report title
 
@@ -139,13 +140,16 @@ def build_definition(data: analysis.SweepData, settings: WandbSettings) -> dict[
             }
         )
     cold_warm = [_bar(f"{cold} vs {warm}", keys) for cold, warm in COLD_WARM_PAIRS if (keys := _keys(ok, [cold, warm]))]
+    if cross := _keys(ok, analysis.CROSS_CONDITION_METRICS):
+        cold_warm.append(_bar(CROSS_CONDITION_TITLE, cross))
     gating = summary_keys(ok, "gating_accuracy")
     if cold_warm or gating:
         sections.append(
             {
                 "key": "cold-warm",
                 "heading": "Cold vs warm",
-                "text": "Per machine state, per model x domain; gating accuracy for the gated models.",
+                "text": "Per machine state, per model x domain; cross-condition AUROC = one state's faults vs the "
+                "other state's normals; gating accuracy for the gated models.",
                 "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
                 "panels": cold_warm + ([_bar("gating_accuracy", gating)] if gating else []),
             }

@@ -20,6 +20,14 @@ def sim_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def sim_root_all(tmp_path_factory):
+    """All four domains, 12 train and 4+4 test images each: for `data.domain: all` (one model on every domain)."""
+    root = tmp_path_factory.mktemp("hdmap") / "12_tiff_sim_abcd"
+    simulate(root, n_train=12, n_test=4, domains=["A", "B", "C", "D"], seed=0)
+    return root
+
+
 def tiny_overrides(root, model="patchcore"):
     """CLI-style overrides for a fast trial on CPU (random init: pretrained weights are not available here)."""
     common = [f"data.root={root}", "data.domain=C"]

@@ -173,6 +173,9 @@ CASES: dict[str, Case] = {
     "data: root missing": Case(lambda c: trial_args(c, f"data.root={c.tmp}/nope"), 2, "nope"),
     "data: domain folder missing": Case(lambda c: trial_args(c, "data.domain=B"), 2, "domain_B"),
     "data: unknown domain": Case(lambda c: trial_args(c, "data.domain=E"), 2, "'E'"),
+    "data: domain all on a root without every domain": Case(
+        lambda c: trial_args(c, "data.domain=all"), 2, "data.domain=all fits one model on every domain"
+    ),
     "data: empty split": Case(
         lambda c: trial_args(c),
         2,
@@ -310,6 +313,20 @@ CASES: dict[str, Case] = {
     ),
     "spec: corrupt file found before launch": Case(
         lambda c: ["sweep", "plan", spec(c)], 2, "000005.tiff", _set("domain_C/test/fault/000005.tiff", "garbage")
+    ),
+    "spec: domain all on a root without every domain": Case(
+        lambda c: ["sweep", "plan", spec(c, axes={"data.domain": ["all", "C"]})], 2, "no domain_B, domain_D folder"
+    ),
+    "spec: domain all on a simulated root lacking domains": Case(
+        lambda c: [
+            "sweep",
+            "plan",
+            spec(
+                c, data={"root": str(c.tmp / "sim"), "simulate": {"domains": ["A", "C"]}}, axes={"data.domain": ["all"]}
+            ),
+        ],
+        2,
+        "add B, D to data.simulate.domains",
     ),
     "spec: train_shots above what exists": Case(
         lambda c: ["sweep", "plan", spec(c), "--set", "trial.data.train_shots=99"], 2, "data.train_shots=99"

@@ -142,3 +142,43 @@ def test_test_references_need_shots():
 def test_cross_domain_tests_every_target(sim_root):
     cfg = load_trial_config(None, [f"data.root={sim_root}", "data.test_domains=[A, C]"]).data
     assert set(build_trial_data(cfg, 0).tests) == {"domain_A", "domain_C"}
+
+
+def test_domain_all_fits_every_domain_and_calibrates_each_on_its_own(sim_root_all):
+    """train_shots and val_fraction per domain; each test domain's threshold normals are its own domain's."""
+    cfg = load_trial_config(None, [f"data.root={sim_root_all}", "data.domain=all", "data.train_shots=5"]).data
+    data = build_trial_data(cfg, seed=0)
+    domains = ["domain_A", "domain_B", "domain_C", "domain_D"]
+    assert list(data.tests) == domains and data.references_removed == 0
+    fit_domains = [f.split("/")[0] for f in data.fit.files]
+    assert {d: fit_domains.count(d) for d in domains} == dict.fromkeys(domains, 5)
+    assert len(data.val) == 4 * round(0.1 * 12) and not set(data.val.files) & set(data.fit.files)
+    for d in domains:
+        calibration = data.val.files[data.val_for[d]]
+        assert len(calibration) == 1 and all(f.startswith(f"{d}/train/good/") for f in calibration)
+    # domain A is drawn first, as a single-domain trial on A draws it; cross-domain: every row on A's normals
+    overrides = [f"data.root={sim_root_all}", "data.domain=A", "data.train_shots=5", "data.test_domains=[A, C]"]
+    single = build_trial_data(load_trial_config(None, overrides).data, seed=0)
+    assert list(single.fit.files) == [f for f in data.fit.files if f.startswith("domain_A/")]
+    assert list(single.val.files) == list(data.val.files[data.val_for["domain_A"]])
+    assert [list(v) for v in single.val_for.values()] == [[0], [0]]
+
+
+def test_domain_all_test_references_come_from_each_domain(sim_root_all):
+    cfg = load_trial_config(
+        None, [f"data.root={sim_root_all}", "data.domain=all", "data.reference_source=test", "data.train_shots=2"]
+    ).data
+    data = build_trial_data(cfg, seed=0)
+    assert len(data.fit) == 8 and all("/test/good/" in f for f in data.fit.files)
+    assert data.references_removed == 8
+    for d, split in data.tests.items():
+        assert len(split) == 8 - 2 and not set(split.files) & set(data.fit.files), d
+
+
+def test_domain_all_errors_name_the_missing_domains_and_shots_per_domain(sim_root, sim_root_all):
+    cfg = load_trial_config(None, [f"data.root={sim_root}", "data.domain=all"]).data
+    with pytest.raises(DataLayoutError, match=r"data\.domain=all .* no domain_B, domain_D folder"):
+        build_trial_data(cfg, seed=0)
+    cfg = load_trial_config(None, [f"data.root={sim_root_all}", "data.domain=ALL", "data.train_shots=12"]).data
+    with pytest.raises(DataLayoutError, match=r"train_shots=12 .* 11 images .* domain_A/.*counts per domain"):
+        build_trial_data(cfg, seed=0)

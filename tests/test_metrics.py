@@ -77,6 +77,23 @@ def test_auroc_per_condition():
     assert r["auroc_warm"] == pytest.approx(1.0)
 
 
+def test_cross_condition_auroc():
+    # cold goods {0.1, 0.2}, cold faults {0.3, 0.6}, warm goods {0.5, 0.7}, warm faults {0.8, 0.15}
+    scores = [0.1, 0.2, 0.3, 0.6, 0.5, 0.7, 0.8, 0.15]
+    labels = [0, 0, 1, 1, 0, 0, 1, 1]
+    r = evaluate(scores, labels, CONDS, val_scores=VAL)
+    assert r["auroc_cold"] == pytest.approx(4 / 4)  # 0.3 and 0.6 beat 0.1 and 0.2
+    assert r["auroc_warm"] == pytest.approx(2 / 4)  # 0.8 beats 0.5, 0.7; 0.15 beats neither
+    # cold faults vs warm goods: 0.3 beats neither 0.5 nor 0.7; 0.6 beats 0.5 only -> 1/4
+    assert r["auroc_cold_fault_vs_warm_good"] == pytest.approx(1 / 4)
+    # warm faults vs cold goods: 0.8 beats 0.1, 0.2; 0.15 beats 0.1 only -> 3/4
+    assert r["auroc_warm_fault_vs_cold_good"] == pytest.approx(3 / 4)
+    # no warm goods: cold faults have nothing to be ranked against
+    r = evaluate(scores[:4] + [0.8, 0.15], labels[:4] + [1, 1], CONDS[:4] + ["warm"] * 2, val_scores=VAL)
+    assert r["auroc_cold_fault_vs_warm_good"] is None
+    assert r["auroc_warm_fault_vs_cold_good"] == pytest.approx(3 / 4)
+
+
 # --------------------------------------------------------------------------- thresholded
 
 
@@ -296,7 +313,8 @@ def test_condition_absent_and_no_conditions():
     assert r["accuracy_cold"] == pytest.approx(1.0)
     assert r["accuracy_warm"] is None and r["auroc_warm"] is None
     r = evaluate([0.1, 0.9], [0, 1], val_scores=[0.5])
-    for k in ("accuracy_cold", "accuracy_warm", "auroc_cold", "auroc_warm", "gating_accuracy"):
+    cross = ("auroc_cold_fault_vs_warm_good", "auroc_warm_fault_vs_cold_good")
+    for k in ("accuracy_cold", "accuracy_warm", "auroc_cold", "auroc_warm", *cross, "gating_accuracy"):
         assert r[k] is None, k
 
 

@@ -235,6 +235,57 @@ def test_ablation_plot_and_cold_warm(report):
     assert "Single-domain sweep" in html  # data.domain axis: no meaningless plot
     assert "fig-coldwarm" in html
     assert "accuracy cold" in report.markdown.read_text()
+    assert "AUROC cold faults vs warm normals" not in html  # results written before the cross-condition AUROCs
+
+
+def test_domain_all_rows_get_their_own_cells_and_pair_with_single_domain(tmp_path):
+    """`data.domain: [C, all]`: a model fitted on every domain is never pooled with one fitted on C; the axis
+    pairs them on test domain C (baseline C, the spec's first value although results spell it domain_C)."""
+    rows = []
+    for train in ("domain_C", "all"):
+        for seed in (0, 1, 2):
+            for test in ["domain_C"] if train == "domain_C" else ["domain_A", "domain_B", "domain_C", "domain_D"]:
+                acc = (0.85 if train == "all" else 0.80) + 0.01 * seed
+                rows.append(
+                    {
+                        "trial_id": f"{train}-s{seed}",
+                        "sweep": "multi",
+                        "status": "ok",
+                        "model": "patchcore",
+                        "train_domain": train,
+                        "test_domain": test,
+                        "seed": seed,
+                        "image_auroc": acc,
+                        "accuracy": acc,
+                        "accuracy_cold": acc,
+                        "accuracy_warm": acc,
+                        "auroc_cold": acc,
+                        "auroc_warm": acc,
+                        "auroc_cold_fault_vs_warm_good": acc - 0.4,
+                        "auroc_warm_fault_vs_cold_good": 0.99,
+                        "data.root": "/data",
+                        "data.domain": train,
+                    }
+                )
+    d = tmp_path / "multi"
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), d / "results.parquet")
+    (d / "sweep.json").write_text(json.dumps({"name": "multi", "axes": {"data.domain": ["C", "all"]}}))
+    r = report_of(d)
+    s = r.summary[r.summary.metric == "accuracy"].set_index("test_domain")
+    on_all = [f"domain_{x} (trained on all)" for x in "ABCD"]
+    assert list(s.index) == [*on_all[:2], "domain_C", *on_all[2:]]
+    assert s.loc["domain_C", "mean"] == pytest.approx(0.81) and s.loc["domain_C", "n"] == 3
+    assert s.loc["domain_C (trained on all)", "mean"] == pytest.approx(0.86)
+    c = r.comparisons
+    pooled = c[(c.axis == "data.domain") & (c.metric == "accuracy") & (c.scope == "all")].iloc[0]
+    assert (pooled["value"], pooled["baseline"], pooled["n_pairs"]) == ("all", "domain_C", 3)
+    assert pooled["mean_delta"] == pytest.approx(0.05) and pooled["verdict"] == VERDICT_BETTER
+    html, md = r.html.read_text(), r.markdown.read_text()
+    for text in (html, md):
+        assert "domain_C (trained on all)" in text
+        assert "AUROC cold faults vs warm normals" in text and "AUROC warm faults vs cold normals" in text
+        assert "0.460 ± 0.010" in text  # cold faults vs warm normals of domain_C (trained on all): 0.45, .46, .47
 
 
 def test_axis_order_sets_the_baseline_and_out_dir(tmp_path):

@@ -96,3 +96,13 @@ def test_spec_overrides(tmp_path):
     plan = load_spec("sweeps/examples/quickstart.yaml", ["axes.data.domain=[C]", "models.patchcore.axes.model.k=[3]"])
     assert len(plan.trials) == 6 and plan.axis_values["data.domain"] == ["C"]
     assert {t.model.k for t in plan.trials if t.model.name == "patchcore"} == {3}
+
+
+def test_domain_all_is_an_axis_value(tmp_path):
+    """`data.domain: [all, C]`: one trial fits every domain (tested on all four), the other C alone."""
+    plan = load_spec(write(tmp_path, "axes: {data.domain: [all, C]}\nseeds: [0, 1]"))
+    assert [(t.data.domain, t.seed) for t in plan.trials] == [("all", 0), ("all", 1), ("domain_C", 0), ("domain_C", 1)]
+    assert plan.trials[0].data.resolved_test_domains() == ["domain_A", "domain_B", "domain_C", "domain_D"]
+    assert plan.trials[2].data.resolved_test_domains() == ["domain_C"]
+    with pytest.raises(SpecError, match=r"data\.domain='every'.*or all"):
+        load_spec(write(tmp_path, "axes: {data.domain: [every]}"))

@@ -90,3 +90,34 @@ def test_peak_memory_is_per_trial_not_per_process():
     del big
     later = PeakMemory().stop()["peak_rss_mb"]
     assert big_peak - later > 200, (big_peak, later)
+
+
+def test_cli_domain_all_one_model_a_row_per_domain(sim_root_all, tmp_path):
+    """`hdmap trial --set data.domain=all`: one model on every domain's train normals, one row per test domain,
+    each calibrated on its own domain's validation normals (n_val = that domain's, not the pooled 4)."""
+    overrides = tiny_overrides(sim_root_all) + ["data.domain=all", "data.train_shots=4", "data.image_size=[32,96]"]
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+
+    result = CliRunner().invoke(app, ["trial", *(f"--set={o}" for o in overrides), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "patchcore trained on all" in result.output
+    rows = pq.read_table(tmp_path / "run" / "results.parquet").to_pylist()
+    assert [r["test_domain"] for r in rows] == ["domain_A", "domain_B", "domain_C", "domain_D"]
+    assert {(r["status"], r["train_domain"], r["data.domain"], r["n_fit"], r["n_val"]) for r in rows} == {
+        ("ok", "all", "all", 16, 1)
+    }
+    assert len({r["threshold"] for r in rows}) == 4  # four calibrations, one per domain's normals
+    scores = pq.read_table(tmp_path / "run" / "scores.parquet").to_pandas()
+    for row in rows:
+        part = scores[scores.test_domain == row["test_domain"]]
+        assert len(part) == 8 and roc_auc_score(part.label, part.score) == pytest.approx(row["image_auroc"])
+
+
+def test_domain_all_trains_cutpaste(sim_root_all):
+    """A trained model family: its per-epoch val_loss runs on the pooled validation normals, rows stay per domain."""
+    overrides = tiny_overrides(sim_root_all, "cutpaste") + ["data.domain=all", "data.train_shots=1"]
+    result = run_trial(load_trial_config(None, overrides))
+    assert result.ok and [r["test_domain"] for r in result.rows] == ["domain_A", "domain_B", "domain_C", "domain_D"]
+    assert all(r["n_fit"] == 4 and r["n_val"] == 1 and r["image_auroc"] is not None for r in result.rows)

@@ -48,6 +48,8 @@ def _trial_rows(cfg, i: int, test_domains: list[str], severity: bool) -> list[di
         }
         if cfg.model.name == "ca_patchcore" and cfg.model.gating != "mixed":  # gated banks report their gate
             row["gating_accuracy"] = 0.9
+        if cfg.model.name == "ca_patchcore":  # results written since the cross-condition AUROCs exist
+            row.update(auroc_cold_fault_vs_warm_good=acc - 0.2, auroc_warm_fault_vs_cold_good=acc + 0.1)
         if severity and cfg.model.name == "draem":
             row.update(severity_mae=0.2, severity_spearman=0.7)
         rows.append(row)
@@ -117,10 +119,14 @@ def test_quickstart_definition_holds_the_html_reports_views(tmp_path):
         assert [r["job_types"] for r in section["runsets"]] == [[m] for m in models_on[axis]]
 
     cold_warm = sections["cold-warm"]
-    assert [p["metrics"] for p in cold_warm["panels"]] == [
-        ["accuracy_cold", "accuracy_warm"],
-        ["auroc_cold", "auroc_warm"],
-        ["gating_accuracy"],
+    assert [(p["title"], p["metrics"]) for p in cold_warm["panels"]] == [
+        ("accuracy_cold vs accuracy_warm", ["accuracy_cold", "accuracy_warm"]),
+        ("auroc_cold vs auroc_warm", ["auroc_cold", "auroc_warm"]),
+        (
+            "cross-condition AUROC: cold faults vs warm normals, warm faults vs cold normals",
+            ["auroc_cold_fault_vs_warm_good", "auroc_warm_fault_vs_cold_good"],
+        ),
+        ("gating_accuracy", ["gating_accuracy"]),
     ]
     assert "severity" not in sections  # quickstart's models report no severity
 

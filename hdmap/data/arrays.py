@@ -72,6 +72,17 @@ class SplitArrays:
         )
 
 
+def concat_splits(parts: list[SplitArrays], domain: str) -> SplitArrays:
+    """Several splits as one (e.g. the fit images of every domain); a single part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    return SplitArrays(
+        domain,
+        *(np.concatenate([getattr(p, name) for p in parts]) for name in ("images", "labels", "conditions", "files")),
+        severity=np.concatenate([p.severity for p in parts]),
+    )
+
+
 def read_tiff(path: Path, allow_negative: bool = False) -> np.ndarray:
     """One HDMAP file -> (31, 95) float32, or a DataLayoutError naming the file and what was found."""
     try:

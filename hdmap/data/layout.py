@@ -35,6 +35,7 @@ from pathlib import Path
 from hdmap.errors import DataLayoutError
 
 DOMAINS = ("domain_A", "domain_B", "domain_C", "domain_D")
+ALL_DOMAINS = "all"  # data.domain: one model fitted on the train normals of every domain
 IMAGE_SHAPE = (31, 95)  # (H, W)
 TIFF_SUFFIXES = (".tif", ".tiff")  # compared in lower case
 NUMBERED_NAME = re.compile(r"^(\d+)\.tiff?$", re.IGNORECASE)
@@ -56,6 +57,16 @@ def normalize_domain(name: str) -> str:
     if candidate not in DOMAINS:
         raise ValueError(f"unknown domain {name!r}: expected one of A, B, C, D (or {', '.join(DOMAINS)})")
     return candidate
+
+
+def normalize_train_domain(name: str) -> str:
+    """`data.domain`: a domain as `normalize_domain` accepts it, or `all` (any case)."""
+    if str(name).strip().lower() == ALL_DOMAINS:
+        return ALL_DOMAINS
+    try:
+        return normalize_domain(name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or {ALL_DOMAINS} (one model on every domain's train normals)") from None
 
 
 def condition_of(file_index: int, folder_size: int) -> str:

@@ -10,6 +10,10 @@ Conventions
   NaN when n < 2.
 - Paired deltas: ``metric(value) - metric(baseline)`` between trials identical in every other
   config column (seed and test domain included), with a seeded percentile bootstrap CI.
+- Cells are model x test domain, the test domain labelled with what the model was fitted on when that is
+  not the test domain itself (:func:`tested_on`: ``domain_C (trained on all)``), so a model fitted on every
+  domain (``data.domain: all``) or on another one never shares a cell with one fitted on the test domain.
+  The ``data.domain`` axis itself is compared and plotted per plain test domain: that is its question.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ MAIN_METRICS = ["image_auroc", "accuracy", "accuracy_cold", "accuracy_warm", "tp
 AXIS_METRICS = ["image_auroc", "accuracy"]
 OPTIONAL_AXIS_METRICS = ["severity_mae", "gating_accuracy"]  # plotted per axis when a sweep reports them
 COLD_WARM_METRICS = ["accuracy_cold", "accuracy_warm", "auroc_cold", "auroc_warm"]
+# one condition's faults vs the other's normals (hdmap.metrics); absent from results written before them
+CROSS_CONDITION_METRICS = ["auroc_cold_fault_vs_warm_good", "auroc_warm_fault_vs_cold_good"]
 COMPARE_METRICS = ["image_auroc", "accuracy"]
 ORACLE_METRICS = ["oracle_accuracy"]
 LOWER_IS_BETTER = {"severity_mae", "fit_s", "predict_s", "total_s", "peak_rss_mb", "peak_gpu_mb"}
@@ -182,7 +188,7 @@ def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> Swe
         if missing:
             notes.append(f"sweep.json lists axes with no results column: {', '.join(missing)} (ignored).")
         axes = [a for a in meta.axes if a in keys.columns and a != "seed"]
-        value_order = {a: [value_key(v) for v in meta.axes[a]] for a in axes}
+        value_order = {a: [value_key(_as_recorded(a, v)) for v in meta.axes[a]] for a in axes}
         axes_source = "sweep.json"
     else:
         axes = [
@@ -222,6 +228,18 @@ def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> Swe
         n_trials_planned=n_planned,
         failures=failures_table(err, axes),
     )
+
+
+def _as_recorded(axis: str, value: Any) -> Any:
+    """A spec's axis value as the results hold it: `data.domain: [all, C]` is recorded as `all`, `domain_C`."""
+    if axis != "data.domain":
+        return value
+    from hdmap.data.layout import normalize_train_domain
+
+    try:
+        return normalize_train_domain(value)
+    except ValueError:
+        return value
 
 
 def missing_trials(meta: SweepMeta | None, recorded: set[str]) -> tuple[int | None, int]:
@@ -275,12 +293,24 @@ def _metric(df: pd.DataFrame, m: str) -> pd.Series:
     return pd.to_numeric(df[m], errors="coerce").astype(float)
 
 
+def tested_on(rows: pd.DataFrame) -> pd.Series:
+    """Each row's test domain as a report cell names it: `domain_C`, or `domain_C (trained on all)` where the
+    model was fitted on something else (every domain, or another domain in a cross-domain trial)."""
+    test = rows["test_domain"].astype(str)
+    if "train_domain" not in rows.columns:
+        return test
+    train = rows["train_domain"].astype(str)
+    return test.where(train == test, test + " (trained on " + train + ")")
+
+
 def summarize(ok: pd.DataFrame, metrics: list[str], by: tuple[str, ...] = ("model", "test_domain")) -> pd.DataFrame:
-    """Tidy table: by..., metric, mean, std, n (over result rows)."""
+    """Tidy table: by..., metric, mean, std, n (over result rows); `test_domain` as `tested_on` labels it."""
     by = list(by)
     cols = by + ["metric", "mean", "std", "n"]
     if ok.empty:
         return pd.DataFrame(columns=cols)
+    if "test_domain" in by:
+        ok = ok.assign(test_domain=tested_on(ok))
     rows = []
     for keys, g in ok.groupby(by, sort=True, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
@@ -306,7 +336,7 @@ def configs_per_group(data: SweepData) -> dict[tuple[str, str], int]:
     if data.ok.empty:
         return {}
     sig = data.keys[other].agg("\x1f".join, axis=1) if other else pd.Series("", index=data.ok.index)
-    frame = pd.DataFrame({"model": data.ok["model"], "test_domain": data.ok["test_domain"], "sig": sig})
+    frame = pd.DataFrame({"model": data.ok["model"], "test_domain": tested_on(data.ok), "sig": sig})
     return {k: int(v) for k, v in frame.groupby(["model", "test_domain"])["sig"].nunique().items()}
 
 
@@ -330,7 +360,7 @@ def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) 
     frame = pd.DataFrame(
         {
             "model": data.ok.loc[mask, "model"],
-            "test_domain": data.ok.loc[mask, "test_domain"],
+            "test_domain": _cell_domain(data, axis)[mask],
             "value": k[mask],
             "seed": data.keys.loc[mask, "seed"] if "seed" in data.keys.columns else data.ok.loc[mask, "trial_id"],
         }
@@ -342,6 +372,12 @@ def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) 
     order = {v: i for i, v in enumerate(data.value_order.get(axis, []))}
     out["_o"] = out["value"].map(lambda v: order.get(v, len(order)))
     return out.sort_values(["model", "test_domain", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _cell_domain(data: SweepData, axis: str) -> pd.Series:
+    """The test-domain label of each row in `axis`'s plots and comparisons: plain for the train domain's own
+    axis (its values are what the label would add), `tested_on` otherwise."""
+    return data.ok["test_domain"].astype(str) if axis == "data.domain" else tested_on(data.ok)
 
 
 def is_single_domain(data: SweepData) -> bool:
@@ -426,7 +462,7 @@ def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) ->
         ax = data.keys[axis]
         metrics = data.compare_metrics.get(axis, COMPARE_METRICS)
         frame = pd.DataFrame(
-            {"sig": sig, "value": ax, "model": data.ok["model"], "test_domain": data.ok["test_domain"]}
+            {"sig": sig, "value": ax, "model": data.ok["model"], "test_domain": _cell_domain(data, axis)}
         )
         for m in metrics:
             frame[m] = _metric(data.ok, m)

@@ -49,6 +49,8 @@ LABELS = {
     "accuracy_warm": "accuracy warm",
     "auroc_cold": "AUROC cold",
     "auroc_warm": "AUROC warm",
+    "auroc_cold_fault_vs_warm_good": "AUROC cold faults vs warm normals",
+    "auroc_warm_fault_vs_cold_good": "AUROC warm faults vs cold normals",
     "tpr_at_fpr_1pct": "TPR @ 1% FPR",
     "tpr_at_fpr_5pct": "TPR @ 5% FPR",
     "gating_accuracy": "gating accuracy",
@@ -151,8 +153,10 @@ def axis_figure(axsum: pd.DataFrame, axis: str, values: list[str]):
     return fig
 
 
-def cold_warm_figure(cw: pd.DataFrame):
-    """Grouped bars cold vs warm per model x test domain; panels side by side, or stacked when there are many cells."""
+def cold_warm_figure(cw: pd.DataFrame, cross: bool = False):
+    """Grouped bars cold vs warm per model x test domain; panels side by side, or stacked when there are many cells.
+
+    `cross`: a third panel, the cross-condition AUROCs, each bar coloured by its faults' condition."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -160,14 +164,16 @@ def cold_warm_figure(cw: pd.DataFrame):
         ("accuracy_cold", "accuracy_warm", "accuracy (calibrated threshold)"),
         ("auroc_cold", "auroc_warm", "image AUROC"),
     ]
+    if cross:
+        pairs.append((*A.CROSS_CONDITION_METRICS, "cross-condition AUROC (bar: the faults' condition)"))
     cw = cw.copy()
     cw["cell"] = cw["model"].astype(str) + "<br>" + cw["test_domain"].astype(str)
     cells = list(dict.fromkeys(cw.sort_values(["model", "test_domain"])["cell"]))
     stacked = len(cells) > 6
     if stacked:
-        fig = make_subplots(rows=2, cols=1, subplot_titles=[p[2] for p in pairs], vertical_spacing=0.16)
+        fig = make_subplots(rows=len(pairs), cols=1, subplot_titles=[p[2] for p in pairs], vertical_spacing=0.16)
     else:
-        fig = make_subplots(rows=1, cols=2, subplot_titles=[p[2] for p in pairs], horizontal_spacing=0.08)
+        fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[p[2] for p in pairs], horizontal_spacing=0.08)
     colors = {"cold": "#2b6cb0", "warm": "#dd6b20"}
     for j, (cold, warm, _) in enumerate(pairs):
         for cond, m in (("cold", cold), ("warm", warm)):
@@ -190,7 +196,7 @@ def cold_warm_figure(cw: pd.DataFrame):
     fig.update_layout(barmode="group")
     fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(tickangle=0, tickfont=dict(size=11))
-    height = 760 if stacked else 440
+    height = 380 * len(pairs) if stacked else 440
     _layout(fig, height)
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0))
     return fig, height
@@ -418,18 +424,17 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
     s = Section("coldwarm", "Cold vs warm")
     s.text(
         "Per machine state, mean ± std over result rows. Gap = warm − cold (positive: the model does better on warm "
-        "images). Gating accuracy is shown for gated models."
+        "images). Cross-condition AUROC ranks one state's faults against the other state's normals: a low 'cold "
+        "faults vs warm normals' means warm normals score above cold faults. Gating accuracy is shown for gated models."
     )
-    cw = A.summarize(data.ok, A.COLD_WARM_METRICS + ["gating_accuracy"])
+    cw = A.summarize(data.ok, A.COLD_WARM_METRICS + A.CROSS_CONDITION_METRICS + ["gating_accuracy"])
     if cw.empty or cw[cw["metric"].isin(A.COLD_WARM_METRICS)]["n"].sum() == 0:
         s.text("No cold/warm metrics in the results.")
         return s
     has_gate = bool(cw[(cw["metric"] == "gating_accuracy")]["n"].sum())
-    cols = (
-        ["model", "test domain", "n"]
-        + [label(m) for m in A.COLD_WARM_METRICS]
-        + ["acc gap warm−cold", "AUROC gap warm−cold"]
-    )
+    has_cross = bool(cw[cw["metric"].isin(A.CROSS_CONDITION_METRICS)]["n"].sum())
+    shown = A.COLD_WARM_METRICS + (A.CROSS_CONDITION_METRICS if has_cross else [])
+    cols = ["model", "test domain", "n"] + [label(m) for m in shown] + ["acc gap warm−cold", "AUROC gap warm−cold"]
     if has_gate:
         cols.append(label("gating_accuracy"))
     t = Table(cols, numeric_from=2)
@@ -437,7 +442,7 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
         g = g.set_index("metric")
         row_n = int(g.loc[A.COLD_WARM_METRICS, "n"].max())
         cells: list = [model, td, str(row_n)]
-        for m in A.COLD_WARM_METRICS:
+        for m in shown:
             cells.append(fmt_mean_std(g.loc[m, "mean"], g.loc[m, "std"], int(g.loc[m, "n"]), row_n))
         for cold, warm in (("accuracy_cold", "accuracy_warm"), ("auroc_cold", "auroc_warm")):
             a, b = g.loc[warm, "mean"], g.loc[cold, "mean"]
@@ -452,7 +457,7 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
             )
         t.add(cells)
     s.table(t)
-    fig, height = cold_warm_figure(cw[cw["metric"].isin(A.COLD_WARM_METRICS)])
+    fig, height = cold_warm_figure(cw[cw["metric"].isin(shown)], cross=has_cross)
     s.html.append(_fig_html(fig, "fig-coldwarm", height))
     figs.append("coldwarm")
     return s
