@@ -96,3 +96,19 @@ def test_spec_overrides(tmp_path):
     plan = load_spec("sweeps/examples/quickstart.yaml", ["axes.data.domain=[C]", "models.patchcore.axes.model.k=[3]"])
     assert len(plan.trials) == 6 and plan.axis_values["data.domain"] == ["C"]
     assert {t.model.k for t in plan.trials if t.model.name == "patchcore"} == {3}
+
+
+def test_winclip_specs_plan():
+    prompts = load_spec("sweeps/examples/winclip_prompts.yaml")
+    assert len(prompts.trials) == 64 and prompts.axes == ["data.domain", "model.class_name", "model.k_shot"]
+    assert {t.data.train_shots for t in prompts.trials} == {0, 1, 2, 4}  # k_shot is the fit set
+    ca = load_spec("sweeps/examples/ca_winclip.yaml")
+    assert len(ca.trials) == 4 * 4 * 3 * 3 and set(ca.axis_values["model.gating"]) == {
+        "mixed",
+        "oracle",
+        "p90",
+        "clip_topk",
+    }
+    assert all(t.model.gate_k == t.model.refs_per_bank for t in ca.trials)
+    for t in prompts.trials + ca.trials:  # the researcher's input: 240 x 240 nearest, CLIP mean/std
+        assert (t.data.image_size, t.data.resize, t.data.normalization) == ((240, 240), "nearest", "clip")

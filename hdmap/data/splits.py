@@ -55,7 +55,8 @@ def build_trial_data(data_cfg, seed: int) -> TrialData:
     tests = {d: load_split(data_cfg.root, d, "test", *rules) for d in data_cfg.resolved_test_domains()}
     removed = 0
     if data_cfg.reference_source == "train":
-        fit = train.take(np.sort(remaining[: data_cfg.train_shots or len(remaining)]))
+        shots = len(remaining) if data_cfg.train_shots is None else data_cfg.train_shots  # 0: zero-shot, no fit
+        fit = train.take(np.sort(remaining[:shots]))
     else:
         source_test = load_split(data_cfg.root, data_cfg.domain, "test", *rules)
         good = np.flatnonzero(source_test.labels == 0)
