@@ -32,6 +32,7 @@ import difflib
 import hashlib
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -256,7 +257,7 @@ def build_winclip_model(cfg: ClipConfig, size: tuple[int, int]):
     if path is not None:
         try:
             open_clip.load_checkpoint(model.clip, str(path))
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # not this model's file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsNotFoundError(f"{path} does not fit open_clip {cfg.clip_model} ({first})") from None
         model.pretrained = str(path)
@@ -312,7 +313,10 @@ class WinClipModule(AnomalyModule):
                 self._ref_images.setdefault(bank, []).append(batch["image"][rows])
 
     def on_train_end(self) -> None:
-        self.banks = {bank: self._embed(torch.cat(images), few_shot=True) for bank, images in self._ref_images.items()}
+        self.banks = {  # embedded batch by batch, as collected: peak memory stays one batch's windows
+            bank: Embeddings.cat([self._embed(part, few_shot=True) for part in parts])
+            for bank, parts in self._ref_images.items()
+        }
         self._ref_images = {}
 
     # ---- scoring
