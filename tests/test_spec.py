@@ -109,6 +109,6 @@ def test_winclip_specs_plan():
         "p90",
         "clip_topk",
     }
-    assert all(t.model.gate_k == t.model.refs_per_bank for t in ca.trials)
+    assert ca.axes == ["data.domain", "model.gating", "model.refs_per_bank", "seed"]
     for t in prompts.trials + ca.trials:  # the researcher's input: 240 x 240 nearest, CLIP mean/std
         assert (t.data.image_size, t.data.resize, t.data.normalization) == ((240, 240), "nearest", "clip")

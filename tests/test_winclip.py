@@ -92,7 +92,7 @@ def test_every_gating_mode_uses_the_same_references(root):
             assert rows[gating]["gating_accuracy"] == 1.0
         elif gating == "p90":
             assert (gates == (p90(torch.from_numpy(np.array(test.images))) > module.gate.threshold).numpy()).all()
-        else:  # clip_topk, recomputed from CLIP global embeddings of the references and the test images
+        else:  # clip_topk (gate_k: all of a bank's references), recomputed from CLIP global embeddings
             fit = build_trial_data(cfg.data, cfg.seed).fit
             transform = HdmapTransform.for_data(cfg.data)
 
@@ -101,7 +101,7 @@ def test_every_gating_mode_uses_the_same_references(root):
                     return F.normalize(clip.encode_image(transform(torch.from_numpy(np.array(raw))))[0])
 
             image = embed(test.images)
-            sims = [(image @ embed(fit.images[sorted(module.selected[b])]).T).max(1).values for b in (COLD, WARM)]
+            sims = [(image @ embed(fit.images[sorted(module.selected[b])]).T).mean(1) for b in (COLD, WARM)]
             assert (gates == (sims[WARM] > sims[COLD]).long().numpy()).all()
         assert rows[gating]["gating_accuracy"] == pytest.approx((gates == (test.conditions == "warm")).mean())
     assert all(s == selected["mixed"] for s in selected.values())
@@ -171,3 +171,16 @@ def test_nothing_reaches_the_network(root, tmp_path, monkeypatch):
         assert named in text
     assert str(tmp_path / "hf" / "hub") in text and str(tmp_path / "home" / ".cache" / "clip") in text
     assert not fits and not attempts
+
+
+@pytest.mark.parametrize("gate_k, gate", [(1, COLD), (None, WARM)])
+def test_clip_topk_mean_of_the_gate_k_most_similar_references(gate_k, gate):
+    from hdmap.models.winclip import CAWinClipConfig, Embeddings
+
+    cfg = CAWinClipConfig(clip_model="hdmap-tiny-clip", pretrained=False, gating="clip_topk", gate_k=gate_k)
+    module = build(cfg, HdmapTransform((64, 64), "nearest", normalization="clip"))
+    module.banks = {  # cosine to the image [1, 0]: cold references 1.0 and 0.0, warm ones 0.8 and 0.8
+        COLD: Embeddings(torch.tensor([[1.0, 0.0], [0.0, 1.0]])),
+        WARM: Embeddings(torch.tensor([[0.8, 0.6], [0.8, 0.6]])),
+    }
+    assert module._clip_topk(Embeddings(torch.tensor([[2.0, 0.0]]))).tolist() == [gate]

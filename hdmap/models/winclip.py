@@ -13,7 +13,8 @@ nearest resize, CLIP mean/std (`data_defaults`), the class name in WinCLIP's pro
 - **Gating** (`ca_winclip`): `mixed` one bank of both banks' references (plain few-shot WinCLIP), `oracle` the true
   test condition (validation normals: the p90 gate), `p90` the train-calibrated intensity gate, `clip_topk` the
   researcher's gate: the bank whose references' global CLIP embeddings are most similar to the image (mean cosine
-  of the `gate_k` most similar). `predict_step` returns `gate` for every mode but `mixed` (rows: gating_accuracy).
+  of the `gate_k` most similar; default all of the bank's, as in the researcher's runs). `predict_step` returns
+  `gate` for every mode but `mixed` (rows: gating_accuracy).
 - **Weights are never downloaded**: anomalib's constructor asks open_clip for `laion400m_e31`; the CLIP is built
   without weights, then loaded from `model.weights` (an open_clip checkpoint) or the local HF / open_clip cache,
   else `WeightsNotFoundError` before any fit. `pretrained: false` = random init, and the row says so. The
@@ -160,11 +161,13 @@ class CAWinClipConfig(ClipConfig):
     )
     gating: Literal[GATINGS] = "mixed"  # type: ignore[valid-type]
     gate_threshold: float | None = Field(None, description="p90 threshold; None = calibrated on fit images")
-    gate_k: int = Field(1, ge=1, description="clip_topk: mean of the gate_k most similar references per bank")
+    gate_k: int | None = Field(
+        None, ge=1, description="clip_topk: mean of the gate_k most similar references per bank; None = all of them"
+    )
 
     @model_validator(mode="after")
     def _gate_k_fits(self) -> CAWinClipConfig:
-        if self.gate_k > self.refs_per_bank:
+        if self.gate_k is not None and self.gate_k > self.refs_per_bank:
             raise ValueError(f"gate_k={self.gate_k} exceeds refs_per_bank={self.refs_per_bank} (references per bank)")
         return self
 
@@ -456,8 +459,9 @@ class CAWinClipModule(WinClipModule):
     def _clip_topk(self, emb: Embeddings) -> torch.Tensor:
         """Warm where the mean cosine of the gate_k most similar warm references beats the cold one's (ties: cold)."""
         image = F.normalize(emb.image.float(), dim=-1)
+        k = self.cfg.gate_k or self.cfg.refs_per_bank
         similarity = [
-            (image @ F.normalize(self.banks[bank].image.float(), dim=-1).T).topk(self.cfg.gate_k, dim=1).values.mean(1)
+            (image @ F.normalize(self.banks[bank].image.float(), dim=-1).T).topk(k, dim=1).values.mean(1)
             for bank in (COLD, WARM)
         ]
         return (similarity[WARM] > similarity[COLD]).long()
