@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from hdmap.data.layout import ALL_DOMAINS, DOMAINS, normalize_domain, normalize_train_domain
-from hdmap.data.transforms import NORMALIZATIONS, RESIZE_METHODS
+from hdmap.data.transforms import NORMALIZATIONS, PER_IMAGE_NORMS, RESIZE_METHODS
 from hdmap.errors import ConfigError
 from hdmap.metrics import THRESHOLD_METHODS
 from hdmap.models.base import StrictModel
@@ -26,7 +26,7 @@ TrainDomain = Annotated[str, BeforeValidator(normalize_train_domain)]
 DEFAULT_MODEL = "patchcore"
 MAX_IMAGE_SIDE = 4096
 # data fields added after results existed: left out of `trial_id` at their default, so earlier ids stay valid
-ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative")
+ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative", "per_image_norm")
 
 
 class DataConfig(StrictModel):
@@ -47,7 +47,9 @@ class DataConfig(StrictModel):
         "per test domain",
     )
     train_shots: int | None = Field(
-        None, ge=1, description="images the model is fitted on, per train domain; None = all train"
+        None,
+        ge=0,
+        description="images the model is fitted on, per train domain; None = all train; 0 = none (zero-shot models)",
     )
     reference_source: Literal["train", "test"] = Field(
         "train", description="'test' takes references from test/good and removes them from evaluation"
@@ -61,6 +63,9 @@ class DataConfig(StrictModel):
     resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
     to_rgb: bool = True
     normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
+    per_image_norm: Literal[PER_IMAGE_NORMS] = Field(  # type: ignore[valid-type]
+        "none", description="rescale each image to [0, 1] (its min-max or robust percentiles) before the resize"
+    )
     cold_below: int | None = Field(
         None,
         ge=0,
@@ -80,12 +85,6 @@ class DataConfig(StrictModel):
         if not all(1 <= side <= MAX_IMAGE_SIDE for side in v):
             raise ValueError(f"each side must be between 1 and {MAX_IMAGE_SIDE} px, e.g. 224 or [64, 192]")
         return v
-
-    @model_validator(mode="after")
-    def _test_refs_need_shots(self) -> DataConfig:
-        if self.reference_source == "test" and self.train_shots is None:
-            raise ValueError("data.reference_source='test' needs data.train_shots (how many test/good references)")
-        return self
 
     def train_domains(self) -> list[str]:
         """The domains whose train normals the model is fitted on."""
@@ -134,17 +133,34 @@ class TrialConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _backbone_input_size(self) -> TrialConfig:
-        """`data.image_size` not given: the backbone's pretraining size (timm), e.g. 518 x 518 for DINOv2 ViTs."""
-        from hdmap.models.backbones import BackboneConfig, native_input_size
+    def _model_settles_data(self) -> TrialConfig:
+        """What the model decides about its data, where the config leaves it open, then checks that need both.
 
-        if isinstance(self.model, BackboneConfig) and "image_size" not in self.data.model_fields_set:
-            size = native_input_size(self.model.backbone)
-            if size is not None:
-                self.data.image_size = size
-        problem = self.model.input_size_problem(self.data.image_size)
+        - `data_defaults()`: unset data fields take the model's native input, e.g. a timm backbone's pretraining size
+          (518 x 518 for DINOv2 ViTs), WinCLIP's 240 x 240 nearest with CLIP mean/std.
+        - `fit_shots()`: a few-shot model's own shot count is `data.train_shots` (one source of truth; 0 = zero-shot).
+        """
+        model, data = self.model, self.data
+        for field, value in model.data_defaults().items():
+            if field not in data.model_fields_set:
+                setattr(data, field, value)
+        shots = model.fit_shots()
+        if shots is not None:
+            if "train_shots" in data.model_fields_set and data.train_shots != shots:
+                raise ValueError(
+                    f"data.train_shots={data.train_shots} contradicts model.{model.shots_field}={shots}: model "
+                    f"{model.name} fits on exactly its {model.shots_field} references; leave data.train_shots unset"
+                )
+            data.train_shots = shots
+        elif data.train_shots == 0:
+            raise ValueError(
+                f"data.train_shots=0 leaves model {model.name} nothing to fit on (0 is for zero-shot models); use >= 1"
+            )
+        if data.reference_source == "test" and data.train_shots is None:
+            raise ValueError("data.reference_source='test' needs data.train_shots (how many test/good references)")
+        problem = model.input_size_problem(data.image_size)
         if problem:
-            raise ValueError(f"data.image_size does not suit model {self.model.name}: {problem}")
+            raise ValueError(f"data.image_size does not suit model {model.name}: {problem}")
         return self
 
     def canonical(self) -> dict:

@@ -6,7 +6,7 @@ features of every split it touches — (data root, domain, train|test) — and g
 computed at most once per node: the entry key holds the split's file listing (paths, sizes, mtimes;
 not the cold/warm conditions, which change no feature: features are looked up per file, and nothing
 cached downstream — coreset, kNN — is keyed by anything but feature content),
-the transform (image size, resize, channels, normalisation) and the model's key (backbone, layers,
+the transform (image size, resize, channels, normalisation, per-image rescaling) and the model's key (backbone, layers,
 pooling, a hash of the actual weights — so random-init seeds and weight files never collide).
 Concurrency and atomicity come from `hdmap.cache.DiskCache`.
 """
@@ -54,6 +54,8 @@ def cached_features(
         "to_rgb": data_cfg.to_rgb,
         "normalization": data_cfg.normalization,
     }
+    if data_cfg.per_image_norm != "none":  # keys of existing entries stay as they were
+        transform["per_image_norm"] = data_cfg.per_image_norm
     lookup = FeatureLookup()
     pending = {}  # (domain, split) -> (entry key, decoded split): file listings are stat-ed once, not per pass
     for domain, split in sorted(sources):

@@ -81,7 +81,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = build_trial_data(cfg.data, cfg.seed)
-    transform = HdmapTransform(cfg.data.image_size, cfg.data.resize, cfg.data.to_rgb, cfg.data.normalization)
+    transform = HdmapTransform.for_data(cfg.data)
     module = MODELS[cfg.model.name].build(cfg.model, transform, cfg.seed)
     cache = DiskCache(cfg.runtime.feature_cache) if cfg.runtime.feature_cache else None
     features: FeatureLookup | None = None
@@ -120,7 +120,8 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
             )
     features_s = time.perf_counter() - t_features
     t_fit = time.perf_counter()
-    trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
+    if len(data.fit):  # a zero-shot model (data.train_shots = 0) has nothing to fit
+        trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
     fit_s = time.perf_counter() - t_fit
 
     t_pred = time.perf_counter()

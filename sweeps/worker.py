@@ -8,6 +8,7 @@ W&B included: the trial's slot is free as soon as its rows are in the store.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 
@@ -38,6 +39,9 @@ def trial_trainable(config: dict) -> None:
         return  # no final report: the trial ends without error for Tune, which never retries it
     finally:
         watchdog.cancel()
+        # Lightning's trainer <-> module cycle keeps the finished trial's model (a ViT-B CLIP: ~1 GB) until Python's
+        # cycle collector runs, and a worker runs trial after trial: free it now (measured: RSS +1 GB per trial)
+        gc.collect()
     store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
     first = result.rows[0]
     final = {

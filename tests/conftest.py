@@ -102,6 +102,10 @@ TINY: dict[str, list[str]] = {
         "data.normalization=none",
     ],
     "ca_patchcore": _R18 + ["model.backbone=resnet18", "model.layers=[layer2]", "model.gating=p90"],
+    # a 2-layer, 64 px CLIP shipped for smoke tests (hdmap/models/clip_configs); ViT-B-16-plus-240 takes ~14 s per
+    # image few-shot on 2 CPU cores (benchmarks/RESULTS.md)
+    "winclip": _R18 + ["model.clip_model=hdmap-tiny-clip", "model.k_shot=2"],
+    "ca_winclip": _R18 + ["model.clip_model=hdmap-tiny-clip", "model.refs_per_bank=1", "model.gating=clip_topk"],
     "cpd_patchcore": _R18 + ["model.backbone=resnet18", "model.layers=[layer2]"],
     "padim": _R18 + ["model.backbone=resnet18", "model.layers=[layer1,layer2]", "model.n_features=20"],
     "dfm": _R18 + ["model.backbone=resnet18", "model.layer=layer2"],

@@ -114,7 +114,8 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         "data": {"root": str(root), "simulate": {"n_train": 12, "n_test": 8, "domains": ["C"], "seed": 0}},
         "trial": {"data": {"domain": "C"}},
         "models": {
-            name: {"trial": _trial_tree(name)} for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste")
+            name: {"trial": _trial_tree(name)}
+            for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste", "winclip", "ca_winclip")
         },
         "tracking": {"wandb": {"mode": "disabled"}},
     }
@@ -125,7 +126,7 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         outcome = run_sweep(load_spec(path), live=False)
     finally:
         ray.shutdown()
-    assert outcome.ok == 4 and not outcome.failed, outcome.failed
+    assert outcome.ok == 6 and not outcome.failed, outcome.failed
 
 
 def _trial_tree(model: str) -> dict:

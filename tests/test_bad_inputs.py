@@ -265,6 +265,22 @@ CASES: dict[str, Case] = {
     "config: pretrained weights not cached": Case(
         lambda c: trial_args(c, "model.pretrained=true"), 2, "model.pretrained=false"
     ),
+    "config: CLIP weights not cached (winclip)": Case(
+        lambda c: ["trial", "--out", str(c.tmp / "out"), *sets(f"data.root={c.data}", "model.name=winclip")],
+        2,
+        "ViT-B-16-plus-240",
+    ),
+    "config: train_shots contradicts winclip's k_shot": Case(
+        lambda c: ["trial", *sets(f"data.root={c.data}", "model.name=winclip", "model.k_shot=2", "data.train_shots=4")],
+        2,
+        "model.k_shot=2",
+    ),
+    "config: clip_model not a plain CLIP ViT": Case(
+        lambda c: ["trial", *sets(f"data.root={c.data}", "model.name=winclip", "model.clip_model=RN50")], 2, "RN50"
+    ),
+    "config: ca_winclip gate_k above refs_per_bank": Case(
+        lambda c: ["trial", *sets(f"data.root={c.data}", "model.name=ca_winclip", "model.gate_k=3")], 2, "gate_k=3"
+    ),
     "config: k larger than the memory bank": Case(
         lambda c: trial_args(c, "model.k=100000", "data.train_shots=1", "model.coreset_ratio=1.0"),
         2,

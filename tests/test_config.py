@@ -52,3 +52,22 @@ def test_yaml_file_and_errors(tmp_path):
     path.write_text("model:\n  name: draem\n  dtd_dir: /no/such/dir\n")
     with pytest.raises(ConfigError, match=r"t\.yaml: model\.dtd_dir: .*never downloaded"):
         load_trial_config(path)
+
+
+def test_model_native_input_and_shots_where_the_config_leaves_them_open():
+    """A model's `data_defaults` fill only unset data fields; a few-shot model's shots are data.train_shots."""
+    cfg = load_trial_config(None, ["model.name=winclip", "model.k_shot=2"])
+    assert (cfg.data.image_size, cfg.data.resize, cfg.data.normalization) == ((240, 240), "nearest", "clip")
+    assert cfg.data.train_shots == 2
+    own = load_trial_config(None, ["model.name=winclip", "data.resize=bilinear", "data.image_size=96"])
+    assert (own.data.image_size, own.data.resize, own.data.train_shots) == ((96, 96), "bilinear", 0)
+    assert (
+        load_trial_config(None, ["model.name=winclip", "model.k_shot=2", "data.train_shots=2"]).trial_id == cfg.trial_id
+    )
+    with pytest.raises(ConfigError, match=r"data\.train_shots=3 contradicts model\.k_shot=2"):
+        load_trial_config(None, ["model.name=winclip", "model.k_shot=2", "data.train_shots=3"])
+    with pytest.raises(ConfigError, match=r"data\.train_shots=0 leaves model patchcore nothing to fit on"):
+        load_trial_config(None, ["data.train_shots=0"])
+    # data.per_image_norm and train_shots 0 left existing ids as they were (this one predates them)
+    assert load_trial_config(None, []).trial_id == "7a06c2fe93c3"
+    assert load_trial_config(None, ["data.per_image_norm=minmax"]).trial_id != "7a06c2fe93c3"

@@ -115,6 +115,27 @@ def test_transform_sizes_and_methods():
     assert torch.allclose(norm[0, :, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
 
 
+def test_clip_normalisation_and_per_image_rescaling():
+    clip = HdmapTransform((32, 96), "nearest", normalization="clip")(torch.zeros(1, 31, 95))
+    assert torch.allclose(
+        clip[0, :, 0, 0],
+        -torch.tensor([0.48145466, 0.4578275, 0.40821073]) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+    )
+    raw = torch.linspace(0.1, 2.9, 31 * 95).reshape(1, 31, 95)
+    raw = torch.cat([raw, raw * 0.5 + 0.2, torch.full((1, 31, 95), 0.3)])  # same shape, other gain; a constant image
+    minmax = HdmapTransform((31, 95), "nearest", to_rgb=False, normalization="none", per_image_norm="minmax")(raw)
+    assert torch.allclose(minmax[0], minmax[1], atol=1e-6) and minmax[0].min() == 0 and minmax[0].max() == 1
+    assert (minmax[2] == 0).all()  # a constant image has no range
+    robust = HdmapTransform((31, 95), "nearest", to_rgb=False, normalization="none", per_image_norm="robust_p5_p95")
+    out = robust(raw)[0].flatten()
+    assert out.min() == 0 and out.max() == 1  # clamped beyond the percentiles
+    assert (out == 0).float().mean() == pytest.approx(0.05, abs=0.01) and (out == 1).float().mean() == pytest.approx(
+        0.05, abs=0.01
+    )
+    with pytest.raises(ValueError, match="per_image_norm"):
+        HdmapTransform((32, 96), per_image_norm="zscore")
+
+
 def test_validation_from_train_and_shots_seeded(sim_root):
     cfg = load_trial_config(None, [f"data.root={sim_root}", "data.train_shots=5", "data.val_fraction=0.25"]).data
     a, b = build_trial_data(cfg, seed=3), build_trial_data(cfg, seed=3)

@@ -10,8 +10,9 @@ import torch
 
 from hdmap.config import ConfigError, load_trial_config
 from hdmap.models.backbones import WeightsNotFoundError
+from hdmap.models.gating import p90, two_means_1d
 from hdmap.models.knn import knn_search
-from hdmap.models.patchcore_family import add_context, p90, row_context, two_means_1d
+from hdmap.models.patchcore_family import add_context, row_context
 from hdmap.trial import run_trial
 from tests.conftest import tiny_overrides
 

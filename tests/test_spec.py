@@ -106,3 +106,19 @@ def test_domain_all_is_an_axis_value(tmp_path):
     assert plan.trials[2].data.resolved_test_domains() == ["domain_C"]
     with pytest.raises(SpecError, match=r"data\.domain='every'.*or all"):
         load_spec(write(tmp_path, "axes: {data.domain: [every]}"))
+
+
+def test_winclip_specs_plan():
+    prompts = load_spec("sweeps/examples/winclip_prompts.yaml")
+    assert len(prompts.trials) == 64 and prompts.axes == ["data.domain", "model.class_name", "model.k_shot"]
+    assert {t.data.train_shots for t in prompts.trials} == {0, 1, 2, 4}  # k_shot is the fit set
+    ca = load_spec("sweeps/examples/ca_winclip.yaml")
+    assert len(ca.trials) == 4 * 4 * 3 * 3 and set(ca.axis_values["model.gating"]) == {
+        "mixed",
+        "oracle",
+        "p90",
+        "clip_topk",
+    }
+    assert ca.axes == ["data.domain", "model.gating", "model.refs_per_bank", "seed"]
+    for t in prompts.trials + ca.trials:  # the researcher's input: 240 x 240 nearest, CLIP mean/std
+        assert (t.data.image_size, t.data.resize, t.data.normalization) == ((240, 240), "nearest", "clip")

@@ -65,7 +65,8 @@ def build_trial_data(data_cfg, seed: int) -> TrialData:
         vals.append(train.take(np.sort(order[:n_val])))
         remaining = order[n_val:]
         if data_cfg.reference_source == "train":
-            fits.append(train.take(np.sort(remaining[: data_cfg.train_shots or len(remaining)])))
+            shots = len(remaining) if data_cfg.train_shots is None else data_cfg.train_shots  # 0: zero-shot, no fit
+            fits.append(train.take(np.sort(remaining[:shots])))
             continue
         source_test = load_split(data_cfg.root, domain, "test", *rules)
         good = np.flatnonzero(source_test.labels == 0)

@@ -46,6 +46,10 @@ class BackboneConfig(ModelConfig):
             raise ValueError(f"{what}; set model.layers to some of: {', '.join(strides)}")
         return self
 
+    def data_defaults(self) -> dict:
+        size = native_input_size(self.backbone)
+        return {} if size is None else {"image_size": size}
+
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         stride = max(backbone_strides(self.backbone)[layer] for layer in self.layers)
         if min(size) < stride:

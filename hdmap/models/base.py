@@ -30,10 +30,19 @@ class ModelConfig(StrictModel):
 
     per_epoch_metric: ClassVar[str | None] = None
     needs_pretrained_weights: ClassVar[bool] = False
+    shots_field: ClassVar[str | None] = None  # a few-shot model's field that fixes data.train_shots (`fit_shots`)
 
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         """Why the model cannot take (H, W) inputs, or None; checked at config validation, before any fit."""
         return None
+
+    def data_defaults(self) -> dict:
+        """`data` fields this model sets where the config leaves them unset: its native input (size, resize, ...)."""
+        return {}
+
+    def fit_shots(self) -> int | None:
+        """Fit images this config fixes (the `shots_field` value: 0 = zero-shot), or None: data.train_shots decides."""
+        return None if self.shots_field is None else getattr(self, self.shots_field)
 
     def outputs(self) -> frozenset[str]:
         """Keys of `predict_step`'s dict besides `score`: `gate` (0 cold / 1 warm), `severity`."""

@@ -6,9 +6,10 @@ One model covers the researcher's PatchCore line (prior-work digest §3, §4.7-4
   blocks (`blocks.8`, `blocks.11` of `vit_small_patch14_dinov2` / `vit_base_patch14_dinov2`, patch tokens
   reshaped to the spatial grid, final norm applied). Layers are average-pooled (`feature_pool`, PatchCore's
   local aggregation), resized to the first layer's grid and concatenated.
-- **Gate** (`p90`): the 90th percentile of the RAW 31x95 image against a threshold. The threshold is
-  `gate_threshold` if given, else calibrated from the FIT images only (train normals; test never seen): the
-  exact 1-D 2-means split of their p90 values, threshold = midpoint between the two cluster means.
+- **Gate** (`p90`, `hdmap.models.gating`, shared with `ca_winclip`): the 90th percentile of the RAW 31x95 image
+  against a threshold. The threshold is `gate_threshold` if given, else calibrated from the FIT images only (train
+  normals; test never seen): the exact 1-D 2-means split of their p90 values, threshold = midpoint between the two
+  cluster means.
 - **Banks**: train images carry no condition, so the p90 gate splits the fit images into a cold and a warm
   bank (every gating mode, so modes differ only in how TEST images are routed). `shots_per_bank` images
   per bank are drawn at random (seeded); `mixed` is one bank holding exactly the union of those images,
@@ -52,10 +53,10 @@ from hdmap.cache import hash_array
 from hdmap.models.backbones import BackboneConfig, load_pretrained
 from hdmap.models.base import AnomalyModule
 from hdmap.models.coreset import check_neighbours, subsample
+from hdmap.models.gating import COLD, WARM, P90Gate, fit_intensities, oracle, p90
 from hdmap.models.knn import METHODS, knn_search
 
 GATINGS = ("mixed", "oracle", "p90", "random", "soft")
-COLD, WARM = 0, 1
 
 
 class CAPatchCoreConfig(BackboneConfig):
@@ -113,33 +114,6 @@ class CPDPatchCoreConfig(CAPatchCoreConfig):
         return v
 
 
-# ---------------------------------------------------------------- gate
-
-
-def p90(raw: torch.Tensor) -> torch.Tensor:
-    """(B, 31, 95) raw HDMAP arrays -> (B,) 90th percentile intensity."""
-    return torch.quantile(raw.reshape(raw.shape[0], -1).float(), 0.9, dim=1)
-
-
-def two_means_1d(values: torch.Tensor) -> tuple[float, float]:
-    """Exact 1-D 2-means (best split of the sorted values by within-cluster SSE): (low centre, high centre)."""
-    v = values.double().flatten().sort().values
-    n = v.numel()
-    if n < 2 or float(v[-1] - v[0]) == 0.0:
-        raise ValueError(
-            f"cannot calibrate a p90 gate from {n} fit image(s) with p90 range "
-            f"{float(v[-1] - v[0]) if n else 0.0:.4g}; set model.gate_threshold"
-        )
-    csum, csq = v.cumsum(0), (v * v).cumsum(0)
-    left_n = torch.arange(1, n, dtype=torch.float64)
-    right_n = n - left_n
-    left_s, left_q = csum[:-1], csq[:-1]
-    right_s, right_q = csum[-1] - left_s, csq[-1] - left_q
-    sse = (left_q - left_s**2 / left_n) + (right_q - right_s**2 / right_n)
-    i = int(torch.argmin(sse))
-    return float(left_s[i] / left_n[i]), float(right_s[i] / right_n[i])
-
-
 # ---------------------------------------------------------------- row context
 
 
@@ -186,7 +160,7 @@ class CAPatchCoreModule(AnomalyModule):
         if cfg.pretrained:  # a ViT's `feature_extractor` is the full timm model, a CNN's the features_only wrapper
             load_pretrained(self.extractor.feature_extractor, cfg.backbone, cfg.weights)
         self.automatic_optimization = False
-        self.threshold: float | None = cfg.gate_threshold
+        self.gate = P90Gate(cfg.gate_threshold)  # the gate shared with ca_winclip (hdmap.models.gating)
         self.temperature: float | None = None
         self.selected: dict[int, set[int]] = {}  # bank -> fit-set indices whose features are stored
         self._store: dict[int, list[torch.Tensor]] = {COLD: [], WARM: []}
@@ -232,47 +206,29 @@ class CAPatchCoreModule(AnomalyModule):
 
     # ---- fit: gate the fit images (raw only, one cheap pass), pick the references, then embed only those
 
+    @property
+    def threshold(self) -> float | None:
+        return self.gate.threshold
+
     def on_train_start(self) -> None:
-        gates, indices = [], []
-        for batch in self.trainer.train_dataloader:
-            gates.append(p90(batch["raw"]))
-            indices.append(torch.as_tensor(batch["index"]))
-        values, index = torch.cat(gates), torch.cat(indices)
-        cold_c, warm_c = two_means_1d(values) if values.numel() >= 2 and values.max() > values.min() else (None, None)
+        values, index = fit_intensities(self.trainer.train_dataloader)
         if self.cfg.gating == "mixed" and self.cfg.shots_per_bank is None:  # one bank of every fit image: no gate
+            self.gate.centres(values)
             self.selected = {COLD: set(index.tolist()), WARM: set()}
-            self.gate_stats = {"threshold": None, "cold_centre": cold_c, "warm_centre": warm_c}
+            self.gate_stats = {**self.gate.stats(), "threshold": None}
             return
-        if self.threshold is None:
-            if cold_c is None:
-                two_means_1d(values)  # raises the precise error
-            self.threshold = (cold_c + warm_c) / 2
-        gap = (warm_c - cold_c) if cold_c is not None else max(abs(self.threshold) * 0.1, 1e-6)
+        gate = self.gate
+        gate.calibrate(values)
+        gap = (
+            (gate.warm_centre - gate.cold_centre)
+            if gate.cold_centre is not None
+            else max(abs(self.threshold) * 0.1, 1e-6)
+        )
         self.temperature = self.cfg.soft_temperature * gap
-        warm = values > self.threshold
-        generator = torch.Generator().manual_seed(self.seed)
-        for bank in (COLD, WARM):
-            members = index[warm == bool(bank)]
-            n = self.cfg.shots_per_bank
-            if n is not None and members.numel() < n:
-                raise ValueError(
-                    f"model.shots_per_bank={n}: the p90 gate (threshold {self.threshold:.4f}) puts only "
-                    f"{members.numel()} of {index.numel()} fit images in the {'warm' if bank else 'cold'} bank"
-                )
-            if members.numel() == 0 and self.cfg.gating != "mixed":
-                raise ValueError(
-                    f"the p90 gate (threshold {self.threshold:.4f}) puts no fit image in the "
-                    f"{'warm' if bank else 'cold'} bank; set model.gate_threshold or use gating=mixed"
-                )
-            order = members[torch.randperm(members.numel(), generator=generator)]
-            self.selected[bank] = set((order if n is None else order[:n]).tolist())
-        self.gate_stats = {
-            "threshold": self.threshold,
-            "cold_centre": cold_c,
-            "warm_centre": warm_c,
-            "n_cold": int((~warm).sum()),
-            "n_warm": int(warm.sum()),
-        }
+        self.selected = gate.draw_banks(
+            values, index, self.cfg.shots_per_bank, self.seed, "model.shots_per_bank", self.cfg.gating != "mixed"
+        )
+        self.gate_stats = gate.stats(values)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         index = torch.as_tensor(batch["index"]).tolist()
@@ -329,8 +285,7 @@ class CAPatchCoreModule(AnomalyModule):
                     "gating=oracle but batches carry no 'condition'; falling back to the p90 gate", stacklevel=2
                 )
             else:
-                cond = torch.as_tensor(cond, device=gate.device).long()
-                gate = torch.where(cond >= 0, cond, gate)  # -1 (no condition: val normals) -> p90
+                gate = oracle(cond, gate)  # -1 (no condition: val normals) -> p90
         elif self.cfg.gating == "random":
             gate = (torch.rand(b, generator=self._coin) < 0.5).long().to(emb.device)
         score = torch.empty(b, device=emb.device)

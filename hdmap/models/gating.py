@@ -1,0 +1,123 @@
+"""The cold/warm gate of the condition-aware models (`ca_patchcore`, `ca_winclip`): one module, so both families
+route and split references by exactly the same rule (prior-work digest §3: p90 + midpoint, "deployed").
+
+- **p90**: the 90th percentile of the RAW 31x95 image (before any resize or normalisation).
+- **Calibration** on FIT images only (train normals carry no cold/warm label; test is never seen): the exact 1-D
+  2-means split of their p90 values, threshold = the midpoint of the two cluster means — unless a fixed
+  `gate_threshold` is configured.
+- **Banks**: the calibrated gate splits the fit images into a cold and a warm bank; `per_bank` images per bank
+  are drawn at random (seeded), so every gating mode of a model is built on the same references.
+- **Oracle**: the true test condition where a batch carries one; images without one (validation normals,
+  condition -1) fall back to the model's own gate.
+"""
+
+from __future__ import annotations
+
+import torch
+
+COLD, WARM = 0, 1
+BANK_NAMES = ("cold", "warm")
+
+
+def p90(raw: torch.Tensor) -> torch.Tensor:
+    """(B, 31, 95) raw HDMAP arrays -> (B,) 90th percentile intensity."""
+    return torch.quantile(raw.reshape(raw.shape[0], -1).float(), 0.9, dim=1)
+
+
+def two_means_1d(values: torch.Tensor) -> tuple[float, float]:
+    """Exact 1-D 2-means (best split of the sorted values by within-cluster SSE): (low centre, high centre)."""
+    v = values.double().flatten().sort().values
+    n = v.numel()
+    if n < 2 or float(v[-1] - v[0]) == 0.0:
+        raise ValueError(
+            f"cannot calibrate a p90 gate from {n} fit image(s) with p90 range "
+            f"{float(v[-1] - v[0]) if n else 0.0:.4g}; set model.gate_threshold"
+        )
+    csum, csq = v.cumsum(0), (v * v).cumsum(0)
+    left_n = torch.arange(1, n, dtype=torch.float64)
+    right_n = n - left_n
+    left_s, left_q = csum[:-1], csq[:-1]
+    right_s, right_q = csum[-1] - left_s, csq[-1] - left_q
+    sse = (left_q - left_s**2 / left_n) + (right_q - right_s**2 / right_n)
+    i = int(torch.argmin(sse))
+    return float(left_s[i] / left_n[i]), float(right_s[i] / right_n[i])
+
+
+def fit_intensities(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p90 of every fit image, its fit-set index) from one pass over the raw fit images (no model involved)."""
+    values, indices = [], []
+    for batch in loader:
+        values.append(p90(batch["raw"]))
+        indices.append(torch.as_tensor(batch["index"]))
+    return torch.cat(values), torch.cat(indices)
+
+
+def oracle(condition, fallback: torch.Tensor) -> torch.Tensor:
+    """The true condition (0 cold / 1 warm) where known; `fallback` where it is -1 (no label: val normals)."""
+    cond = torch.as_tensor(condition, device=fallback.device).long()
+    return torch.where(cond >= 0, cond, fallback)
+
+
+class P90Gate:
+    """p90 intensity > threshold -> warm. `threshold` fixed by config, else calibrated on the fit images."""
+
+    def __init__(self, threshold: float | None = None) -> None:
+        self.threshold = threshold
+        self.cold_centre: float | None = None
+        self.warm_centre: float | None = None
+
+    def centres(self, values: torch.Tensor) -> None:
+        """The two p90 cluster means of the fit images, where they exist (>= 2 distinct values)."""
+        if values.numel() >= 2 and values.max() > values.min():
+            self.cold_centre, self.warm_centre = two_means_1d(values)
+
+    def calibrate(self, values: torch.Tensor) -> None:
+        """Centres, then the threshold: the configured one, else the midpoint (the precise error if impossible)."""
+        self.centres(values)
+        if self.threshold is None:
+            if self.cold_centre is None:
+                two_means_1d(values)  # raises the precise error
+            self.threshold = (self.cold_centre + self.warm_centre) / 2
+
+    def route(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, 31, 95) raw images -> (B,) long: 0 cold, 1 warm."""
+        return (p90(raw) > self.threshold).long()
+
+    def draw_banks(
+        self,
+        values: torch.Tensor,
+        index: torch.Tensor,
+        per_bank: int | None,
+        seed: int,
+        per_bank_field: str,
+        gated: bool,
+    ) -> dict[int, set[int]]:
+        """Fit-set indices of each bank's references: `per_bank` drawn at random (seeded) among the fit images the
+        gate puts there (None: all of them). `gated`: the model routes test images to one bank, so an empty bank
+        is an error; a mixed model only pools both."""
+        warm = values > self.threshold
+        generator = torch.Generator().manual_seed(seed)
+        selected: dict[int, set[int]] = {}
+        for bank in (COLD, WARM):
+            members = index[warm == bool(bank)]
+            if per_bank is not None and members.numel() < per_bank:
+                raise ValueError(
+                    f"{per_bank_field}={per_bank}: the p90 gate (threshold {self.threshold:.4f}) puts only "
+                    f"{members.numel()} of {index.numel()} fit images in the {BANK_NAMES[bank]} bank"
+                )
+            if members.numel() == 0 and gated:
+                raise ValueError(
+                    f"the p90 gate (threshold {self.threshold:.4f}) puts no fit image in the "
+                    f"{BANK_NAMES[bank]} bank; set model.gate_threshold or use gating=mixed"
+                )
+            order = members[torch.randperm(members.numel(), generator=generator)]
+            selected[bank] = set((order if per_bank is None else order[:per_bank]).tolist())
+        return selected
+
+    def stats(self, values: torch.Tensor | None = None) -> dict:
+        """What the gate decided, for inspection: threshold, centres and (given the fit p90s) the bank sizes."""
+        out = {"threshold": self.threshold, "cold_centre": self.cold_centre, "warm_centre": self.warm_centre}
+        if values is not None and self.threshold is not None:
+            warm = values > self.threshold
+            out.update(n_cold=int((~warm).sum()), n_warm=int(warm.sum()))
+        return out
