@@ -25,7 +25,7 @@ Domain = Annotated[str, BeforeValidator(normalize_domain)]
 DEFAULT_MODEL = "patchcore"
 MAX_IMAGE_SIDE = 4096
 # data fields added after results existed: left out of `trial_id` at their default, so earlier ids stay valid
-ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative")
+ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative", "center_crop")
 
 
 class DataConfig(StrictModel):
@@ -43,6 +43,9 @@ class DataConfig(StrictModel):
         (224, 224), description="model input (H, W); an int means square; unset: the backbone's pretraining size"
     )
     resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
+    center_crop: tuple[int, int] | None = Field(
+        None, description="(H, W) cut from the centre after the resize (Dinomaly: 448 -> 392); an int means square"
+    )
     to_rgb: bool = True
     normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
     cold_below: int | None = Field(
@@ -53,7 +56,7 @@ class DataConfig(StrictModel):
     )
     allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are scaled to >= 0)")
 
-    @field_validator("image_size", mode="before")
+    @field_validator("image_size", "center_crop", mode="before")
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
@@ -64,6 +67,20 @@ class DataConfig(StrictModel):
         if not all(1 <= side <= MAX_IMAGE_SIDE for side in v):
             raise ValueError(f"each side must be between 1 and {MAX_IMAGE_SIDE} px, e.g. 224 or [64, 192]")
         return v
+
+    @model_validator(mode="after")
+    def _crop_inside(self) -> DataConfig:
+        crop = self.center_crop
+        if crop is not None and not all(1 <= c <= s for c, s in zip(crop, self.image_size)):
+            raise ValueError(
+                f"data.center_crop {list(crop)} must fit inside data.image_size {list(self.image_size)} (each side)"
+            )
+        return self
+
+    @property
+    def model_input_size(self) -> tuple[int, int]:
+        """(H, W) the model receives: the crop if set, else the resize target."""
+        return self.center_crop or self.image_size
 
     @model_validator(mode="after")
     def _test_refs_need_shots(self) -> DataConfig:
@@ -124,9 +141,10 @@ class TrialConfig(StrictModel):
             size = native_input_size(self.model.backbone)
             if size is not None:
                 self.data.image_size = size
-        problem = self.model.input_size_problem(self.data.image_size)
+        problem = self.model.input_size_problem(self.data.model_input_size)
         if problem:
-            raise ValueError(f"data.image_size does not suit model {self.model.name}: {problem}")
+            which = "data.center_crop" if self.data.center_crop else "data.image_size"
+            raise ValueError(f"{which} does not suit model {self.model.name}: {problem}")
         return self
 
     def canonical(self) -> dict:

@@ -55,6 +55,8 @@ def cached_features(
         "to_rgb": data_cfg.to_rgb,
         "normalization": data_cfg.normalization,
     }
+    if data_cfg.center_crop is not None:  # only when set: keys of entries written before the option stay valid
+        transform["center_crop"] = list(data_cfg.center_crop)
     lookup = FeatureLookup()
     pending = {}  # (domain, split) -> (entry key, decoded split): file listings are stat-ed once, not per pass
     for domain, split in sorted(sources):

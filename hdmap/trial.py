@@ -81,7 +81,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = build_trial_data(cfg.data, cfg.seed)
-    transform = HdmapTransform(cfg.data.image_size, cfg.data.resize, cfg.data.to_rgb, cfg.data.normalization)
+    transform = HdmapTransform.from_config(cfg.data)
     module = MODELS[cfg.model.name].build(cfg.model, transform, cfg.seed)
     cache = DiskCache(cfg.runtime.feature_cache) if cfg.runtime.feature_cache else None
     features: FeatureLookup | None = None
@@ -159,7 +159,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
             threshold_percentile=cfg.eval.threshold_percentile,
             threshold_n_std=cfg.eval.threshold_n_std,
             gate_pred=gates,
-            severity_pred=severity_pred if has_truth else None,
+            severity_pred=severity_pred,
             severity_true=split.severity if has_truth else None,
         )
         rows.append({**base, **metrics, "test_domain": domain})

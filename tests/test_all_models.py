@@ -64,7 +64,12 @@ def test_config_fields_come_from_the_anomalib_constructor():
 
 @pytest.mark.parametrize(
     "model, looked",
-    [("padim", "HF cache"), ("cfa", "torch hub cache"), ("efficient_ad", "pretrained_teacher_small.pth")],
+    [
+        ("padim", "HF cache"),
+        ("cfa", "torch hub cache"),
+        ("efficient_ad", "pretrained_teacher_small.pth"),
+        ("dinomaly", "vit_small_patch14_reg4_dinov2"),
+    ],
 )
 def test_missing_weights_fail_precisely_before_any_fit(tiny_root, imagenette, tmp_path, monkeypatch, model, looked):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -114,7 +119,8 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         "data": {"root": str(root), "simulate": {"n_train": 12, "n_test": 8, "domains": ["C"], "seed": 0}},
         "trial": {"data": {"domain": "C"}},
         "models": {
-            name: {"trial": _trial_tree(name)} for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste")
+            name: {"trial": _trial_tree(name)}
+            for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste", "dinomaly", "sev_dinomaly")
         },
         "tracking": {"wandb": {"mode": "disabled"}},
     }
@@ -125,7 +131,7 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         outcome = run_sweep(load_spec(path), live=False)
     finally:
         ray.shutdown()
-    assert outcome.ok == 4 and not outcome.failed, outcome.failed
+    assert outcome.ok == 6 and not outcome.failed, outcome.failed
 
 
 def _trial_tree(model: str) -> dict:

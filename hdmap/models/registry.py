@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hdmap.models import anomalib_adapter, cutpaste, draem, draem_sevnet, patchcore, patchcore_family
+from hdmap.models import anomalib_adapter, cutpaste, dinomaly, draem, draem_sevnet, patchcore, patchcore_family
 from hdmap.models.base import ModelConfig
 
 
@@ -28,6 +28,8 @@ MODELS: dict[str, ModelEntry] = {
     "draem_cutpaste": ModelEntry(cutpaste.DraemCutPasteConfig, cutpaste.build),
     "ca_patchcore": ModelEntry(patchcore_family.CAPatchCoreConfig, patchcore_family.build),
     "cpd_patchcore": ModelEntry(patchcore_family.CPDPatchCoreConfig, patchcore_family.build),
+    "dinomaly": ModelEntry(dinomaly.DinomalyConfig, dinomaly.build),
+    "sev_dinomaly": ModelEntry(dinomaly.SevDinomalyConfig, dinomaly.build),
     # anomalib's image models trained on normals only: one adapter, a config derived from each constructor
     **{name: ModelEntry(config, anomalib_adapter.build) for name, (config, _) in anomalib_adapter.ADAPTED.items()},
 }
