@@ -21,7 +21,8 @@ model's loss, bottleneck and map aggregation, `sev_dinomaly` needs the bottlenec
   are not favoured by it, nor is it a detection metric).
 - nothing depends on the domain: a model trained on the pooled normals of several domains is the same model.
 
-Variants (digest 4.10; the researcher's multi-class Dinomaly notes), each off by default:
+Variants (digest 4.10; the researcher's multi-class Dinomaly notes), each off by default (0 / false: a value, not
+null, so a sweep report pairs each variant with the baseline):
 - `topk_q`: the loss is the mean of the top q of the token distance map (mean over fuse groups), q going linearly
   from 1 to `topk_q` over `topk_warmup_steps`; replaces the hard-mining loss.
 - `gem_p`: fuse groups combined by a generalised mean (p) instead of the mean, in the anomaly map and in the loss
@@ -91,9 +92,9 @@ class DinomalyConfig(ModelConfig):
     mining_steps: int = Field(1000, ge=1, description="steps over which that share grows from 0")
     mining_factor: float = Field(0.1, ge=0, le=1, description="gradient factor of the easy points")
     score_top_fraction: float = Field(0.01, gt=0, le=1, description="image score = mean of this top share of the map")
-    topk_q: float | None = Field(None, gt=0, le=1, description="TopK loss: mean of this top share of the distances")
+    topk_q: float = Field(0.0, ge=0, le=1, description="TopK loss: mean of this top share of the distances; 0 = off")
     topk_warmup_steps: int = Field(200, ge=0, description="steps over which the TopK share falls from 1 to topk_q")
-    gem_p: float | None = Field(None, gt=0, description="GeM over fuse groups (map and loss) instead of the mean")
+    gem_p: float = Field(0.0, ge=0, description="GeM power over the fuse groups (map and loss); 0 = off (mean)")
     segment_dropout_rows: float = Field(0.0, ge=0, le=1, description="horizontal segment dropout: row probability")
     segment_length: int = Field(2, ge=1, description="tokens per dropped horizontal segment")
     segment_drop_p: float = Field(0.6, ge=0, le=1, description="drop probability of each token of a segment")
@@ -121,7 +122,7 @@ class DinomalyConfig(ModelConfig):
             raise ValueError(f"warmup_steps {self.warmup_steps} must be < max_steps {self.max_steps}")
         if self.val_every_steps > self.max_steps:
             raise ValueError(f"val_every_steps {self.val_every_steps} > max_steps {self.max_steps}: no val_loss")
-        if self.gem_p is not None and self.scale_weights:
+        if self.gem_p and self.scale_weights:
             raise ValueError("gem_p and scale_weights both combine the fuse groups: choose one")
         return self
 
@@ -178,8 +179,11 @@ class RowSegmentDropout(nn.Module):
 
 
 class SeverityHead(nn.Module):
-    """Pooled patch tokens -> Linear/ReLU per width (dropout after the first) -> Linear 1 -> softplus (>= 0; a final
-    ReLU, as planned, has no gradient once its input is negative)."""
+    """Pooled patch tokens -> Linear/ReLU per width (dropout after the first) -> Linear 1: the raw severity.
+
+    The reported severity is the raw one clamped at 0 (non-negative, as planned); the loss sees the raw value. A final
+    ReLU or softplus inside the head stops learning once its input is far negative, and with ~70% zero targets it
+    gets there fast: softplus put every image at ~1e-9 within 20 steps of a reduced run."""
 
     def __init__(self, dim: int, widths: list[int], dropout: float, pooling: str) -> None:
         super().__init__()
@@ -199,7 +203,7 @@ class SeverityHead(nn.Module):
             pooled = tokens.amax(dim=1)
         else:
             pooled = (torch.softmax(self.attention(tokens), dim=1) * tokens).sum(dim=1)
-        return F.softplus(self.mlp(pooled)).squeeze(1)
+        return self.mlp(pooled).squeeze(1)
 
 
 class DinomalyNet(nn.Module):
@@ -270,7 +274,7 @@ class DinomalyNet(nn.Module):
 
     def combine(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, groups, H, W) distance maps -> (B, 1, H, W): mean, GeM or learned weights over the fuse groups."""
-        if self.cfg.gem_p is not None:
+        if self.cfg.gem_p:
             p = self.cfg.gem_p
             return maps.clamp(min=1e-6).pow(p).mean(dim=1, keepdim=True).pow(1.0 / p)
         if self.scale_logits is not None:
@@ -298,12 +302,12 @@ class DinomalyNet(nn.Module):
         """-> (training loss, the token distance map (B, 1, h, w) it saw)."""
         cfg = self.cfg
         distances = self.token_distances(en, de)
-        if cfg.topk_q is not None:
+        if cfg.topk_q:
             fall = min(1.0, step / cfg.topk_warmup_steps) if cfg.topk_warmup_steps else 1.0
             q = 1.0 - (1.0 - cfg.topk_q) * fall
             flat = distances.flatten()
             loss = flat.topk(max(1, int(flat.numel() * q))).values.mean()
-        elif cfg.gem_p is not None:
+        elif cfg.gem_p:
             loss = _hard_mined_mean(distances, self.model.loss_fn, step)
         else:
             loss = self.model.loss_fn(encoder_features=en, decoder_features=de, global_step=step)
@@ -461,6 +465,7 @@ class SevDinomalyModule(SeededFaults, DinomalyModule):
         self.val_faults = HorizontalLineFaults(0.5, cfg.severity_max)  # fixed protocol: val_severity_mae comparable
 
     def _severity(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The head's raw severity from the bottleneck's patch tokens (clamp at 0 for the reported value)."""
         return self.severity_head(tokens[:, self.net.prefix_tokens :])
 
     def _faulted(self, batch: dict, faults: HorizontalLineFaults, generator: torch.Generator):
@@ -485,14 +490,14 @@ class SevDinomalyModule(SeededFaults, DinomalyModule):
         with torch.no_grad():
             images, severity, _ = self._faulted(batch, self.val_faults, generator)
             _, _, tokens = self.net.encode_decode(images)
-            error = (self._severity(tokens) - severity).abs().mean()
+            error = (self._severity(tokens).clamp(min=0) - severity).abs().mean()
         self.log("val_severity_mae", error, on_epoch=True, batch_size=len(images))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch["image"]
         en, de, tokens = self.net.encode_decode(images)
         score = self.net.image_score(self.net.anomaly_map(en, de, images.shape[-2:]))
-        return {"score": score, "severity": self._severity(tokens)}
+        return {"score": score, "severity": self._severity(tokens).clamp(min=0)}
 
 
 def build(cfg: DinomalyConfig, transform: nn.Module, seed: int = 0) -> DinomalyModule:
