@@ -26,7 +26,7 @@ TrainDomain = Annotated[str, BeforeValidator(normalize_train_domain)]
 DEFAULT_MODEL = "patchcore"
 MAX_IMAGE_SIDE = 4096
 # data fields added after results existed: left out of `trial_id` at their default, so earlier ids stay valid
-ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative", "per_image_norm")
+ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative", "per_image_norm", "center_crop")
 
 
 class DataConfig(StrictModel):
@@ -61,6 +61,9 @@ class DataConfig(StrictModel):
         (224, 224), description="model input (H, W); an int means square; unset: the backbone's pretraining size"
     )
     resize: Literal[RESIZE_METHODS] = "bilinear"  # type: ignore[valid-type]
+    center_crop: tuple[int, int] | None = Field(
+        None, description="(H, W) cut from the centre after the resize (Dinomaly: 448 -> 392); an int means square"
+    )
     to_rgb: bool = True
     normalization: Literal[NORMALIZATIONS] = "imagenet"  # type: ignore[valid-type]
     per_image_norm: Literal[PER_IMAGE_NORMS] = Field(  # type: ignore[valid-type]
@@ -74,7 +77,7 @@ class DataConfig(StrictModel):
     )
     allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are scaled to >= 0)")
 
-    @field_validator("image_size", mode="before")
+    @field_validator("image_size", "center_crop", mode="before")
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
@@ -89,6 +92,20 @@ class DataConfig(StrictModel):
     def train_domains(self) -> list[str]:
         """The domains whose train normals the model is fitted on."""
         return list(DOMAINS) if self.domain == ALL_DOMAINS else [self.domain]
+
+    @model_validator(mode="after")
+    def _crop_inside(self) -> DataConfig:
+        crop = self.center_crop
+        if crop is not None and not all(1 <= c <= s for c, s in zip(crop, self.image_size)):
+            raise ValueError(
+                f"data.center_crop {list(crop)} must fit inside data.image_size {list(self.image_size)} (each side)"
+            )
+        return self
+
+    @property
+    def model_input_size(self) -> tuple[int, int]:
+        """(H, W) the model receives: the crop if set, else the resize target."""
+        return self.center_crop or self.image_size
 
     def resolved_test_domains(self) -> list[str]:
         if self.test_domains is None:
@@ -158,9 +175,10 @@ class TrialConfig(StrictModel):
             )
         if data.reference_source == "test" and data.train_shots is None:
             raise ValueError("data.reference_source='test' needs data.train_shots (how many test/good references)")
-        problem = model.input_size_problem(data.image_size)
+        problem = model.input_size_problem(data.model_input_size)
         if problem:
-            raise ValueError(f"data.image_size does not suit model {model.name}: {problem}")
+            which = "data.center_crop" if data.center_crop else "data.image_size"
+            raise ValueError(f"{which} does not suit model {model.name}: {problem}")
         return self
 
     def canonical(self) -> dict:

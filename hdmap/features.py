@@ -56,6 +56,8 @@ def cached_features(
     }
     if data_cfg.per_image_norm != "none":  # keys of existing entries stay as they were
         transform["per_image_norm"] = data_cfg.per_image_norm
+    if data_cfg.center_crop is not None:  # likewise
+        transform["center_crop"] = list(data_cfg.center_crop)
     lookup = FeatureLookup()
     pending = {}  # (domain, split) -> (entry key, decoded split): file listings are stat-ed once, not per pass
     for domain, split in sorted(sources):

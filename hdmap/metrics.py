@@ -58,6 +58,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "gating_accuracy",
     "severity_mae",
     "severity_spearman",
+    "score_severity_spearman",
     "oracle_accuracy",
     "oracle_threshold",
     "n_test",
@@ -178,12 +179,14 @@ def _severity(sev_pred: np.ndarray, sev_true: np.ndarray) -> tuple[float | None,
     p, t = sev_pred[mask], sev_true[mask]
     if np.isnan(p).any():
         raise ValueError("severity_pred is NaN where severity_true is known")
-    mae = float(np.mean(np.abs(p - t)))
-    # Spearman is undefined for a constant ranking and meaningless on < 3 points.
-    if p.size < 3 or np.ptp(p) == 0 or np.ptp(t) == 0:
-        return mae, None
-    rho = spearmanr(p, t).statistic
-    return mae, _as_float(rho)
+    return float(np.mean(np.abs(p - t))), _spearman(p, t)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rho; None for a constant ranking (undefined) or < 3 points (meaningless) or NaNs."""
+    if a.size < 3 or np.isnan(a).any() or np.isnan(b).any() or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return _as_float(spearmanr(a, b).statistic)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -207,7 +210,8 @@ def evaluate(
     ``scores``: higher = more anomalous. ``labels``: 0 good / 1 fault. ``conditions``:
     "cold"/"warm" per test image (or None). ``val_scores``: validation NORMAL scores, the
     only input the threshold sees. ``gate_pred``: predicted condition per image (gated
-    models). ``severity_true`` may be NaN for images without ground truth (real faults).
+    models). ``severity_pred``: predicted severity (severity models); ``score_severity_spearman`` ranks it against
+    the score. ``severity_true`` (needs ``severity_pred``) may be NaN for images without ground truth (real faults).
     """
     s = _finite_1d(scores, "scores")
     n = s.size
@@ -226,15 +230,13 @@ def evaluate(
     gate = None if gate_pred is None else _conditions_1d(gate_pred, "gate_pred", n)
     if gate is not None and cond is None:
         raise ValueError("gate_pred needs conditions (the true condition) to score gating accuracy")
-    if (severity_pred is None) != (severity_true is None):
-        raise ValueError("severity_pred and severity_true must be given together")
-    sev_p = sev_t = None
-    if severity_pred is not None:
-        sev_p = _finite_1d(severity_pred, "severity_pred", allow_nan=True)
-        sev_t = _finite_1d(severity_true, "severity_true", allow_nan=True)
-        for name, arr in (("severity_pred", sev_p), ("severity_true", sev_t)):
-            if arr.size != n:
-                raise ValueError(f"{name} has length {arr.size} but scores has length {n}")
+    if severity_true is not None and severity_pred is None:
+        raise ValueError("severity_true needs severity_pred (the model's severity output)")
+    sev_p = None if severity_pred is None else _finite_1d(severity_pred, "severity_pred", allow_nan=True)
+    sev_t = None if severity_true is None else _finite_1d(severity_true, "severity_true", allow_nan=True)
+    for name, arr in (("severity_pred", sev_p), ("severity_true", sev_t)):
+        if arr is not None and arr.size != n:
+            raise ValueError(f"{name} has length {arr.size} but scores has length {n}")
 
     out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
 
@@ -263,8 +265,10 @@ def evaluate(
     if gate is not None:
         out["gating_accuracy"] = float(np.mean(gate == cond))
 
-    if sev_p is not None:
+    if sev_t is not None:
         out["severity_mae"], out["severity_spearman"] = _severity(sev_p, sev_t)
+    if sev_p is not None:  # consistency of the two outputs, on every test image (no ground truth needed)
+        out["score_severity_spearman"] = _spearman(s, sev_p)
 
     out["oracle_accuracy"], out["oracle_threshold"] = _oracle(y, s)
 

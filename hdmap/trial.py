@@ -160,7 +160,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
             threshold_percentile=cfg.eval.threshold_percentile,
             threshold_n_std=cfg.eval.threshold_n_std,
             gate_pred=gates,
-            severity_pred=severity_pred if has_truth else None,
+            severity_pred=severity_pred,
             severity_true=split.severity if has_truth else None,
         )
         rows.append({**base, **metrics, "test_domain": domain})

@@ -133,6 +133,7 @@ HEADLINE_METRICS = [
     ("gating_accuracy", "gating accuracy"),
     ("severity_mae", "severity MAE"),
     ("severity_spearman", "severity Spearman"),
+    ("score_severity_spearman", "score vs severity Spearman"),
     ("threshold", "threshold (from val normals)"),
     ("oracle_accuracy", "ORACLE accuracy (test-optimal threshold)"),
     ("n_fit", "images fitted"),

@@ -90,6 +90,19 @@ def s3(monkeypatch):
     server.stop()
 
 
+DINO_TINY = [
+    "model.encoder=vit_small_patch14_reg4_dinov2",
+    "model.pretrained=false",
+    "model.target_layers=[0,1]",
+    "model.fuse_layers=[[0],[1]]",
+    "model.decoder_depth=2",
+    "model.max_steps=2",
+    "model.val_every_steps=1",
+    "model.warmup_steps=1",
+    "model.batch_size=4",
+    "data.image_size=[28,84]",
+]
+
 # one tiny, random-init trial per model (the parametrised test in test_all_models.py runs every registered one)
 _R18 = ["model.pretrained=false"]
 TINY: dict[str, list[str]] = {
@@ -145,6 +158,9 @@ TINY: dict[str, list[str]] = {
     # its autoencoder (5 stride-2 convs, then an 8 x 8 one) needs 256 px; the test adds a local imagenet_dir
     "efficient_ad": _R18
     + ["model.max_steps=2", "model.padding=true", "data.normalization=none", "data.image_size=[256,256]"],
+    # ViT-S DINOv2-reg at random init, 2 encoder blocks, 2 decoder blocks, 2 x 6 tokens, 2 steps
+    "dinomaly": DINO_TINY,
+    "sev_dinomaly": DINO_TINY + ["model.aug_ratio=0.5", "model.severity_head_widths=[16]"],
     "fre": _R18
     + [
         "model.backbone=resnet18",

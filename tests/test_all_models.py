@@ -64,7 +64,12 @@ def test_config_fields_come_from_the_anomalib_constructor():
 
 @pytest.mark.parametrize(
     "model, looked",
-    [("padim", "HF cache"), ("cfa", "torch hub cache"), ("efficient_ad", "pretrained_teacher_small.pth")],
+    [
+        ("padim", "HF cache"),
+        ("cfa", "torch hub cache"),
+        ("efficient_ad", "pretrained_teacher_small.pth"),
+        ("dinomaly", "vit_small_patch14_reg4_dinov2"),
+    ],
 )
 def test_missing_weights_fail_precisely_before_any_fit(tiny_root, imagenette, tmp_path, monkeypatch, model, looked):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -115,7 +120,16 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         "trial": {"data": {"domain": "C"}},
         "models": {
             name: {"trial": _trial_tree(name)}
-            for name in ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste", "winclip", "ca_winclip")
+            for name in (
+                "padim",
+                "fastflow",
+                "cutpaste_clf",
+                "draem_cutpaste",
+                "winclip",
+                "ca_winclip",
+                "dinomaly",
+                "sev_dinomaly",
+            )
         },
         "tracking": {"wandb": {"mode": "disabled"}},
     }

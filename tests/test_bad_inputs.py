@@ -29,6 +29,7 @@ from sweeps.cli import app
 pytestmark = pytest.mark.usefixtures("fresh_arrays")
 
 TINY = ["model.backbone=resnet18", "model.pretrained=false", "data.image_size=[32,96]", "model.coreset_ratio=0.5"]
+DINO = ["model.name=dinomaly", "model.encoder=vit_small_patch14_reg4_dinov2", "data.image_size=[28,84]"]
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +281,17 @@ CASES: dict[str, Case] = {
     ),
     "config: ca_winclip gate_k above refs_per_bank": Case(
         lambda c: ["trial", *sets(f"data.root={c.data}", "model.name=ca_winclip", "model.gate_k=3")], 2, "gate_k=3"
+    ),
+    "config: dinomaly encoder weights not cached": Case(
+        lambda c: ["trial", "--out", str(c.tmp / "out"), *sets(f"data.root={c.data}", *DINO)],
+        2,
+        "vit_small_patch14_reg4_dinov2",
+    ),
+    "config: dinomaly input not a multiple of its patch": Case(
+        lambda c: ["trial", *sets(f"data.root={c.data}", *DINO, "data.center_crop=[20,80]")], 2, "multiple of 14"
+    ),
+    "config: center crop larger than the resized image": Case(
+        lambda c: ["trial", *sets(f"data.root={c.data}", *DINO, "data.center_crop=[56,84]")], 2, "data.center_crop"
     ),
     "config: k larger than the memory bank": Case(
         lambda c: trial_args(c, "model.k=100000", "data.train_shots=1", "model.coreset_ratio=1.0"),

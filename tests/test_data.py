@@ -136,6 +136,23 @@ def test_clip_normalisation_and_per_image_rescaling():
         HdmapTransform((32, 96), per_image_norm="zscore")
 
 
+def test_center_crop_as_torchvision_and_trial_ids_kept():
+    """Dinomaly's resize-then-crop: the centre of the resized image (torchvision's CenterCrop), one transform."""
+    from torchvision.transforms.v2 import CenterCrop
+
+    raw = torch.rand(2, 31, 95) * 2
+    for size, crop in (((448, 448), (392, 392)), ((45, 99), (28, 84))):
+        resized = HdmapTransform(size, normalization="none")(raw)
+        cropped = HdmapTransform(size, normalization="none", crop=crop)(raw)
+        assert cropped.shape == (2, 3, *crop) and torch.equal(cropped, CenterCrop(crop)(resized))
+    assert HdmapTransform((448, 448), crop=(392, 392)).output_size == (392, 392)
+    default = load_trial_config(None, [])
+    assert "center_crop" not in default.canonical()["data"]  # results written before the option keep their ids
+    assert load_trial_config(None, ["data.center_crop=null"]).trial_id == default.trial_id
+    cropped = load_trial_config(None, ["data.image_size=256", "data.center_crop=224"])
+    assert cropped.data.model_input_size == (224, 224) and cropped.trial_id != default.trial_id
+
+
 def test_validation_from_train_and_shots_seeded(sim_root):
     cfg = load_trial_config(None, [f"data.root={sim_root}", "data.train_shots=5", "data.val_fraction=0.25"]).data
     a, b = build_trial_data(cfg, seed=3), build_trial_data(cfg, seed=3)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range
+from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, HorizontalLineFaults, aspect_range
 
 
 def _images(b=16, c=1, h=32, w=96, seed=0):
@@ -135,3 +135,42 @@ def test_unscaled_cutpaste_copies_the_patch_as_it_is():
         # the pasted values all come from the same image, and the untouched pixels are the original ones
         assert torch.isin(target, x[i]).all() and not torch.equal(target, x[i, :, top : top + ph, left : left + pw])
         assert torch.equal(out.image[i, 0][~changed], x[i, 0][~changed])
+
+
+# --------------------------------------------------------------------------- horizontal lines (sev_dinomaly)
+
+
+def test_horizontal_lines_share_count_peak_and_growth():
+    x = _images(b=400, h=31, w=95)
+    faults = HorizontalLineFaults(aug_ratio=0.3, severity_max=0.5, max_lines=3, max_thickness=2)
+    out = faults(x, _gen(11))
+    faulted = torch.tensor([bool(b) for b in out.boxes])
+    assert faulted.sum() == 120 and faults.count(8) == 2 and faults.count(1) == 0  # exactly round(0.3 * B)
+    assert torch.equal(out.image[~faulted], x[~faulted]) and (out.severity[~faulted] == 0).all()
+    sev = out.severity[faulted]
+    assert (sev >= 0).all() and (sev <= 0.5).all() and sev.max() > 0.45
+    delta = out.image - x
+    # the same severity scale as the cut-paste faults: peak added value = severity, added only on the bands
+    assert torch.allclose(delta.flatten(1).amax(1), out.severity, atol=1e-6)
+    assert (delta * (1 - out.mask) == 0).all() and (delta >= 0).all()
+    for i in faulted.nonzero().flatten().tolist():
+        rows = out.mask[i, 0].amax(1).nonzero().flatten()
+        grow = out.severity[i].item() / 0.5
+        assert len(out.boxes[i]) == 1 + round(grow * 2)  # count and thickness grow with severity
+        assert all(top + th <= 31 and th == 1 + round(grow) and w == 95 for top, _, th, w in out.boxes[i])
+        assert len(rows) <= len(out.boxes[i]) * out.boxes[i][0][2]  # bands: whole rows, nothing else
+    # about 30% of the lines are partly broken: a stretch at 0.3 x severity
+    lines = [(i, top) for i in faulted.nonzero().flatten().tolist() for top, *_ in out.boxes[i]]
+    broken = sum(bool(((delta[i, 0, top] > 0) & (delta[i, 0, top] < out.severity[i] * 0.9)).any()) for i, top in lines)
+    assert 0.2 < broken / len(lines) < 0.4
+
+
+def test_horizontal_lines_deterministic_and_rejects_bad_settings():
+    x = _images(b=8, h=31, w=95)
+    f = HorizontalLineFaults()
+    assert torch.equal(f(x, _gen(3)).image, f(x, _gen(3)).image) and not torch.equal(
+        f(x, _gen(3)).image, f(x, _gen(4)).image
+    )
+    for kwargs in (dict(aug_ratio=1.5), dict(severity_max=0), dict(max_lines=0), dict(broken_p=2)):
+        with pytest.raises(ValueError):
+            HorizontalLineFaults(**kwargs)

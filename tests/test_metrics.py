@@ -250,6 +250,17 @@ def test_severity_spearman_none_cases():
     assert r["severity_mae"] is None and r["severity_spearman"] is None
 
 
+def test_score_severity_spearman_needs_only_the_prediction():
+    # scores 0.1 0.5 0.3 0.8 0.2 0.4 0.6 0.9 -> ranks 1 5 3 7 2 4 6 8; pred ranks 1 5 3 6 2 4 8 7: d^2 sum = 6
+    # rho = 1 - 6*6 / (8*63) = 1 - 36/504
+    pred = [0.0, 0.4, 0.2, 0.6, 0.1, 0.3, 0.9, 0.7]
+    r = base(severity_pred=pred)
+    assert r["score_severity_spearman"] == pytest.approx(1 - 36 / 504)
+    assert r["severity_mae"] is None and r["severity_spearman"] is None  # no ground truth: those stay None
+    assert base(severity_pred=[0.2] * 8)["score_severity_spearman"] is None  # constant prediction: undefined
+    assert base()["score_severity_spearman"] is None  # no severity output
+
+
 # --------------------------------------------------------------------------- thresholds
 
 
@@ -362,7 +373,7 @@ def test_accepts_numpy_and_bool_labels():
         (dict(conditions=["cold", "hot"]), "conditions must contain only"),
         (dict(conditions=["cold", "warm"], gate_pred=["cold"]), "gate_pred has length 1"),
         (dict(gate_pred=["cold", "warm"]), "gate_pred needs conditions"),
-        (dict(severity_pred=[0.1, 0.2]), "must be given together"),
+        (dict(severity_true=[0.1, 0.2]), "needs severity_pred"),
         (dict(severity_pred=[0.1], severity_true=[0.1, 0.2]), "severity_pred has length 1"),
         (dict(severity_pred=[float("nan"), 0.2], severity_true=[0.1, 0.2]), "severity_pred is NaN"),
         (dict(threshold_method="bogus"), "unknown threshold method"),

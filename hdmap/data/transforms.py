@@ -17,10 +17,11 @@ _ROBUST = {"robust_p5_p95": (0.05, 0.95), "robust_p1_p99": (0.01, 0.99)}
 
 
 class HdmapTransform(nn.Module):
-    """Optional per-image rescaling, resize (never clip: values > 1 carry fault peaks), gray -> 3 channels,
-    optional channel normalisation (ImageNet or CLIP mean/std).
+    """Optional per-image rescaling, resize (never clip: values > 1 carry fault peaks), optional centre crop,
+    gray -> 3 channels, optional channel normalisation (ImageNet or CLIP mean/std).
 
-    `aspect_pad` keeps the 31:95 aspect ratio (bilinear fit) and zero-pads to the target size.
+    `aspect_pad` keeps the 31:95 aspect ratio (bilinear fit) and zero-pads to the target size. `crop` (H, W) cuts the
+    centre of the resized image (Dinomaly's 448 -> 392): the model sees the crop if set, else `size`.
     `per_image_norm` maps each raw image to [0, 1] before anything else: `minmax` by its own min and max,
     `robust_p5_p95` / `robust_p1_p99` by those percentiles (clamped). It discards the absolute amplitude
     that separates cold from warm (the prior work's post-analysis, digest 4.3: it collapses cold AUROC); a
@@ -34,6 +35,7 @@ class HdmapTransform(nn.Module):
         to_rgb: bool = True,
         normalization: str = "imagenet",
         per_image_norm: str = "none",
+        crop: tuple[int, int] | None = None,
     ):
         super().__init__()
         if resize not in RESIZE_METHODS:
@@ -43,6 +45,9 @@ class HdmapTransform(nn.Module):
         if per_image_norm not in PER_IMAGE_NORMS:
             raise ValueError(f"per_image_norm={per_image_norm!r}: expected one of {PER_IMAGE_NORMS}")
         self.size = (int(size[0]), int(size[1]))
+        self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
+        if self.crop is not None and not all(0 < c <= s for c, s in zip(self.crop, self.size)):
+            raise ValueError(f"crop={list(self.crop)}: each side must be in 1..size {list(self.size)}")
         self.resize = resize
         self.to_rgb = to_rgb
         self.normalization = normalization
@@ -58,12 +63,22 @@ class HdmapTransform(nn.Module):
     def for_data(cls, data_cfg) -> HdmapTransform:
         """The transform a trial's `data` section describes."""
         return cls(
-            data_cfg.image_size, data_cfg.resize, data_cfg.to_rgb, data_cfg.normalization, data_cfg.per_image_norm
+            data_cfg.image_size,
+            data_cfg.resize,
+            data_cfg.to_rgb,
+            data_cfg.normalization,
+            data_cfg.per_image_norm,
+            data_cfg.center_crop,
         )
 
     @property
     def channels(self) -> int:
         return 3 if self.to_rgb else 1
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(H, W) of what the model receives."""
+        return self.crop or self.size
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         x = raw.float()
@@ -72,6 +87,9 @@ class HdmapTransform(nn.Module):
         if self.per_image_norm != "none":
             x = self._per_image(x)
         x = self._resize(x)
+        if self.crop is not None:
+            top, left = (round((s - c) / 2) for s, c in zip(self.size, self.crop))  # as torchvision's CenterCrop
+            x = x[..., top : top + self.crop[0], left : left + self.crop[1]]
         if self.to_rgb:
             x = x.expand(-1, 3, -1, -1)
         if self.normalization != "none":
@@ -102,7 +120,8 @@ class HdmapTransform(nn.Module):
         return F.interpolate(x, size=self.size, mode=self.resize, align_corners=False)
 
     def extra_repr(self) -> str:
+        crop = f", crop={self.crop}" if self.crop else ""
         return (
-            f"size={self.size}, resize={self.resize}, to_rgb={self.to_rgb}, normalization={self.normalization}, "
-            f"per_image_norm={self.per_image_norm}"
+            f"size={self.size}{crop}, resize={self.resize}, to_rgb={self.to_rgb}, "
+            f"normalization={self.normalization}, per_image_norm={self.per_image_norm}"
         )

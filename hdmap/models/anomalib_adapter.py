@@ -226,7 +226,7 @@ class AnomalibAdapter(AnomalyModule):
     def __init__(self, cfg: AnomalibConfig, transform: torch.nn.Module, seed: int = 0) -> None:
         if transform.channels != 3:
             raise ConfigError(f"{cfg.name} (anomalib) needs 3-channel input: set data.to_rgb=true")
-        object.__setattr__(self, "_hdmap_input_size", tuple(transform.size))
+        object.__setattr__(self, "_hdmap_input_size", tuple(transform.output_size))
         anomalib_cls = next(c for c in type(self).__mro__ if c.__module__.startswith("anomalib."))
         with offline_weights(cfg) as wanted:
             kwargs = cfg.anomalib_kwargs()

@@ -110,6 +110,26 @@ class AnomalyModule(L.LightningModule):
         raise NotImplementedError
 
 
+class SeededFaults:
+    """Mixin (before AnomalyModule) for modules that draw synthetic training faults: one generator, seeded with the
+    trial's seed at fit start so a run repeats, and never pickled so the module stays picklable."""
+
+    seed: int = 0
+    _fault_generator: torch.Generator | None = None
+
+    def on_fit_start(self) -> None:
+        self._fault_generator = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def fault_generator(self) -> torch.Generator:
+        if self._fault_generator is None:
+            self.on_fit_start()
+        return self._fault_generator
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fault_generator": None}
+
+
 def conv_pool_blocks(in_channels: int, widths: tuple[int, ...]) -> tuple[list[torch.nn.Module], int]:
     """Conv 3x3 -> BatchNorm -> ReLU -> MaxPool(2) per width: the small CNNs of the classifier and severity heads."""
     layers: list[torch.nn.Module] = []

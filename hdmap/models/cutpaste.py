@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hdmap.data.faults import CutPasteFaults
-from hdmap.models.base import AnomalyModule, conv_pool_blocks
+from hdmap.models.base import AnomalyModule, SeededFaults, conv_pool_blocks
 from hdmap.models.draem import DraemNet, TrainedModelConfig
 
 _VAL_SEED = 10_000
@@ -102,7 +102,7 @@ class DraemCutPasteConfig(ScaledCutPasteConfig):
     focal_alpha: float = Field(0.5, ge=0, le=1, description="focal-loss weight of the fault class (1.0 collapses)")
 
 
-class _ScaledCutPasteModule(AnomalyModule):
+class _ScaledCutPasteModule(SeededFaults, AnomalyModule):
     """Training on faults drawn fresh each step (one seeded generator), val_loss on fixed faults, Adam + StepLR."""
 
     uses_validation = True
@@ -115,13 +115,6 @@ class _ScaledCutPasteModule(AnomalyModule):
         self.seed = seed
         self.max_epochs = cfg.epochs
         self.early_stopping_patience = cfg.early_stopping_patience
-        self._generator: torch.Generator | None = None  # created at fit start: the module stays picklable
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_generator": None}
-
-    def on_fit_start(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
@@ -131,9 +124,7 @@ class _ScaledCutPasteModule(AnomalyModule):
         raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self._generator is None:
-            self.on_fit_start()
-        loss = self.loss(batch["image"], self._generator, self.faults)
+        loss = self.loss(batch["image"], self.fault_generator, self.faults)
         self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch["image"]))
         return loss
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range
-from hdmap.models.base import AnomalyModule, conv_pool_blocks
+from hdmap.models.base import AnomalyModule, SeededFaults, conv_pool_blocks
 from hdmap.models.draem import DraemNet, TrainedModelConfig, draem_size_problem
 
 SEVERITY_INPUT_CHANNELS = {
@@ -124,7 +124,7 @@ class DraemSevNet(nn.Module):
         return reconstruction, logits, self.severity_subnetwork(torch.cat(parts, dim=1))
 
 
-class DraemSevNetModule(AnomalyModule):
+class DraemSevNetModule(SeededFaults, AnomalyModule):
     uses_validation = True
 
     def __init__(self, cfg: DraemSevNetConfig, transform: nn.Module, seed: int = 0) -> None:
@@ -145,18 +145,9 @@ class DraemSevNetModule(AnomalyModule):
         self.lr = cfg.lr
         self.max_epochs = cfg.epochs
         self.early_stopping_patience = cfg.early_stopping_patience
-        self._train_generator: torch.Generator | None = None  # created at fit start: the module stays picklable
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
-
-    def on_fit_start(self) -> None:
-        self._train_generator = torch.Generator().manual_seed(self.seed)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_train_generator"] = None
-        return state
 
     def _losses(
         self,
@@ -176,10 +167,8 @@ class DraemSevNetModule(AnomalyModule):
         return w_recon * recon + w_seg * seg + w_sev * sev, (severity - fb.severity).abs()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self._train_generator is None:
-            self.on_fit_start()
         cfg = self.cfg
-        loss, _ = self._losses(batch["image"], self.faults, self._train_generator, (cfg.w_recon, cfg.w_seg, cfg.w_sev))
+        loss, _ = self._losses(batch["image"], self.faults, self.fault_generator, (cfg.w_recon, cfg.w_seg, cfg.w_sev))
         self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch["image"]))
         return loss
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hdmap.models import anomalib_adapter, cutpaste, draem, draem_sevnet, patchcore, patchcore_family, winclip
+from hdmap.models import anomalib_adapter, cutpaste, dinomaly, draem, draem_sevnet, patchcore, patchcore_family, winclip
 from hdmap.models.base import ModelConfig
 
 
@@ -30,6 +30,8 @@ MODELS: dict[str, ModelEntry] = {
     "cpd_patchcore": ModelEntry(patchcore_family.CPDPatchCoreConfig, patchcore_family.build),
     "winclip": ModelEntry(winclip.WinClipConfig, winclip.build),
     "ca_winclip": ModelEntry(winclip.CAWinClipConfig, winclip.build),
+    "dinomaly": ModelEntry(dinomaly.DinomalyConfig, dinomaly.build),
+    "sev_dinomaly": ModelEntry(dinomaly.SevDinomalyConfig, dinomaly.build),
     # anomalib's image models trained on normals only: one adapter, a config derived from each constructor
     **{name: ModelEntry(config, anomalib_adapter.build) for name, (config, _) in anomalib_adapter.ADAPTED.items()},
 }
