@@ -199,11 +199,15 @@ def test_trial_with_variants_and_a_severity_trial(sim_root):
     assert row["score_severity_spearman"] == (pytest.approx(expected) if expected is not None else None)
 
 
-@pytest.mark.parametrize("spec, trials", [("dinomaly_ablation.yaml", 100), ("sev_dinomaly_ablation.yaml", 144)])
-def test_ablation_specs_plan(spec, trials):
+@pytest.mark.parametrize(
+    "spec, trials, domain",
+    [("dinomaly_ablation.yaml", 25, "all"), ("sev_dinomaly_ablation.yaml", 144, "domain_A")],
+)
+def test_ablation_specs_plan(spec, trials, domain):
     from sweeps.spec import load_spec
 
     plan = load_spec(f"sweeps/examples/{spec}")
     assert len(plan.trials) == trials and plan.spec.asha is None
+    assert plan.trials[0].data.domain == domain  # the Dinomaly table: one multi-class model over all four domains
     first = plan.trials[0]
     assert first.data.model_input_size == (392, 392) and first.model.topk_q == 0  # baseline row first
