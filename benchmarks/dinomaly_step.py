@@ -29,7 +29,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=1, help="timed steps after the first (0: only the first)")
     p.add_argument("--set", action="append", default=[], help="extra model.FIELD=VALUE, e.g. topk_q=0.02")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from hdmap.config import load_trial_config
     from hdmap.data.transforms import HdmapTransform

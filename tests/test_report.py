@@ -25,6 +25,7 @@ from sweeps.report.analysis import (
     bootstrap_ci,
     first_error_line,
     load,
+    sort_values,
     value_key,
     verdict,
 )
@@ -333,6 +334,7 @@ def test_statistics_helpers():
     assert value_key(3.0) == value_key(3) == "3"
     assert value_key('["a","b"]') == value_key(["a", "b"])
     assert value_key(None) == value_key(float("nan"))
+    assert sort_values(["0.02", "0", "0.05"], ["0", "0", "0.05", "0.02", "0.02"]) == ["0", "0.05", "0.02"]  # zip rows
     assert first_error_line("Traceback (most recent call last):\n  x\nKeyError: 'k'") == "KeyError: 'k'"
     assert first_error_line("bad config\nmore") == "bad config"
 

@@ -96,7 +96,7 @@ def value_key(v: Any) -> str:
 def sort_values(keys: list[str], preferred: list[str] | None = None) -> list[str]:
     """Axis values in display order: an explicit order first, then numeric if all numeric, else text."""
     keys = list(dict.fromkeys(k for k in keys if k != NULL))
-    head = [k for k in (preferred or []) if k in keys]
+    head = list(dict.fromkeys(k for k in (preferred or []) if k in keys))  # a zip group repeats values
     rest = [k for k in keys if k not in head]
 
     def num(k: str) -> float | None:
