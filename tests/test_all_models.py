@@ -118,19 +118,7 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         "max_failures": 0,
         "data": {"root": str(root), "simulate": {"n_train": 12, "n_test": 8, "domains": ["C"], "seed": 0}},
         "trial": {"data": {"domain": "C"}},
-        "models": {
-            name: {"trial": _trial_tree(name)}
-            for name in (
-                "padim",
-                "fastflow",
-                "cutpaste_clf",
-                "draem_cutpaste",
-                "winclip",
-                "ca_winclip",
-                "dinomaly",
-                "sev_dinomaly",
-            )
-        },
+        "models": {name: {"trial": _trial_tree(name)} for name in MIXED},
         "tracking": {"wandb": {"mode": "disabled"}},
     }
     path = tmp_path / "mixed.yaml"
@@ -140,7 +128,10 @@ def test_mixed_model_sweep_through_ray(tmp_path):
         outcome = run_sweep(load_spec(path), live=False)
     finally:
         ray.shutdown()
-    assert outcome.ok == 6 and not outcome.failed, outcome.failed
+    assert outcome.ok == len(MIXED) and not outcome.failed, outcome.failed
+
+
+MIXED = ("padim", "fastflow", "cutpaste_clf", "draem_cutpaste", "winclip", "ca_winclip", "dinomaly", "sev_dinomaly")
 
 
 def _trial_tree(model: str) -> dict:
