@@ -179,21 +179,21 @@ class _ValLossReports(L.Callback):
         self.values.append(float(trainer.callback_metrics["val_loss"]))
 
 
-def test_trial_with_variants_and_a_severity_trial(sim_root):
-    base = [f"data.root={sim_root}", "data.domain=C", *DINO_TINY, "model.max_steps=3", "model.batch_size=8"]
-    variants = ["model.topk_q=0.05", "model.segment_dropout_rows=0.5", "model.scale_weights=true"]
-    variants += ["model.hard_normal_weight=0.01", "data.image_size=[42,98]", "data.center_crop=[28,84]"]
+def test_severity_trial_with_every_compatible_variant(sim_root):
+    """One sev_dinomaly trial (a Dinomaly subclass) with TopK, segment dropout, scale weights, hard-normal mining,
+    a centre crop and attention pooling: val_loss at each validation, severity rows."""
+    overrides = [f"data.root={sim_root}", "data.domain=C", *DINO_TINY, "model.max_steps=3", "model.batch_size=8"]
+    overrides += ["model.name=sev_dinomaly", "model.severity_pooling=attention", "model.severity_head_widths=[16]"]
+    overrides += ["model.topk_q=0.05", "model.segment_dropout_rows=0.5", "model.scale_weights=true"]
+    overrides += ["model.hard_normal_weight=0.01", "data.image_size=[42,98]", "data.center_crop=[28,84]"]
     reports = _ValLossReports()
-    result = run_trial(load_trial_config(None, ["model.name=dinomaly", *base, *variants]), callbacks=[reports])
-    assert result.ok and np.isfinite(result.scores["score"].to_numpy()).all()
-    assert len(reports.values) == 3 and all(np.isfinite(reports.values))  # every val_every_steps (1) of 3 steps
-
-    sev = ["model.name=sev_dinomaly", *base, "model.severity_pooling=attention", "model.severity_head_widths=[16]"]
-    result = run_trial(load_trial_config(None, sev))
+    result = run_trial(load_trial_config(None, overrides), callbacks=[reports])
     (row,) = result.rows
     assert row["status"] == "ok" and row["n_test"] == 80
+    assert len(reports.values) == 3 and all(np.isfinite(reports.values))  # every val_every_steps (1) of 3 steps
     severity, score = result.scores["severity_pred"].to_numpy(), result.scores["score"].to_numpy()
-    assert (severity >= 0).all() and row["severity_mae"] is not None  # simulated faults carry a true severity
+    assert np.isfinite(score).all() and (severity >= 0).all()
+    assert row["severity_mae"] is not None  # simulated faults carry a true severity
     # the score-vs-severity consistency needs no ground truth (undefined while a 3-step head predicts one value)
     expected = spearmanr(score, severity).statistic if np.ptp(severity) > 0 else None
     assert row["score_severity_spearman"] == (pytest.approx(expected) if expected is not None else None)
