@@ -61,3 +61,11 @@ def test_one_seed_shows_std_over_domains_and_none_for_c():
 
 def test_paper_reference_names_the_proposed_method():
     assert PAPER["draem_cutpaste"][0].startswith("DRAEM + scaled CutPaste") and PAPER["cutpaste_clf"][1] == 97.1
+
+
+def test_models_trained_on_all_domains_have_no_paper_row():
+    """`data.domain: all` rows (one multi-class model) are not per-domain models: no paper row, and no crash."""
+    multi = _ok().assign(train_domain="all")
+    assert paper_rows(multi).empty
+    mixed = pd.concat([_ok(), multi.assign(model="dinomaly")])
+    assert list(paper_rows(mixed)["model"]) == ["padim", "draem_cutpaste"]

@@ -50,6 +50,8 @@ def paper_rows(ok: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_c"] = c.mean() if len(c) else np.nan
             row[f"{m}_c_std"] = c.std() if len(c) > 1 else np.nan
         out.append(row)
+    if not out:  # e.g. every model trained on `data.domain: all`: no per-domain model to lay out as the paper does
+        return pd.DataFrame()
     return pd.DataFrame(out).sort_values("accuracy_avg", na_position="first").reset_index(drop=True)
 
 
