@@ -1,19 +1,23 @@
 """Sweep overhead: N trials one after another in one process vs the same N trials as a Ray Tune sweep.
 
-The full measurement (issue 14; run it on a quiet machine, ~25 min; figures go to benchmarks/RESULTS.md):
+The full measurement (issue 14; run it on a quiet machine, ~40 min; figures go to benchmarks/RESULTS.md):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sweep_overhead.py --trials 8,32 --trial-s 20 --concurrency 2
 
 A short check that the script works (not a measurement): ``--trials 4 --trial-s 5``.
 
 (a) sequential: `run_trial` for each config in this process (what `hdmap trial` does), torch on 1 thread; run
-    once for the largest N -- a smaller N's (a) is the sum of its first N trials (same configs, same order).
+    for the largest N -- a smaller N's (a) is the sum of its first N trials (same configs, same order) -- once
+    before the sweeps and once after: the machine's speed drifts by several per cent over minutes (a shared
+    host), so each trial's (a) time is the mean of its two passes and the drift is printed.
 (b) sweep: `run_sweep` (what `hdmap sweep run` does) with `concurrency` trials at once, 1 CPU (= 1 torch thread)
     each, on a fresh local Ray instance per N, without the feature cache (the trials do the same work as in (a)).
 Ratio = b / (a / k): 1.0 is a perfect k-fold speed-up; targets <= 1.10 at 8 trials and <= 1.05 at 32.
 It splits in two, from the trials' own `total_s` rows: how much slower a trial ran inside the sweep than alone
 (`trial_slowdown_in_sweep`: k trials and the driver share the cores, caches and memory bandwidth), and the wall
-spent outside `run_trial` (`wall_outside_trials_s`: Ray start, worker imports, scheduling, the final store pass).
+spent outside `run_trial` (`wall_outside_trials_s`), itself split by the rows' start times: before the first trial
+(Ray start, worker start-up and imports), after the last one (the final store pass, W&B), and the slots' idle time
+between trials (the worker's store write, Tune's hand-over to the reused actor).
 Recorded apart: Ray start (in b), the import a trial process pays once (a fresh interpreter importing the
 trainable; each of the k reused worker processes pays it once), and W&B: the time per run the driver's logger
 spent (off the trials' slots) and how long the end of the sweep waited for it. Trials differ only in seed.
@@ -75,24 +79,34 @@ def main() -> None:
         n_train, n_test = calibrate(work, args, n_train, n_test)
     plans = {n: plan_for(work, args, n, n_train, n_test) for n in counts}
 
-    from hdmap.trial import run_trial
     from sweeps.runner import prepare_data
 
     prepare_data(plans[counts[-1]])
-    seq_rows, seq_s = {}, []
-    for cfg in plans[counts[-1]].trials:  # (a), once, for the largest count
-        t0 = time.perf_counter()
-        seq_rows[cfg.trial_id] = run_trial(cfg).rows[0]
-        seq_s.append(time.perf_counter() - t0)
+    before = sequential(plans[counts[-1]])  # (a), once for the largest count, before and after the sweeps
     import_s = trial_import_s()
-
-    results = [measure_sweep(plans[n], n, args.concurrency, seq_rows, seq_s, import_s) for n in counts]
+    sweeps = [(n, run_sweep_timed(plans[n])) for n in counts]
+    after = sequential(plans[counts[-1]])
+    seq = {
+        t: {
+            **before[t],
+            "s": (before[t]["s"] + after[t]["s"]) / 2,
+            "total_s": (before[t]["total_s"] + after[t]["total_s"]) / 2,
+        }
+        for t in before
+    }
+    drift = sum(r["s"] for r in after.values()) / sum(r["s"] for r in before.values())
+    repeatable = all(after[t]["row"][m] == before[t]["row"][m] for t in before for m in METRICS)
+    results = [measure_sweep(n, args.concurrency, swept, seq, import_s) for n, swept in sweeps]
     print(
         json.dumps(
             {
                 "data": {"n_train": n_train, "n_test": n_test, "size": args.size},
                 "wandb": args.wandb,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                # the machine's speed drifts (a shared host): (a) ran before and after the sweeps, and each trial's
+                # sequential time is the mean of the two; this is how much slower the second pass was
+                "sequential_drift_after_over_before": round(drift, 3),
+                "sequential_metrics_repeatable": repeatable,
                 "runs": results,
             },
             indent=2,
@@ -143,20 +157,38 @@ def trial_import_s() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure_sweep(plan, n: int, k: int, seq_rows: dict, seq_s: list[float], import_s: float) -> dict:
+def sequential(plan) -> dict[str, dict]:
+    """(a): `run_trial` for each config in this process, one after another: per trial its row and wall seconds."""
+    from hdmap.trial import run_trial
+
+    out = {}
+    for cfg in plan.trials:
+        t0 = time.perf_counter()
+        row = run_trial(cfg).rows[0]
+        out[cfg.trial_id] = {"row": row, "s": time.perf_counter() - t0, "total_s": row["total_s"]}
+    return out
+
+
+def run_sweep_timed(plan) -> dict:
+    """(b): `run_sweep` on a fresh local Ray instance; its wall, start time, outcome and stored rows."""
     import ray
 
     from sweeps.runner import run_sweep
     from sweeps.store import ResultStore
 
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     outcome = run_sweep(plan, live=False, feature_cache=False)
-    sweep = time.perf_counter() - t0
+    sweep_s = time.perf_counter() - t0
     ray.shutdown()  # the next count starts its own Ray instance and worker processes
-    assert outcome.ok == n, outcome
-    swept = {r["trial_id"]: r for r in ResultStore(outcome.sweep_dir).results().to_pylist()}
-    sequential = sum(seq_s[:n])
-    in_sweep = sum(r["total_s"] for r in swept.values())  # run_trial's own time, measured inside the workers
+    assert outcome.ok == len(plan.trials), outcome
+    rows = {r["trial_id"]: r for r in ResultStore(outcome.sweep_dir).results().to_pylist()}
+    return {"wall_s": sweep_s, "wall0": wall0, "outcome": outcome, "rows": rows}
+
+
+def measure_sweep(n: int, k: int, swept: dict, seq: dict, import_s: float) -> dict:
+    rows, outcome, sweep = swept["rows"], swept["outcome"], swept["wall_s"]
+    sequential = sum(seq[t]["s"] for t in rows)
+    in_sweep = sum(r["total_s"] for r in rows.values())  # run_trial's own time, measured inside the workers
     tally = outcome.wandb
     logged = [s for t, s in tally.seconds.items() if tally.statuses[t].startswith("logged")] if tally else []
     return {
@@ -169,14 +201,29 @@ def measure_sweep(plan, n: int, k: int, seq_rows: dict, seq_s: list[float], impo
         # the ratio's two parts: trials ran slower side by side (the k trials and the driver share cores, caches
         # and memory bandwidth), and the wall outside run_trial (Ray start, imports, scheduling, the end)
         "mean_trial_s_in_sweep": round(in_sweep / n, 2),
-        "trial_slowdown_in_sweep": round(in_sweep / sum(r["total_s"] for r in (seq_rows[t] for t in swept)), 3),
+        "trial_slowdown_in_sweep": round(in_sweep / sum(seq[t]["total_s"] for t in rows), 3),
         "wall_outside_trials_s": round(sweep - in_sweep / k, 1),
+        **timeline(list(rows.values()), swept["wall0"], sweep, k),
         "ray_start_s": round(outcome.ray_start_s, 2),
         "trial_import_s": round(import_s, 2),
         "wandb": tally.line() if tally else "W&B: no trial logged",
         "wandb_mean_run_s": round(statistics.mean(logged), 2) if logged else None,
         "wandb_end_wait_s": round(tally.drain_s, 2) if tally else None,
-        "same_metrics_as_sequential": all(swept[t][m] == seq_rows[t][m] for t in swept for m in METRICS),
+        "same_metrics_as_sequential": all(rows[t][m] == seq[t]["row"][m] for t in rows for m in METRICS),
+    }
+
+
+def timeline(rows: list[dict], wall0: float, sweep_s: float, k: int) -> dict:
+    """Where the wall outside the trials went, from each row's start time and `total_s`: before the first trial
+    started (Ray start, worker start-up and imports), after the last one ended (the final store pass, W&B wait),
+    and the slots' idle time between trials (scheduling, the worker's store write, actor reuse)."""
+    spans = sorted((r["started_at"].timestamp(), r["started_at"].timestamp() + r["total_s"]) for r in rows)
+    first, last = spans[0][0], max(end for _, end in spans)
+    busy = sum(end - start for start, end in spans)
+    return {
+        "before_first_trial_s": round(first - wall0, 1),
+        "after_last_trial_s": round(wall0 + sweep_s - last, 1),
+        "idle_slot_s_per_trial": round((k * (last - first) - busy) / len(rows), 2),
     }
 
 

@@ -23,6 +23,7 @@ def trial_trainable(config: dict) -> None:
 
     from hdmap.trial import run_trial
 
+    _freeze_imported_objects()
     ctx = config["ctx"]
     cfg = TrialConfig.model_validate(config["trial"])
     if cfg.runtime.feature_cache is None or ctx["feature_cache"] is None:  # a spec's own cache dir is kept
@@ -53,6 +54,20 @@ def trial_trainable(config: dict) -> None:
     if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
     tune.report(final)
+
+
+_FROZEN = False
+
+
+def _freeze_imported_objects() -> None:
+    """Once per worker process: hide what the imports created (torch, Lightning, anomalib: ~650,000 objects
+    that live as long as the process) from the cycle collector, so the full `gc.collect()` after each trial scans
+    only what trials created (measured: 0.30 s -> 0.002 s per trial, with the slot held)."""
+    global _FROZEN
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN = True
 
 
 class _EpochReporter:

@@ -21,6 +21,7 @@ from sweeps.report.render import header_section
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec
 from sweeps.store import ResultStore
+from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +258,46 @@ def test_tune_stopped_by_a_lost_worker_restarts_the_rest(tmp_path, ray_local, mo
     monkeypatch.setattr(runner, "_run_tune", crash_first)
     outcome = run_sweep(load_spec(spec_file(tmp_path, name="oom")), live=False)
     assert calls == [2, 2] and outcome.restarts == 1 and outcome.ok == 2
+
+
+WORKER_FREES_TRIALS = """
+import gc, json, sys, weakref
+from ray import tune
+from hdmap.config import load_trial_config
+from hdmap.models import registry
+import sweeps.worker as worker
+
+reports = []
+tune.report = reports.append  # outside a Tune session: keep the final report
+entry, built = registry.MODELS["patchcore"], []
+
+def build(*args):
+    module = entry.build(*args)
+    built.append(weakref.ref(module))
+    return module
+
+registry.MODELS["patchcore"] = registry.ModelEntry(entry.config, build)
+ctx = dict(sweep="s", spec_hash="h", sweep_dir=sys.argv[1], timeout_s=None, per_epoch_metric=None, feature_cache=None)
+alive = []
+for seed in (0, 1):
+    cfg = load_trial_config(None, json.loads(sys.argv[2]) + [f"seed={seed}"])
+    worker.trial_trainable({"trial": cfg.model_dump(mode="json"), "ctx": ctx})
+    alive.append(built[-1]() is not None)
+print(json.dumps({"alive": alive, "frozen": gc.get_freeze_count(), "reports": len(reports)}))
+"""
+
+
+def test_worker_frees_each_trial_while_imports_stay_frozen(sim_root, tmp_path):
+    """A worker runs trial after trial: its imports are frozen once (the gc pass after each trial stays cheap), and
+    each finished trial's model is still freed before the next starts (Lightning's trainer <-> module cycle)."""
+    script = tmp_path / "worker_trials.py"
+    script.write_text(WORKER_FREES_TRIALS)
+    overrides = json.dumps(tiny_overrides(sim_root))
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "sweep"), overrides], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"alive": [False, False], "frozen": out["frozen"], "reports": 2}, out
+    assert out["frozen"] > 100_000, out  # torch, Lightning, anomalib: the import's objects
+    assert list(ResultStore(str(tmp_path / "sweep")).status_by_trial().values()) == ["ok", "ok"]
