@@ -1,6 +1,6 @@
 """Sweep overhead: N trials one after another in one process vs the same N trials as a Ray Tune sweep.
 
-The full measurement (issue 14; run it on a quiet machine, ~40 min; figures go to benchmarks/RESULTS.md):
+The full measurement (issue 14; run it on a quiet machine, ~50 min; figures go to benchmarks/RESULTS.md):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sweep_overhead.py --trials 8,32 --trial-s 20 --concurrency 2
 
@@ -12,7 +12,11 @@ A short check that the script works (not a measurement): ``--trials 4 --trial-s 
     host), so each trial's (a) time is the mean of its two passes and the drift is printed.
 (b) sweep: `run_sweep` (what `hdmap sweep run` does) with `concurrency` trials at once, 1 CPU (= 1 torch thread)
     each, on a fresh local Ray instance per N, without the feature cache (the trials do the same work as in (a)).
+(c) side by side: the same trials in k plain processes (spawned, one torch thread each, every k-th trial), no
+    Ray, store or W&B -- what a nohup script per core does: the floor for any parallel runner on this machine.
 Ratio = b / (a / k): 1.0 is a perfect k-fold speed-up; targets <= 1.10 at 8 trials and <= 1.05 at 32.
+c / (a / k) is what the machine itself costs (k trials sharing caches and memory bandwidth, k imports); b / c is
+what the sweep layer (Ray, Tune, the store, W&B) adds on top of it.
 It splits in two, from the trials' own `total_s` rows: how much slower a trial ran inside the sweep than alone
 (`trial_slowdown_in_sweep`: k trials and the driver share the cores, caches and memory bandwidth), and the wall
 spent outside `run_trial` (`wall_outside_trials_s`), itself split by the rows' start times: before the first trial
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -84,7 +89,7 @@ def main() -> None:
     prepare_data(plans[counts[-1]])
     before = sequential(plans[counts[-1]])  # (a), once for the largest count, before and after the sweeps
     import_s = trial_import_s()
-    sweeps = [(n, run_sweep_timed(plans[n])) for n in counts]
+    sweeps = [(n, run_sweep_timed(plans[n]), side_by_side(work / f"spec-{n}.yaml", args.concurrency)) for n in counts]
     after = sequential(plans[counts[-1]])
     seq = {
         t: {
@@ -96,7 +101,7 @@ def main() -> None:
     }
     drift = sum(r["s"] for r in after.values()) / sum(r["s"] for r in before.values())
     repeatable = all(after[t]["row"][m] == before[t]["row"][m] for t in before for m in METRICS)
-    results = [measure_sweep(n, args.concurrency, swept, seq, import_s) for n, swept in sweeps]
+    results = [measure_sweep(n, args.concurrency, swept, plain, seq, import_s) for n, swept, plain in sweeps]
     print(
         json.dumps(
             {
@@ -185,7 +190,32 @@ def run_sweep_timed(plan) -> dict:
     return {"wall_s": sweep_s, "wall0": wall0, "outcome": outcome, "rows": rows}
 
 
-def measure_sweep(n: int, k: int, swept: dict, seq: dict, import_s: float) -> dict:
+def side_by_side(spec: Path, k: int) -> dict:
+    """(c): the same trials in k plain processes, no Ray, store or W&B -- a shell loop per core, as with nohup
+    scripts: what any runner pays for k trials sharing the machine (caches, memory bandwidth) plus k imports."""
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(k) as pool:
+        shares = pool.map(_run_share, [(str(spec), i, k) for i in range(k)])
+    return {"wall_s": time.perf_counter() - t0, "rows": {t: r for share in shares for t, r in share.items()}}
+
+
+def _run_share(job: tuple[str, int, int]) -> dict:
+    """One plain process of (c): every k-th trial of the spec, one torch thread, rows kept in memory."""
+    import torch
+
+    torch.set_num_threads(1)
+    from hdmap.trial import run_trial
+    from sweeps.spec import load_spec
+
+    spec, i, k = job
+    rows = {}
+    for cfg in load_spec(Path(spec)).trials[i::k]:
+        row = run_trial(cfg).rows[0]
+        rows[cfg.trial_id] = {m: row[m] for m in (*METRICS, "total_s")}
+    return rows
+
+
+def measure_sweep(n: int, k: int, swept: dict, plain: dict, seq: dict, import_s: float) -> dict:
     rows, outcome, sweep = swept["rows"], swept["outcome"], swept["wall_s"]
     sequential = sum(seq[t]["s"] for t in rows)
     in_sweep = sum(r["total_s"] for r in rows.values())  # run_trial's own time, measured inside the workers
@@ -209,7 +239,16 @@ def measure_sweep(n: int, k: int, swept: dict, seq: dict, import_s: float) -> di
         "wandb": tally.line() if tally else "W&B: no trial logged",
         "wandb_mean_run_s": round(statistics.mean(logged), 2) if logged else None,
         "wandb_end_wait_s": round(tally.drain_s, 2) if tally else None,
-        "same_metrics_as_sequential": all(rows[t][m] == seq[t]["row"][m] for t in rows for m in METRICS),
+        # (c): the floor any parallel runner has on this machine, and what the sweep layer adds on top of it
+        "plain_wall_s": round(plain["wall_s"], 1),
+        "ratio_plain_c_over_a_div_k": round(plain["wall_s"] / (sequential / k), 3),
+        "trial_slowdown_plain": round(
+            sum(r["total_s"] for r in plain["rows"].values()) / sum(seq[t]["total_s"] for t in plain["rows"]), 3
+        ),
+        "sweep_over_plain_b_over_c": round(sweep / plain["wall_s"], 3),
+        "same_metrics_as_sequential": all(
+            rows[t][m] == seq[t]["row"][m] == plain["rows"][t][m] for t in rows for m in METRICS
+        ),
     }
 
 
