@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 SPEC = """
 name: {name}
-data: {{root: {root}, simulate: {{n_train: 30, n_test: 20, domains: [C], seed: 0}}}}
+data: {{root: {root}, simulate: {{n_train: 30, n_test: {n_test}, domains: [C], seed: 0}}}}
 trial:
   data: {{domain: C, image_size: [64, 192]}}
   model: {{backbone: resnet18, pretrained: false, layers: [layer2], coreset_ratio: 0.1}}
@@ -34,9 +34,11 @@ tracking: {{wandb: {{mode: disabled}}}}
 """
 
 
-def spec_file(tmp_path, name, ks, gpu=0):
+def spec_file(tmp_path, name, ks, gpu=0, n_test=20):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, root=tmp_path / "data", ks=ks, gpu=gpu, out=tmp_path / "shared"))
+    path.write_text(
+        SPEC.format(name=name, root=tmp_path / "data", ks=ks, gpu=gpu, n_test=n_test, out=tmp_path / "shared")
+    )
     return path
 
 
@@ -69,10 +71,13 @@ def test_quarter_gpu_trials_pack_four_to_a_gpu(tmp_path, cluster):
 
     cluster.add_node(num_cpus=4, num_gpus=1)
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-    outcome = run_sweep(load_spec(spec_file(tmp_path, "gpu", "[1, 2, 3, 4]", gpu=0.25)), live=False)
+    outcome = run_sweep(load_spec(spec_file(tmp_path, "gpu", "[1, 2, 3, 4]", gpu=0.25, n_test=120)), live=False)
     assert outcome.ok == 4
     spans = [(r["started_at"].timestamp(), r["started_at"].timestamp() + r["total_s"]) for r in rows(outcome.sweep_dir)]
-    assert max_overlap(spans) == 4  # one GPU, four trials at once: Ray packed them by the 0.25 request
+    # One GPU and three or four trials running at once: only a request below 1/2 GPU packs more than two. Exactly
+    # four also needs the four new workers (their imports share 2 CI cores) to start within one trial's length,
+    # which a loaded machine does not guarantee (seen: starts 2.8 s apart, 3 at once with 2 s trials).
+    assert max_overlap(spans) >= 3, spans
 
 
 def test_dead_worker_node_trials_are_retried_not_lost(tmp_path, cluster):
