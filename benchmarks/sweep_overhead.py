@@ -89,7 +89,7 @@ def main() -> None:
     prepare_data(plans[counts[-1]])
     before = sequential(plans[counts[-1]])  # (a), once for the largest count, before and after the sweeps
     import_s = trial_import_s()
-    sweeps = [(n, run_sweep_timed(plans[n]), side_by_side(work / f"spec-{n}.yaml", args.concurrency)) for n in counts]
+    sweeps = [(n, run_sweep_timed(plans[n]), side_by_side(plans[n], args.concurrency)) for n in counts]
     after = sequential(plans[counts[-1]])
     seq = {
         t: {
@@ -190,26 +190,27 @@ def run_sweep_timed(plan) -> dict:
     return {"wall_s": sweep_s, "wall0": wall0, "outcome": outcome, "rows": rows}
 
 
-def side_by_side(spec: Path, k: int) -> dict:
+def side_by_side(plan, k: int) -> dict:
     """(c): the same trials in k plain processes, no Ray, store or W&B -- a shell loop per core, as with nohup
     scripts: what any runner pays for k trials sharing the machine (caches, memory bandwidth) plus k imports."""
+    configs = [t.model_dump(mode="json") for t in plan.trials]  # plain data, as the sweep hands them to workers
     t0 = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(k) as pool:
-        shares = pool.map(_run_share, [(str(spec), i, k) for i in range(k)])
+        shares = pool.map(_run_share, [configs[i::k] for i in range(k)])
     return {"wall_s": time.perf_counter() - t0, "rows": {t: r for share in shares for t, r in share.items()}}
 
 
-def _run_share(job: tuple[str, int, int]) -> dict:
-    """One plain process of (c): every k-th trial of the spec, one torch thread, rows kept in memory."""
+def _run_share(configs: list[dict]) -> dict:
+    """One plain process of (c): its share of the trials one after another, one torch thread, rows in memory."""
     import torch
 
     torch.set_num_threads(1)
+    from hdmap.config import TrialConfig
     from hdmap.trial import run_trial
-    from sweeps.spec import load_spec
 
-    spec, i, k = job
     rows = {}
-    for cfg in load_spec(Path(spec)).trials[i::k]:
+    for tree in configs:
+        cfg = TrialConfig.model_validate(tree)
         row = run_trial(cfg).rows[0]
         rows[cfg.trial_id] = {m: row[m] for m in (*METRICS, "total_s")}
     return rows

@@ -56,18 +56,13 @@ def trial_trainable(config: dict) -> None:
     tune.report(final)
 
 
-_FROZEN = False
-
-
 def _freeze_imported_objects() -> None:
     """Once per worker process: hide what the imports created (torch, Lightning, anomalib: ~650,000 objects
     that live as long as the process) from the cycle collector, so the full `gc.collect()` after each trial scans
     only what trials created (measured: 0.30 s -> 0.002 s per trial, with the slot held)."""
-    global _FROZEN
-    if not _FROZEN:
+    if not gc.get_freeze_count():  # later trials: already frozen (freezing again would pin their garbage)
         gc.collect()
         gc.freeze()
-        _FROZEN = True
 
 
 class _EpochReporter:
