@@ -62,7 +62,7 @@ def main() -> None:
     plan = load_spec(spec_path)
     assert len(plan.trials) == 24, len(plan.trials)
     prepare_data(plan)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
     runs = {}
     for name, cached in (("without cache", False), ("with cache", True)):

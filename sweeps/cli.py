@@ -195,7 +195,9 @@ def sweep_run(
     spec: Path = typer.Argument(..., help="sweep spec YAML"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE"),
     address: Optional[str] = typer.Option(
-        None, help="Ray cluster: 'auto' or ray://host:10001; default: a local Ray instance"
+        None,
+        help="Ray cluster: 'auto' or ray://host:10001; default: $RAY_ADDRESS if set, "
+        "else a new local Ray instance of this sweep's own",
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run trials recorded as failed"),
     report: bool = typer.Option(True, help="write the comparison report at the end"),

@@ -250,10 +250,14 @@ def _run_tune(
     if not ray.is_initialized():
         # decoded splits are shared by every worker of a node through a node-local memory-mapped cache
         env = {"HDMAP_ARRAY_CACHE": os.environ.get("HDMAP_ARRAY_CACHE", NODE_ARRAY_CACHE)}
+        # No --address: this sweep's own Ray ("local"), never one that happens to run on the machine (a
+        # `ray start`, another sweep, a test's cluster), which plain ray.init() would join; RAY_ADDRESS opts in.
+        given = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         try:
             ray.init(
                 address=address,
-                num_cpus=num_cpus if address is None else None,
+                num_cpus=num_cpus if address == "local" else None,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=True,
@@ -262,8 +266,9 @@ def _run_tune(
             )
         except ConnectionError as exc:
             raise SweepEnvironmentError(
-                f"--address {address}: no Ray cluster to connect to ({str(exc).splitlines()[0]}); start one with "
-                "`ray start --head` (see cluster/README.md) or drop --address to run on a local Ray instance"
+                f"{given}: no Ray cluster to connect to ({str(exc).splitlines()[0]}); start one with "
+                "`ray start --head` (see cluster/README.md), or drop --address and unset RAY_ADDRESS to run on "
+                "a local Ray instance"
             ) from None
     outcome.ray_start_s = time.perf_counter() - t0
     with stop.handling(), _ray_logs_to(Path(outcome.log_path)):

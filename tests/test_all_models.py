@@ -123,7 +123,7 @@ def test_mixed_model_sweep_through_ray(tmp_path):
     }
     path = tmp_path / "mixed.yaml"
     path.write_text(yaml.safe_dump(spec))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         outcome = run_sweep(load_spec(path), live=False)
     finally:

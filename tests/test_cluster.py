@@ -66,6 +66,18 @@ def cluster():
     c.shutdown()
 
 
+def test_sweep_without_address_starts_its_own_ray_beside_a_running_cluster(tmp_path, cluster, monkeypatch):
+    """A `ray start` (here: a test's cluster) writes /tmp/ray/ray_current_cluster, and plain ray.init() joins that
+    cluster, or refuses `num_cpus`: a sweep without --address (CI, a laptop) must not depend on what else runs."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    outcome = run_sweep(load_spec(spec_file(tmp_path, "own", "[1]")), live=False, num_cpus=1)
+    assert outcome.ok == 1 and not outcome.failed
+    assert ray.get_runtime_context().gcs_address != cluster.address  # its own instance, not the cluster's
+    assert ray.cluster_resources().get("CPU") == 1  # the cluster's head has 0 CPUs
+
+
 def test_quarter_gpu_trials_pack_four_to_a_gpu(tmp_path, cluster):
     import ray
 

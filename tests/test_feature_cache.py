@@ -99,7 +99,7 @@ max_concurrent: 1
 output: {tmp_path / "out"}
 tracking: {{wandb: {{mode: disabled}}}}
 """)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         cached = run_sweep(load_spec(spec), live=False)
         uncached = run_sweep(load_spec(spec, [f"output={tmp_path / 'out2'}"]), live=False, feature_cache=False)

@@ -34,7 +34,7 @@ tracking: {{wandb: {{mode: disabled}}}}
     if (Path.home() / ".ray").is_dir():  # an earlier local Ray in this process turned token auth on: keep its token
         shutil.copytree(Path.home() / ".ray", home / ".ray")
     monkeypatch.setenv("HOME", str(home))  # Ray's log and Tune's state: this machine's disk
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         result = CliRunner().invoke(app, ["sweep", "run", str(spec)])
     finally:

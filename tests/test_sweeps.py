@@ -57,7 +57,7 @@ def spec_file(tmp_path, name="s", ks="[1, 9]", ratios="[0.1]", max_failures=1, e
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

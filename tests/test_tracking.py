@@ -448,7 +448,7 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
         path.write_text(SWEEP_SPEC.format(root=tmp_path / "data", out=tmp_path / "out", ks=ks, timeout_s=timeout_s))
         return load_spec(path)
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         outcome = run_sweep(spec([1, 9], timeout_s=60), live=False)
         assert outcome.ok == 2
