@@ -1,7 +1,8 @@
-"""The one finish step, run by `hdmap sweep run` at its end and by `hdmap report`: compact once, write the
-one-file results.parquet / scores.parquet, render the report next to the results (uploaded through the store's
-filesystem when they are on object storage) or into a local `out` folder, and log the W&B summary with the
-sweep's own settings (sweep.json), not defaults.
+"""The one finish step, run by `hdmap sweep run` at its end and by `hdmap report`: render the report next to the
+results (uploaded through the store's filesystem when they are on object storage) or into a local `out` folder,
+and log the W&B summary with the sweep's own settings (sweep.json), not defaults. It reads the results and never
+writes them: compaction and results.parquet belong to the sweep's driver, so a report on a running sweep or a
+copied folder changes no result.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ class Finished:
 
 
 def finish(store: ResultStore, meta: SweepMeta | None, out: Path | None = None, wandb_report: bool = False) -> Finished:
-    """Compact, export, render the report (and the W&B Report definition with `wandb_report`), log the summary.
+    """Render the report (and the W&B Report definition with `wandb_report`), log the summary.
 
     `out` (a local folder) takes the report instead of the results' folder. Raises OSError for a folder or bucket
     it cannot write and pyarrow.ArrowInvalid for a damaged results file; W&B problems come back as statuses."""
-    store.compact()
-    store.export()
     data = analysis.load(store)
     settings = meta.wandb if meta else tracking.WandbSettings()
     local = out or store.local_path()

@@ -6,7 +6,7 @@
     <sweep_dir>/scores/chunk-NNNNN.parquet           `pyarrow.dataset`, duckdb and pandas read the folders as one table
     <sweep_dir>/manifest.json                      which part (by its size and mtime) each chunk holds + each trial's
                                                    status, so resume and status never read 20,000 files
-    <sweep_dir>/results.parquet, scores.parquet    one-file copies of the chunks, written by `export` (the finish step)
+    <sweep_dir>/results.parquet, scores.parquet    one-file copies of the chunks, written by `export` (a sweep's end)
     <sweep_dir>/sweep.json                         the sweep's metadata (sweeps.meta.SweepMeta)
 
 Parts: a part is written to a temporary name and renamed, so a crash never leaves a half-written part, two trials
@@ -16,7 +16,8 @@ the commit marker of a finished trial (its scores part is written first).
 Compaction costs O(new parts): one listing of parts/results (names, sizes, mtimes), then only the parts that are
 new or changed since the manifest are read; they are appended to the open (last) chunk until it holds
 CHUNK_TRIALS trials, then to new chunks; a trial whose part changed (a retry) leaves the chunk it was in. Chunks
-can always be rebuilt from the parts; a chunk is never rebuilt from parts that lack some of its trials.
+can always be rebuilt from the parts; a chunk is never rebuilt from parts that lack some of its trials. Reads
+(`results`, `status_by_trial`) take the chunks plus the parts not yet compacted, and write nothing.
 `sweep_dir` may be a local path or any pyarrow URI (s3://, gs://).
 """
 
@@ -112,7 +113,7 @@ class ResultStore:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"{self.uri}/{META_FILE}: not a readable sweep metadata file ({first})") from None
 
-    # -- compaction (the driver only) ----------------------------------------------------------
+    # -- compaction (the sweep's driver only; readers never compact) ---------------------------------
     def compact(self) -> bool:
         """Fold the parts that are new or changed since the last pass into the chunks; True if anything changed.
 
@@ -185,12 +186,16 @@ class ResultStore:
 
     # -- read by the driver, the report, W&B and resume ----------------------------------------
     def results(self, columns: list[str] | None = None) -> pa.Table:
-        """Every compacted result row on the current schema (call `compact` first for the newest parts)."""
-        table = self._read_kind("results", results_schema(), self._manifest())
+        """Every result row on the current schema: the compacted chunks, with the parts written since the last
+        pass (a running sweep, a killed driver, a copy whose mtimes changed) in place of the rows they replace.
+        Reads only, so `hdmap report` never writes to results it did not produce."""
+        manifest = self._manifest()
+        table = self._read_kind("results", results_schema(), manifest)
+        new = [_trial_of(i) for i in self._pending(manifest or {"chunks": []})]
+        if new:
+            kept = table.filter(pc.invert(pc.is_in(table["trial_id"], value_set=pa.array(new, pa.string()))))
+            table = pa.concat_tables([kept, self._read_parts("results", new)])
         return table.select(columns) if columns else table
-
-    def scores(self) -> pa.Table:
-        return self._read_kind("scores", SCORE_SCHEMA, self._manifest())
 
     def trial(self, trial_id: str) -> tuple[pa.Table, pa.Table]:
         """One finished trial's results and scores, from its own parts (the driver's W&B logger reads each trial

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 from hdmap.data.arrays import clear_cache
 from hdmap.data.simulate import simulate
 from sweeps.cli import app
+from sweeps.store import ResultStore
 
 pytestmark = pytest.mark.usefixtures("fresh_arrays")
 
@@ -102,6 +104,24 @@ def copy_sweep_without_parts(c: Ctx) -> Path:
         shutil.copy(c.trial_out / name, folder / name)
     (folder / "sweep.json").write_text(json.dumps({"name": "copied", "n_trials": 1}))
     c.guarded += [folder / "results.parquet", folder / "scores.parquet"]
+    return folder
+
+
+def copy_sweep_with_parts(c: Ctx) -> Path:
+    """A finished sweep's whole folder (parts, chunks, manifest, results.parquet) copied with `cp -r`: every file
+    has a new mtime, so the parts no longer match the manifest's stamps."""
+    source = c.tmp / "finished"
+    trial_id = pq.read_table(c.trial_out / "results.parquet")["trial_id"][0].as_py()
+    for kind in ("results", "scores"):
+        (source / "parts" / kind).mkdir(parents=True)
+        shutil.copy(c.trial_out / f"{kind}.parquet", source / "parts" / kind / f"{trial_id}.parquet")
+    store = ResultStore(str(source))
+    assert store.compact() and store.export()
+    (source / "sweep.json").write_text(json.dumps({"name": "finished", "n_trials": 1}))
+    folder = c.tmp / "copied-whole"
+    time.sleep(0.01)
+    shutil.copytree(source, folder, copy_function=shutil.copy)  # shutil.copy, like cp -r: new mtimes
+    c.guarded += [p for p in folder.rglob("*") if p.is_file()]
     return folder
 
 
@@ -401,8 +421,9 @@ CASES: dict[str, Case] = {
 }
 
 
-def _digest(paths: list[Path]) -> dict[str, str]:
-    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in paths}
+def _digest(paths: list[Path]) -> dict[str, tuple[str, int]]:
+    """Content and mtime: a file rewritten with the same bytes was still written to."""
+    return {str(p): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -434,9 +455,10 @@ def test_bad_input(name, tmp_path, base_data, trial_out, monkeypatch, request):
 
 
 def test_report_keeps_results_it_did_not_write(tmp_path, trial_out):
-    """`hdmap report` on results without parts (a trial output, a copied sweep) reports them as they are."""
+    """`hdmap report` on results it did not write (a trial output, a copied sweep with or without its parts)
+    reports them as they are and changes none of their files."""
     ctx = Ctx(tmp=tmp_path, data=tmp_path, trial_out=trial_out)
-    for folder in (guard_trial_out(ctx), copy_sweep_without_parts(ctx)):
+    for folder in (guard_trial_out(ctx), copy_sweep_without_parts(ctx), copy_sweep_with_parts(ctx)):
         rows = pq.read_table(folder / "results.parquet").num_rows
         before = _digest(ctx.guarded)
         result = CliRunner().invoke(app, ["report", str(folder)])
