@@ -74,9 +74,16 @@ class _ArrayDataset(Dataset):
 
 def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     """Fit and evaluate one config. Raises on failure; `failed_trial` turns an exception into a row."""
+    memory = PeakMemory()
+    try:
+        return _fit_and_evaluate(cfg, callbacks, memory)
+    finally:  # a trial that raises too: the fallback sampler thread must not outlive it in a reused actor
+        memory.stop()
+
+
+def _fit_and_evaluate(cfg: TrialConfig, callbacks: list | None, memory: PeakMemory) -> TrialResult:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    memory = PeakMemory()
     _quiet_libraries(cfg.runtime.progress)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -197,6 +204,7 @@ class PeakMemory:
             self._sampled = max(self._sampled, process.memory_info().rss)
 
     def stop(self) -> dict[str, float | None]:
+        """The trial's peaks; ends the sampler (calling it again is harmless)."""
         self._done.set()
         if self._sampler is None:
             status = Path("/proc/self/status").read_text()

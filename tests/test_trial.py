@@ -92,6 +92,25 @@ def test_peak_memory_is_per_trial_not_per_process():
     assert big_peak - later > 200, (big_peak, later)
 
 
+def test_failed_trial_leaves_no_memory_sampler_running(tmp_path, monkeypatch):
+    """Without /proc/self/clear_refs (macOS) a sampling thread measures the peak; a trial that raises must end it
+    too, or every failed trial of a reused Ray actor leaves one behind."""
+    import threading
+    from pathlib import Path
+
+    import hdmap.trial as trial_module
+
+    class NoClearRefs(type(Path())):
+        def write_text(self, *args, **kwargs):
+            raise OSError("no /proc/self/clear_refs here")
+
+    monkeypatch.setattr(trial_module, "Path", NoClearRefs)
+    cfg = load_trial_config(None, tiny_overrides(tmp_path / "missing"))
+    with pytest.raises(Exception, match="missing"):
+        run_trial(cfg)
+    assert not [t for t in threading.enumerate() if "_sample" in t.name]
+
+
 def test_cli_domain_all_one_model_a_row_per_domain(sim_root_all, tmp_path):
     """`hdmap trial --set data.domain=all`: one model on every domain's train normals, one row per test domain,
     each calibrated on its own domain's validation normals (n_val = that domain's, not the pooled 4)."""
