@@ -196,8 +196,8 @@ def sweep_run(
     set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE"),
     address: Optional[str] = typer.Option(
         None,
-        help="Ray cluster: 'auto' or ray://host:10001; default: $RAY_ADDRESS if set, "
-        "else a new local Ray instance of this sweep's own",
+        help="Ray cluster to run on, from its head node: 'auto' ($RAY_ADDRESS, or the cluster `ray start` "
+        "recorded) or host:6379; default: a new local Ray instance of this sweep's own",
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run trials recorded as failed"),
     report: bool = typer.Option(True, help="write the comparison report at the end"),

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -81,6 +82,7 @@ def run_sweep(
     """Run every planned trial not yet in the store. `feature_cache=False` (`--no-feature-cache`) makes each
     trial compute its own backbone features, coreset and kNN search: for checking the cache changes nothing."""
     spec = plan.spec
+    address = ray_address(address)  # before anything is written: a wrong address is one error, not a hang
     store = open_store(spec.sweep_dir())
     prepare_data(plan)
     store.write_meta(SweepMeta.of_plan(plan, state="running"))
@@ -250,10 +252,6 @@ def _run_tune(
     if not ray.is_initialized():
         # decoded splits are shared by every worker of a node through a node-local memory-mapped cache
         env = {"HDMAP_ARRAY_CACHE": os.environ.get("HDMAP_ARRAY_CACHE", NODE_ARRAY_CACHE)}
-        # No --address: this sweep's own Ray ("local"), never one that happens to run on the machine (a
-        # `ray start`, another sweep, a test's cluster), which plain ray.init() would join; RAY_ADDRESS opts in.
-        given = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
-        address = address or os.environ.get("RAY_ADDRESS") or "local"
         try:
             ray.init(
                 address=address,
@@ -265,14 +263,54 @@ def _run_tune(
                 runtime_env={"env_vars": env},
             )
         except ConnectionError as exc:
-            raise SweepEnvironmentError(
-                f"{given}: no Ray cluster to connect to ({str(exc).splitlines()[0]}); start one with "
-                "`ray start --head` (see cluster/README.md), or drop --address and unset RAY_ADDRESS to run on "
-                "a local Ray instance"
-            ) from None
+            raise _no_cluster(f"--address {address}", str(exc).splitlines()[0]) from None
     outcome.ray_start_s = time.perf_counter() - t0
     with stop.handling(), _ray_logs_to(Path(outcome.log_path)):
         _fit(plan, todo, store, skipped, live, feature_cache, stop, wandb)
+
+
+def ray_address(address: str | None) -> str:
+    """The Ray to run on: "local", this sweep's own new instance, unless --address names a cluster. Plain
+    ray.init() would join whatever runs on the machine (a `ray start`, another sweep, a test's cluster, an exported
+    RAY_ADDRESS); `--address auto` does that on purpose, on a cluster's head node, and is the default in a Ray Job.
+
+    A cluster address is checked with one TCP connection first: ray.init retries a head that does not answer for
+    minutes, printing GCS warnings, where a typo, a stopped cluster or a stale `ray start` record is one error."""
+    if not address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # set for a Ray Job's entrypoint
+        address = "auto"  # the job's own cluster (its supervisor sets RAY_ADDRESS to the GCS)
+    if not address or address == "local":
+        return "local"
+    given = f"--address {address}"
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):  # what ray.init does with "auto"
+        address, given = os.environ["RAY_ADDRESS"], f"--address auto (RAY_ADDRESS={os.environ['RAY_ADDRESS']})"
+    if "://" in address:  # ray:// (Ray Client), or a dashboard's http:// where a GCS address belongs
+        raise SweepEnvironmentError(
+            f"{given}: the sweep's driver must run on the cluster (it compacts the results and logs W&B where it "
+            "runs), so Ray Client (ray://) and dashboard (http://) addresses are not used; submit the sweep with "
+            "`ray job submit` or cluster/submit_sweep.py (cluster/README.md), which run `hdmap sweep run SPEC "
+            "--address auto` on the head node, or give the head's GCS address, host:6379"
+        )
+    target = address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address  # ray.init's own look-up of "auto"
+
+        try:
+            target = canonicalize_bootstrap_address("auto") or ""
+        except ConnectionError as exc:
+            raise _no_cluster(given, str(exc).splitlines()[0]) from None
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise _no_cluster(given, f"nothing answers at {target}: {exc or type(exc).__name__}") from None
+    return address
+
+
+def _no_cluster(given: str, why: str) -> SweepEnvironmentError:
+    return SweepEnvironmentError(
+        f"{given}: no Ray cluster to connect to ({why}); start one with `ray start --head` (see cluster/README.md),"
+        " or drop --address to run on a local Ray instance"
+    )
 
 
 def _fit(

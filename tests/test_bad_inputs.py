@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -388,6 +389,9 @@ CASES: dict[str, Case] = {
     "run: corrupt file found before launch": Case(
         lambda c: ["sweep", "run", spec(c)], 2, "000005.tiff", _set("domain_C/test/fault/000005.tiff", "garbage")
     ),
+    "run: --address where no cluster answers": Case(
+        lambda c: ["sweep", "run", spec(c), "--address", f"127.0.0.1:{_closed_port()}"], 2, "no Ray cluster"
+    ),
     # ---------------------------------------------------------------- report
     "report: folder missing": Case(lambda c: ["report", str(c.tmp / "nope")], 2, "nope"),
     "report: folder without results": Case(lambda c: ["report", str(c.tmp)], 2, "results.parquet"),
@@ -419,6 +423,13 @@ CASES: dict[str, Case] = {
         lambda c: (c.tmp / "real/domain_A").mkdir(parents=True),
     ),
 }
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _digest(paths: list[Path]) -> dict[str, tuple[str, int]]:

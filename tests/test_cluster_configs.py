@@ -324,9 +324,9 @@ def test_submit_sweep_builds_the_cli_command():
         out.strip(),
     ), out
     # the user's own output and address win
-    out = run_submit("--dry-run", "s.yaml", "--set", "output=/nfs/x", "--address", "ray://h:10001", env=env).stdout
+    out = run_submit("--dry-run", "s.yaml", "--set", "output=/nfs/x", "--address", "h:6379", env=env).stdout
     assert "s3://bucket/prefix" not in out and "--address auto" not in out
-    assert out.strip().endswith("sweep run s.yaml --set output=/nfs/x --address ray://h:10001")
+    assert out.strip().endswith("sweep run s.yaml --set output=/nfs/x --address h:6379")
 
 
 def test_submit_sweep_runs_the_cli_in_the_repo_and_returns_its_exit_code(tmp_path):

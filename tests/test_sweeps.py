@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from hdmap.data.simulate import simulate
 from hdmap.trial import run_trial
 from sweeps.report.analysis import load
 from sweeps.report.render import header_section
-from sweeps.runner import run_sweep
+from sweeps.runner import SweepEnvironmentError, ray_address, run_sweep
 from sweeps.spec import load_spec
 from sweeps.store import ResultStore
 from tests.conftest import tiny_overrides
@@ -103,6 +104,37 @@ def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_
     assert retried.skipped == 3 and len(retried.failed) == 3
     rows = results(retried.sweep_dir)
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6  # retries replace, never duplicate
+
+
+def test_ray_address_local_by_default_and_cluster_addresses_checked_at_once(monkeypatch):
+    """No --address: this sweep's own Ray, whatever RAY_ADDRESS says (often a dashboard URL exported for `ray job
+    submit`); in a Ray Job: the job's cluster. A cluster that does not answer is one error, before ray.init's
+    minutes of retries; Ray Client addresses are refused with the way to submit instead."""
+    with socket.socket() as head:  # a listening "GCS"
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        alive = f"127.0.0.1:{head.getsockname()[1]}"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{probe.getsockname()[1]}"
+        monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+        monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+        assert ray_address(None) == "local"
+        with pytest.raises(SweepEnvironmentError, match="ray job submit"):
+            ray_address("ray://head:10001")
+        with pytest.raises(SweepEnvironmentError, match=r"RAY_ADDRESS=http://127.0.0.1:8265.*ray job submit"):
+            ray_address("auto")
+        assert ray_address(alive) == alive
+        monkeypatch.setenv("RAY_ADDRESS", alive)
+        monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+        assert ray_address(None) == alive  # a Ray Job's entrypoint
+        monkeypatch.setenv("RAY_ADDRESS", dead)
+        t0 = time.perf_counter()
+        with pytest.raises(SweepEnvironmentError, match=f"RAY_ADDRESS={dead}.*nothing answers at {dead}"):
+            ray_address("auto")
+        with pytest.raises(SweepEnvironmentError, match=f"--address {dead}: no Ray cluster"):
+            ray_address(dead)
+        assert time.perf_counter() - t0 < 5
 
 
 def _settled(parts, quiet_s: float = 5.0) -> dict[str, int]:
