@@ -299,9 +299,11 @@ def ray_address(address: str | None) -> str:
         except ConnectionError as exc:
             raise _no_cluster(given, str(exc).splitlines()[0]) from None
     host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        raise SweepEnvironmentError(f"{given}: expected 'auto' or the head's GCS address host:port, e.g. head:6379")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise _no_cluster(given, f"nothing answers at {target}: {exc or type(exc).__name__}") from None
     return address
 

@@ -122,6 +122,8 @@ def test_ray_address_local_by_default_and_cluster_addresses_checked_at_once(monk
         assert ray_address(None) == "local"
         with pytest.raises(SweepEnvironmentError, match="ray job submit"):
             ray_address("ray://head:10001")
+        with pytest.raises(SweepEnvironmentError, match="--address head: expected 'auto' or .* host:port"):
+            ray_address("head")
         with pytest.raises(SweepEnvironmentError, match=r"RAY_ADDRESS=http://127.0.0.1:8265.*ray job submit"):
             ray_address("auto")
         assert ray_address(alive) == alive
