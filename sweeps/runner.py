@@ -23,6 +23,7 @@ from pathlib import Path
 from hdmap.config import TrialConfig
 from hdmap.errors import UserError
 from hdmap.models.registry import MODELS
+from sweeps.lease import DriverLease
 from sweeps.meta import SweepMeta
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
@@ -81,9 +82,22 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run every planned trial not yet in the store. `feature_cache=False` (`--no-feature-cache`) makes each
     trial compute its own backbone features, coreset and kNN search: for checking the cache changes nothing."""
-    spec = plan.spec
     address = ray_address(address)  # before anything is written: a wrong address is one error, not a hang
-    store = open_store(spec.sweep_dir())
+    store = open_store(plan.spec.sweep_dir())
+    with DriverLease(store):  # one driver per sweep: a second `sweep run` stops here, naming the first
+        return _drive(plan, store, address, retry_failed, num_cpus, live, feature_cache)
+
+
+def _drive(
+    plan: Plan,
+    store: ResultStore,
+    address: str,
+    retry_failed: bool,
+    num_cpus: int | None,
+    live: bool,
+    feature_cache: bool,
+) -> SweepOutcome:
+    spec = plan.spec
     prepare_data(plan)
     store.write_meta(SweepMeta.of_plan(plan, state="running"))
     store.compact()  # parts a killed driver left uncompacted: before Tune starts, so the pass blocks nothing
@@ -165,7 +179,7 @@ def open_store(sweep_dir: str) -> ResultStore:
     try:
         store = ResultStore(sweep_dir)
         store.write_json("sweep.json.probe", {})
-        store.fs.delete_file(f"{store.root}/sweep.json.probe")
+        store.delete("sweep.json.probe")
     except OSError as exc:
         raise SweepEnvironmentError(
             f"sweep output {sweep_dir} is not a writable directory ({exc}); choose another with --set output=DIR"

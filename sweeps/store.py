@@ -8,6 +8,7 @@
                                                    status, so resume and status never read 20,000 files
     <sweep_dir>/results.parquet, scores.parquet    one-file copies of the chunks, written by `export` (a sweep's end)
     <sweep_dir>/sweep.json                         the sweep's metadata (sweeps.meta.SweepMeta)
+    <sweep_dir>/driver.json                        the running driver's lease (sweeps.lease): one driver per sweep
 
 Parts: a part is written to a temporary name and renamed, so a crash never leaves a half-written part, two trials
 never write the same file, and a retried trial overwrites its own part (no duplicate rows). A results part is
@@ -96,6 +97,17 @@ class ResultStore:
 
     def write_json(self, relative: str, payload: dict) -> None:
         self.write_bytes(relative, json.dumps(payload, indent=2, default=str).encode())
+
+    def read_json(self, relative: str) -> dict | None:
+        """A small JSON file of the sweep folder, or None when it is missing or damaged."""
+        text = self._read_text(f"{self.root}/{relative}")
+        try:
+            return None if text is None else json.loads(text)
+        except ValueError:
+            return None
+
+    def delete(self, relative: str) -> None:
+        self.fs.delete_file(f"{self.root}/{relative}")
 
     # -- sweep metadata ------------------------------------------------------------------------
     def write_meta(self, meta: SweepMeta) -> None:

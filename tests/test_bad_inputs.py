@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import time
@@ -188,6 +189,24 @@ def _out_ok_then_broken_data(c: Ctx) -> None:
     c.guarded += [folder / "results.parquet", folder / "scores.parquet"]
     (c.data / "domain_C/test/fault/000001.tiff").write_bytes(b"not a tiff")
     clear_cache()  # a new `hdmap trial` process would decode again
+
+
+def _another_driver(c: Ctx) -> None:
+    """A live driver's lease on the corpus sweep (this test process stands in for it)."""
+    lease = c.tmp / "sweeps" / "corpus" / "driver.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": "first",
+                "started_at": "2026-11-30T09:00:00+00:00",
+                "renewed_at": time.time(),
+            }
+        )
+    )
+    c.guarded.append(lease)
 
 
 CASES: dict[str, Case] = {
@@ -388,6 +407,9 @@ CASES: dict[str, Case] = {
     ),
     "run: corrupt file found before launch": Case(
         lambda c: ["sweep", "run", spec(c)], 2, "000005.tiff", _set("domain_C/test/fault/000005.tiff", "garbage")
+    ),
+    "run: another driver holds the sweep": Case(
+        lambda c: ["sweep", "run", spec(c)], 2, "being run by another `hdmap sweep run`", _another_driver
     ),
     "run: --address where no cluster answers": Case(
         lambda c: ["sweep", "run", spec(c), "--address", f"127.0.0.1:{_closed_port()}"], 2, "no Ray cluster"
