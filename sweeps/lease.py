@@ -2,9 +2,11 @@
 
 Two drivers on one sweep (the same spec launched twice, a requeued job while the first still runs) would run
 the same trials twice and race on the manifest: a chunk written by one, the manifest by the other, rows missing
-from the report. So `hdmap sweep run` stops at once while another driver holds the sweep: a live process on this
-host, or, from another host, a lease renewed within LEASE_TTL_S. A driver that died frees the sweep at once on its
-own host (its pid is gone) and after LEASE_TTL_S elsewhere. Readers (`hdmap report`) never look at it.
+from the report. So `hdmap sweep run` stops while another driver holds the sweep: at once when that is a live
+process on this host; when it runs on another host (no pid to check), as soon as its lease is renewed while we
+watch. A driver that died frees the sweep at once on its own host, and LEASE_TTL_S after its last renewal
+elsewhere, when the watching driver takes over (a requeued cluster job goes on, no re-submission). Readers
+(`hdmap report`) never look at it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sweeps.store import ResultStore
 LEASE_FILE = "driver.json"
 LEASE_TTL_S = 120.0
 RENEW_EVERY_S = 30.0  # four renewals per TTL: a slow write (object storage) never lets a live lease lapse
+POLL_S = 2.0  # how often a waiting driver re-reads another host's lease
 
 
 class SweepBusyError(UserError):
@@ -56,19 +59,39 @@ class DriverLease:
                 pass
 
     def acquire(self) -> None:
-        """Take the sweep, or raise SweepBusyError naming the driver that holds it."""
+        """Take the sweep, or raise SweepBusyError naming the driver that holds it. Another host's lease that is
+        not renewed while we watch (at most until its TTL ends) belonged to a driver that died, e.g. with its node:
+        a requeued job takes the sweep over instead of failing, while a duplicate launch fails within one renewal
+        period."""
         held = self.store.read_json(LEASE_FILE)
-        if held and held.get("token") != self.token:
-            age = time.time() - float(held.get("renewed_at", 0))
-            if _alive(held, age):
-                where = f"pid {held.get('pid')} on {held.get('host')}, started {held.get('started_at')}"
-                elsewhere = held.get("host") != socket.gethostname()
+        if held and held.get("token") != self.token and _alive(held):
+            if held.get("host") != socket.gethostname():
+                held = self._watch(held)
+            if held is not None:
                 raise SweepBusyError(
-                    f"{self.store.uri} is being run by another `hdmap sweep run` ({where}; {self.store.uri}/"
-                    f"{LEASE_FILE} renewed {age:.0f} s ago): wait for it or stop it"
-                    + (f"; if it died, the sweep is free {LEASE_TTL_S - age:.0f} s from now" if elsewhere else "")
+                    f"{self.store.uri} is being run by another `hdmap sweep run` (pid {held.get('pid')} on "
+                    f"{held.get('host')}, started {held.get('started_at')}; {self.store.uri}/{LEASE_FILE} renewed "
+                    f"{_age(held):.0f} s ago): wait for it to finish or stop it"
                 )
         self.renew()
+
+    def _watch(self, held: dict) -> dict | None:
+        """The lease once renewed (its driver lives), or None if it lapsed or was released."""
+        wait_s = LEASE_TTL_S - _age(held)
+        print(
+            f"{self.store.uri}/{LEASE_FILE}: held by pid {held.get('pid')} on {held.get('host')}, renewed "
+            f"{_age(held):.0f} s ago; waiting up to {wait_s:.0f} s to see whether that driver is still alive",
+            flush=True,
+        )
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            time.sleep(min(POLL_S, max(0.0, deadline - time.time())))
+            now = self.store.read_json(LEASE_FILE)
+            if now is None:  # released: that driver finished
+                return None
+            if now.get("token") != held.get("token") or now.get("renewed_at") != held.get("renewed_at"):
+                return now
+        return None
 
     def renew(self) -> None:
         self.store.write_json(
@@ -89,8 +112,13 @@ class DriverLease:
             self.store.delete(LEASE_FILE)
 
 
-def _alive(held: dict, age: float) -> bool:
-    if age > LEASE_TTL_S:
+def _age(held: dict) -> float:
+    return time.time() - float(held.get("renewed_at", 0))
+
+
+def _alive(held: dict) -> bool:
+    """Possibly alive: renewed within the TTL, and on this host its process still exists."""
+    if _age(held) > LEASE_TTL_S:
         return False
     if held.get("host") != socket.gethostname():
         return True

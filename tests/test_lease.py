@@ -5,11 +5,13 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from sweeps.lease import LEASE_FILE, LEASE_TTL_S, DriverLease, SweepBusyError
+import sweeps.lease as lease_module
+from sweeps.lease import LEASE_FILE, DriverLease, SweepBusyError
 from sweeps.store import ResultStore
 
 
@@ -45,13 +47,31 @@ def test_dead_driver_on_this_host_is_taken_over_at_once(tmp_path):
         assert json.loads((tmp_path / "s" / LEASE_FILE).read_text())["token"] == lease.token
 
 
-def test_another_hosts_lease_holds_until_the_ttl(tmp_path):
+def test_another_hosts_lease_is_busy_while_renewed_and_taken_over_once_it_lapses(tmp_path, monkeypatch):
+    """A lease from another host cannot be checked by pid: watch it. Renewed while we wait: its driver lives
+    (a duplicate launch fails). Not renewed until its TTL ends: its driver died with its node (a requeued job
+    takes over instead of failing)."""
+    monkeypatch.setattr(lease_module, "LEASE_TTL_S", 1.5)
+    monkeypatch.setattr(lease_module, "POLL_S", 0.1)
     store = ResultStore(str(tmp_path / "s"))
-    held_by(tmp_path / "s", "gpu-node-7", 12345, age_s=10)
-    with pytest.raises(SweepBusyError, match=r"gpu-node-7.*if it died, the sweep is free 1\d\d s from now"):
+    held_by(tmp_path / "s", "gpu-node-7", 12345, age_s=0.5)
+    renewer = threading.Timer(0.3, held_by, args=(tmp_path / "s", "gpu-node-7", 12345))
+    renewer.start()
+    with pytest.raises(SweepBusyError, match=r"pid 12345 on gpu-node-7"):
         DriverLease(store).acquire()
-    held_by(tmp_path / "s", "gpu-node-7", 12345, age_s=LEASE_TTL_S + 1)
+    renewer.join()
+
+    held_by(tmp_path / "s", "gpu-node-7", 12345, age_s=0.5)  # never renewed again
+    t0 = time.perf_counter()
+    lease = DriverLease(store)
+    lease.acquire()
+    assert 0.7 < time.perf_counter() - t0 < 3
+    assert json.loads((tmp_path / "s" / LEASE_FILE).read_text())["token"] == lease.token
+
+    held_by(tmp_path / "s", "gpu-node-7", 12345, age_s=lease_module.LEASE_TTL_S + 1)  # lapsed long ago: no wait at all
+    t0 = time.perf_counter()
     DriverLease(store).acquire()
+    assert time.perf_counter() - t0 < 0.5
 
 
 def test_release_never_removes_another_drivers_lease(tmp_path):
