@@ -136,6 +136,9 @@ def _drive(
     except BaseException:  # a spec or environment error raised before or around Tune: no logging child left behind
         wandb.close(wait_s=0)
         raise
+    # a trial that finished while Tune was stopping (a SIGINT to the driver alone) reached no callback: log it too
+    for trial_id in ran & set(store.status_by_trial()):
+        wandb.submit(trial_id)
     try:  # runs still queued get at most one run's bound; a Ctrl-C here gives up on them at once
         outcome.wandb = wandb.close(wait_s=spec.tracking.wandb.timeout_s)
     except KeyboardInterrupt:
