@@ -22,4 +22,4 @@ quickstart: install
 
 test: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
-	WANDB_MODE=offline $(PY) -m pytest
+	WANDB_MODE=offline $(PY) -m pytest -m "slow or not slow"
