@@ -255,7 +255,7 @@ def _run_tune(
     todo: list[TrialConfig],
     store: ResultStore,
     skipped: int,
-    address: str | None,
+    address: str,
     num_cpus: int | None,
     live: bool,
     outcome: SweepOutcome,
@@ -293,13 +293,13 @@ def ray_address(address: str | None) -> str:
 
     A cluster address is checked with one TCP connection first: ray.init retries a head that does not answer for
     minutes, printing GCS warnings, where a typo, a stopped cluster or a stale `ray start` record is one error."""
+    given = f"--address {address}"
     if not address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # set for a Ray Job's entrypoint
-        address = "auto"  # the job's own cluster (its supervisor sets RAY_ADDRESS to the GCS)
+        address, given = "auto", "a Ray Job's default --address auto"  # the job's own cluster (RAY_ADDRESS: its GCS)
     if not address or address == "local":
         return "local"
-    given = f"--address {address}"
     if address == "auto" and os.environ.get("RAY_ADDRESS"):  # what ray.init does with "auto"
-        address, given = os.environ["RAY_ADDRESS"], f"--address auto (RAY_ADDRESS={os.environ['RAY_ADDRESS']})"
+        address, given = os.environ["RAY_ADDRESS"], f"{given} (RAY_ADDRESS={os.environ['RAY_ADDRESS']})"
     if "://" in address:  # ray:// (Ray Client), or a dashboard's http:// where a GCS address belongs
         raise SweepEnvironmentError(
             f"{given}: the sweep's driver must run on the cluster (it compacts the results and logs W&B where it "

@@ -28,7 +28,9 @@ from typer.testing import CliRunner
 from hdmap.data.arrays import clear_cache
 from hdmap.data.simulate import simulate
 from sweeps.cli import app
+from sweeps.lease import LEASE_FILE
 from sweeps.store import ResultStore
+from tests.test_lease import held_by
 
 pytestmark = pytest.mark.usefixtures("fresh_arrays")
 
@@ -193,20 +195,9 @@ def _out_ok_then_broken_data(c: Ctx) -> None:
 
 def _another_driver(c: Ctx) -> None:
     """A live driver's lease on the corpus sweep (this test process stands in for it)."""
-    lease = c.tmp / "sweeps" / "corpus" / "driver.json"
-    lease.parent.mkdir(parents=True)
-    lease.write_text(
-        json.dumps(
-            {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "token": "first",
-                "started_at": "2026-11-30T09:00:00+00:00",
-                "renewed_at": time.time(),
-            }
-        )
-    )
-    c.guarded.append(lease)
+    folder = c.tmp / "sweeps" / "corpus"
+    held_by(folder, socket.gethostname(), os.getpid())
+    c.guarded.append(folder / LEASE_FILE)
 
 
 CASES: dict[str, Case] = {
