@@ -7,7 +7,8 @@
 so spec paths are relative to the repo as on your laptop, and exits with the CLI's exit code.
 If $HDMAP_SWEEP_OUTPUT is set (ray_config.yaml sets it on the head) and ARGS carry no `output=`
 override, `--set output=$HDMAP_SWEEP_OUTPUT` is added: results go to shared storage, not the head's disk.
-`--dry-run` prints the command instead of running it.
+`--dry-run` prints the command instead of running it. The printed command shows no credential of an output URI
+(sweeps.redact, from the checkout).
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ def build_command(args: list[str]) -> list[str]:
     return cmd + rest
 
 
+def shown(cmd: list[str], repo: Path) -> str:
+    """The command as printed: credentials in a URI (`output=s3://KEY:SECRET@...`) masked by the checkout's
+    sweeps.redact; without a checkout to import it from, every URI is hidden whole."""
+    sys.path.insert(0, str(repo))
+    try:
+        from sweeps.redact import redact_uri
+    except ImportError:
+
+        def redact_uri(uri: str) -> str:
+            return "<URI hidden>"
+
+    def one(arg: str) -> str:
+        if "://" not in arg:
+            return arg
+        head, sep, uri = arg.partition("=") if "=" in arg.split("://", 1)[0] else ("", "", arg)
+        return head + sep + redact_uri(uri)
+
+    return shlex.join(one(arg) for arg in cmd)
+
+
 def main(argv: list[str]) -> int:
     dry_run = "--dry-run" in argv
     args = [a for a in argv if a != "--dry-run"]
@@ -48,7 +69,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0 if args else 2
     cmd, repo = build_command(args), repo_dir()
-    print(f"[submit_sweep] cd {repo} && {shlex.join(cmd)}", flush=True)
+    print(f"[submit_sweep] cd {repo} && {shown(cmd, repo)}", flush=True)
     if dry_run:
         return 0
     if not repo.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from hdmap.data.layout import ALL_DOMAINS, DOMAINS, normalize_domain, normalize_train_domain
 from hdmap.data.transforms import NORMALIZATIONS, PER_IMAGE_NORMS, RESIZE_METHODS
@@ -76,6 +76,12 @@ class DataConfig(StrictModel):
         "<root>/conditions.csv (hdmap/data/layout.py)",
     )
     allow_negative: bool = Field(False, description="accept negative pixel values (HDMAP files are scaled to >= 0)")
+    _shots_set_by: str = PrivateAttr("data.train_shots")  # a few-shot model's own field, when it set train_shots
+
+    @property
+    def shots_label(self) -> str:
+        """`FIELD=N` as the user set the fit count (`model.k_shot=4` for winclip): what an error about it names."""
+        return f"{self._shots_set_by}={self.train_shots}"
 
     @field_validator("image_size", "center_crop", mode="before")
     @classmethod
@@ -130,6 +136,11 @@ class RuntimeConfig(StrictModel):
     feature_cache: str | None = Field(
         None, description="directory of the disk cache shared by trials (backbone features, coreset, kNN); None = off"
     )
+    data_fingerprint: str | None = Field(
+        None,
+        description="set by the launcher (`hdmap trial`, the sweep's driver), not by hand: the data as listed before "
+        "launch (hdmap.data.fingerprint), carried to every row the trial writes, error rows included",
+    )
 
 
 ModelConfig = Annotated[Union[tuple(entry.config for entry in MODELS.values())], Field(discriminator="name")]
@@ -155,12 +166,20 @@ class TrialConfig(StrictModel):
 
         - `data_defaults()`: unset data fields take the model's native input, e.g. a timm backbone's pretraining size
           (518 x 518 for DINOv2 ViTs), WinCLIP's 240 x 240 nearest with CLIP mean/std.
+        - `data_requirements()`: data fields the model only works with (draem_sevnet: gray input); set otherwise: error.
         - `fit_shots()`: a few-shot model's own shot count is `data.train_shots` (one source of truth; 0 = zero-shot).
         """
         model, data = self.model, self.data
         for field, value in model.data_defaults().items():
             if field not in data.model_fields_set:
                 setattr(data, field, value)
+        for field, (value, why) in model.data_requirements().items():
+            if field in data.model_fields_set and getattr(data, field) != value:
+                raise ValueError(
+                    f"data.{field}={_yaml(getattr(data, field))} does not suit model {model.name}: {why}; "
+                    f"set data.{field}={_yaml(value)} or leave it unset"
+                )
+            setattr(data, field, value)
         shots = model.fit_shots()
         if shots is not None:
             if "train_shots" in data.model_fields_set and data.train_shots != shots:
@@ -169,6 +188,7 @@ class TrialConfig(StrictModel):
                     f"{model.name} fits on exactly its {model.shots_field} references; leave data.train_shots unset"
                 )
             data.train_shots = shots
+            data._shots_set_by = f"model.{model.shots_field}"
         elif data.train_shots == 0:
             raise ValueError(
                 f"data.train_shots=0 leaves model {model.name} nothing to fit on (0 is for zero-shot models); use >= 1"
@@ -200,6 +220,11 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text != "" else ""
 
 
+def _yaml(value: Any) -> str:
+    """A value as `--set` takes it back: `false`, `none`, `3`."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
 def set_path(tree: dict, path: str, value: Any) -> None:
     """Set `a.b.c` in a nested dict, creating intermediate dicts.
 
@@ -225,10 +250,32 @@ def get_path(tree: dict, path: str) -> Any:
     return node
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load keeps the last of two equal keys: a second `axes:` in a spec would silently drop the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` followed by an own key is an override YAML means
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor's own error follows
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {key!r} on line {line} (first on line {first}); YAML would keep only "
+                    "the last one: merge them into one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_tree(path: str | Path, expected: str) -> dict:
-    """A YAML file that must hold a mapping; ConfigError naming the file otherwise."""
+    """A YAML file that must hold a mapping (no key twice at any level); ConfigError naming the file otherwise."""
     try:
-        tree = yaml.safe_load(Path(path).read_text()) or {}
+        tree = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist") from None
     except IsADirectoryError:
@@ -283,7 +330,8 @@ def describe_errors(exc: ValidationError, source: str) -> str:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"  # a section: too long
-            lines.append(f"{source + ': ' if source else ''}{path + ': ' if path else ''}{msg}{got}")
+            where = "" if not path or msg.startswith(f"{path}.") else f"{path}: "  # a message naming its own field
+            lines.append(f"{source + ': ' if source else ''}{where}{msg}{got}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ one, never a half-written one, and a writer that fails leaves nothing behind.
 
 - local (no filesystem, or a `LocalFileSystem`): a hidden temporary file in the same folder (``.<name>.<pid>.<uuid>
   .tmp``, so globs for ``*.parquet`` never see it), fsync-ed, then ``os.replace``-d over the target (atomic on
-  POSIX); the folder is fsync-ed too so the rename survives a power loss.
+  POSIX); the folder is fsync-ed too so the rename survives a power loss. A full disk (or quota) is a
+  `hdmap.errors.DiskFullError` naming the target and its disk (a failing ``write()`` names no file).
 - S3 and GCS: written directly. Their PUT is atomic (an object becomes visible only once its upload completes;
   a failed multipart upload publishes nothing), so a temporary key plus a move would only add a server-side copy.
   The content is produced in memory first: pyarrow's output streams cannot abort, and closing one after a failing
@@ -28,6 +29,8 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from hdmap.errors import disk_full
 
 Content = bytes | str | Callable[[BinaryIO], None]
 
@@ -79,8 +82,11 @@ def _write_local(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        full = disk_full(exc, path)  # a write() on a full disk names no file: name the target (and its disk)
+        if full is not None and full is not exc:
+            raise full from exc
         raise
     _fsync_folder(path.parent)
 

@@ -43,6 +43,9 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("host", pa.string()),
     ("git_sha", pa.string()),
     ("versions", pa.string()),  # JSON: package -> version
+    # JSON {split or sidecar: hash} of the data the trial read (hdmap.data.fingerprint): a resumed sweep or an
+    # `hdmap trial --out` refuses a stored result of the same trial on other data; null: not recorded (older rows)
+    ("data_fingerprint", pa.string()),
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("config_json", pa.string()),
 ]
@@ -96,6 +99,7 @@ def config_columns() -> dict[str, pa.DataType]:
     for entry in MODELS.values():
         walk(entry.config, "model.")
     columns.pop("runtime.progress", None)
+    columns.pop("runtime.data_fingerprint", None)  # the row's own `data_fingerprint` column
     return columns
 
 

@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from hdmap.cache import DiskCache
 from hdmap.config import TrialConfig
 from hdmap.data.arrays import SplitArrays
+from hdmap.data.fingerprint import changed_parts, data_fingerprint
 from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
-from hdmap.errors import OutputError
+from hdmap.errors import ConfigError, DataLayoutError, OutputError
 from hdmap.features import FeatureLookup, cached_features
 from hdmap.io import atomic_write, atomic_write_table
 from hdmap.metrics import evaluate
@@ -72,6 +73,14 @@ class _ArrayDataset(Dataset):
         return item
 
 
+def check_fit_set(cfg: TrialConfig, fit: SplitArrays) -> None:
+    """ConfigError when the model cannot be fitted on this fit set (`ModelConfig.fit_problem`: bank sizes after the
+    p90 gate, PCA components vs images, ...); the trial and `sweep plan` check it before any model is built."""
+    problem = cfg.model.fit_problem(fit.images, cfg.data.model_input_size)
+    if problem:
+        raise ConfigError(f"{problem} (model {cfg.model.name}: {len(fit)} fit images from {cfg.data.domain})")
+
+
 def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     """Fit and evaluate one config. Raises on failure; `failed_trial` turns an exception into a row."""
     memory = PeakMemory()
@@ -88,6 +97,7 @@ def _fit_and_evaluate(cfg: TrialConfig, callbacks: list | None, memory: PeakMemo
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = build_trial_data(cfg.data, cfg.seed)
+    check_fit_set(cfg, data.fit)
     transform = HdmapTransform.for_data(cfg.data)
     module = MODELS[cfg.model.name].build(cfg.model, transform, cfg.seed)
     cache = DiskCache(cfg.runtime.feature_cache) if cfg.runtime.feature_cache else None
@@ -243,10 +253,20 @@ def failed_trial(cfg: TrialConfig, exc: BaseException) -> TrialResult:
     return TrialResult(rows=[row], scores=SCORE_SCHEMA.empty_table())
 
 
-def prepare_output_dir(out_dir: str | Path, trial_id: str) -> Path:
+def stamp_data(cfg: TrialConfig) -> None:
+    """Record the fingerprint of the data `cfg` reads: its rows carry it, `prepare_output_dir` compares it. Data the
+    layout rules reject stays unstamped: the trial itself reports the problem, with its error row."""
+    try:
+        cfg.runtime.data_fingerprint = data_fingerprint(cfg.data)
+    except (DataLayoutError, OSError):
+        cfg.runtime.data_fingerprint = None
+
+
+def prepare_output_dir(out_dir: str | Path, trial_id: str, fingerprint: str | None = None) -> Path:
     """Check, before anything is fitted, that `out_dir` can take this trial's results without losing others'.
 
-    A directory holding another trial's results is refused: results are never overwritten by a different trial."""
+    A directory holding another trial's results is refused: results are never overwritten by a different trial;
+    nor by the same trial on other data (`fingerprint`: `stamp_data`'s), since that is a different result too."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; expected a directory (default runs/<trial_id>)")
@@ -264,11 +284,31 @@ def prepare_output_dir(out_dir: str | Path, trial_id: str) -> Path:
             f"--out {out} holds the results of trial {others[0]}, not {trial_id}; results are never "
             f"overwritten by another trial: choose another --out (default runs/<trial_id>)"
         )
+    if fingerprint is not None:
+        _refuse_other_data(out, trial_id, fingerprint)
     return out
 
 
+def _refuse_other_data(out: Path, trial_id: str, fingerprint: str) -> None:
+    """An ok row of this trial on other data, or on data it cannot be compared with (a row written before rows
+    recorded a fingerprint), is a result this run must not replace."""
+    for held in _ok_fingerprints(out / "results.parquet"):
+        if held == fingerprint:
+            continue
+        if held is None:
+            why = "recorded without a data fingerprint (by an older hdmap): whether it used this data cannot be checked"
+            rule = "it is never overwritten: choose another --out"
+        else:
+            changed = ", ".join(changed_parts(held, fingerprint))
+            why = f"computed on other data ({changed} changed since: sizes, modification times or contents)"
+            rule = "a result is never overwritten by a run on other data: choose another --out, or restore the data"
+        raise OutputError(f"--out {out} holds a result of trial {trial_id} {why}; {rule}")
+
+
 def write_outputs(result: TrialResult, out_dir: str | Path, cfg: TrialConfig | None = None) -> Path:
-    """`results.parquet`, `scores.parquet` (and `config.yaml`) in out_dir; each written atomically.
+    """`results.parquet`, `scores.parquet` (and `config.yaml`) in out_dir; each written atomically, results last:
+    like a sweep's results part, it is the commit marker, so a run stopped mid-way (a signal, a full disk) never
+    leaves results without their scores.
 
     A failed run never replaces a successful result of the same trial: its error row goes beside it, to
     `results.failed-<UTC time>.parquet`. Returns the results file written."""
@@ -279,12 +319,12 @@ def write_outputs(result: TrialResult, out_dir: str | Path, cfg: TrialConfig | N
         target = out / f"results.failed-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.parquet"
         atomic_write_table(result.results_table(), target)
         return target
-    atomic_write_table(result.results_table(), target)
     atomic_write_table(result.scores, out / "scores.parquet")
     if cfg is not None:
         import yaml
 
         atomic_write(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_table(result.results_table(), target)
     return target
 
 
@@ -292,6 +332,16 @@ def _held_trial_ids(path: Path) -> set[str]:
     if not path.is_file():
         return set()
     return set(pq.read_table(path, columns=["trial_id"])["trial_id"].to_pylist())
+
+
+def _ok_fingerprints(path: Path) -> set[str | None]:
+    """The data fingerprints of a results file's ok rows; None for a row without one (an older file)."""
+    if not path.is_file():
+        return set()
+    names = pq.read_schema(path).names
+    table = pq.read_table(path, columns=[c for c in ("status", "data_fingerprint") if c in names])
+    held = table["data_fingerprint"].to_pylist() if "data_fingerprint" in names else [None] * table.num_rows
+    return {fp for status, fp in zip(table["status"].to_pylist(), held) if status == "ok"}
 
 
 def _has_ok_rows(path: Path) -> bool:
@@ -339,6 +389,7 @@ def _base_row(cfg: TrialConfig) -> dict:
         "host": socket.gethostname(),
         "git_sha": _git_sha(),
         "versions": json.dumps(_versions(), sort_keys=True),
+        "data_fingerprint": cfg.runtime.data_fingerprint,
         "config_json": json.dumps(canonical, sort_keys=True),
     }
 

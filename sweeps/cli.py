@@ -6,6 +6,9 @@ The top layer: it may import everything below it (hdmap, the sweep modules); not
 from __future__ import annotations
 
 import shlex
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hdmap.errors import UserError
+from hdmap.errors import UserError, disk_full
+from sweeps.redact import redact, redact_uri
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +33,36 @@ err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, h
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM during `hdmap trial`. Our own kind, because Lightning's fit turns a KeyboardInterrupt into
+    exit 1 and a SIGTERM into a silent exit 0 (lightning.pytorch.trainer.call, SIGTERMException); any other
+    exception it tears the fit down for and re-raises."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextmanager
+def _interrupts_raise():
+    """While the block runs, SIGINT and SIGTERM raise _Interrupted (Lightning calls ours after its own SIGTERM
+    handler during a fit, and restores ours after it)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        raise _Interrupted(signum)
+
+    saved = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
@@ -68,26 +102,61 @@ def trial(
         None, help="disk cache for backbone features / coreset / kNN, shared with later trials (default: none)"
     ),
 ) -> None:
-    """Run one trial without Ray: fit, score, metrics -> OUT/results.parquet, OUT/scores.parquet."""
+    """Run one trial without Ray: fit, score, metrics -> OUT/results.parquet, OUT/scores.parquet.
+
+    Exit code: 0 done, 1 the trial failed (its error row is written) or the disk filled up, 2 a mistake in the config,
+    the data or --out, 130 (Ctrl-C) / 143 (SIGTERM) interrupted: no result written."""
     from hdmap.config import load_trial_config
-    from hdmap.trial import failed_trial, prepare_output_dir, run_trial, write_outputs
+    from hdmap.trial import prepare_output_dir, stamp_data
+
+    cfg = None
+    try:
+        with _interrupts_raise():
+            try:
+                cfg = load_trial_config(
+                    config, set_ + ([f"runtime.feature_cache={feature_cache}"] if feature_cache else [])
+                )
+                stamp_data(cfg)
+                out = prepare_output_dir(out or Path("runs") / cfg.trial_id, cfg.trial_id, cfg.runtime.data_fingerprint)
+            except UserError as exc:
+                fail(str(exc))
+            console.print(f"trial {cfg.trial_id}: model={cfg.model.name} domain={cfg.data.domain} seed={cfg.seed}")
+            rows = _run_and_write(cfg, out)
+    except _Interrupted as stop:
+        where = f" to {out}" if out else ""
+        fail(
+            f"{_trial_name(cfg)} did not finish: interrupted by {stop.name}; no result was written{where} "
+            "(the same command starts it again)",
+            128 + stop.signum,
+        )
+    except OSError as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        fail(f"{full}: {_trial_name(cfg)} did not finish, no result was written; free space and run it again", 1)
+    console.print(metrics_table(rows))  # the results are written: a signal from here on is an ordinary one
+    console.print(f"results: {out / 'results.parquet'}  per-image scores: {out / 'scores.parquet'}")
+
+
+def _trial_name(cfg) -> str:
+    return f"trial {cfg.trial_id}" if cfg is not None else "the trial"
+
+
+def _run_and_write(cfg, out: Path) -> list[dict]:
+    """Fit and write the results (their rows are returned); a failure writes its error row like a sweep would (not
+    on a full disk, where it could not be written either) and is reported."""
+    from hdmap.trial import failed_trial, run_trial, write_outputs
 
     try:
-        cfg = load_trial_config(config, set_ + ([f"runtime.feature_cache={feature_cache}"] if feature_cache else []))
-        out = prepare_output_dir(out or Path("runs") / cfg.trial_id, cfg.trial_id)
-    except UserError as exc:
-        fail(str(exc))
-    console.print(f"trial {cfg.trial_id}: model={cfg.model.name} domain={cfg.data.domain} seed={cfg.seed}")
-    try:
         result = run_trial(cfg)
-    except Exception as exc:  # record the failure like a sweep would, then report it
+    except Exception as exc:
+        if disk_full(exc) is not None:
+            raise
         written = write_outputs(failed_trial(cfg, exc), out, cfg)
         if isinstance(exc, UserError):
             fail(f"{exc} [error row: {written}]")
         raise
     write_outputs(result, out, cfg)
-    console.print(metrics_table(result.rows))
-    console.print(f"results: {out / 'results.parquet'}  per-image scores: {out / 'scores.parquet'}")
+    return result.rows
 
 
 @app.command()
@@ -98,21 +167,29 @@ def models() -> None:
     from hdmap.models.registry import model_catalog
 
     catalog = model_catalog()
-    table = Table(
-        title=f"{len(catalog)} models (registry: hdmap/models/registry.py); set fields with --set model.FIELD=V",
-        show_lines=True,
-    )
-    for column in ("model", "config fields (defaults)", "per-epoch metric", "pretrained weights", "outputs"):
-        table.add_column(column, overflow="fold")
-    for row in catalog:
-        fields = ", ".join(f"{k}={v.value if isinstance(v, Enum) else v}" for k, v in row["fields"].items())
-        table.add_row(
+    columns = ("model", "config fields (defaults)", "per-epoch metric", "pretrained weights", "outputs")
+    rows = [
+        (
             row["model"],
-            fields,
+            ", ".join(f"{k}={v.value if isinstance(v, Enum) else v}" for k, v in row["fields"].items()),
             row["per_epoch_metric"] or "- (no ASHA)",
             "needed (pretrained: false = random init)" if row["needs_pretrained_weights"] else "-",
             ", ".join(row["outputs"]),
         )
+        for row in catalog
+    ]
+    if not console.is_terminal:  # piped (`hdmap models | grep ...`): one model per line, tab-separated, never wrapped
+        for line in (columns, *rows):
+            print("\t".join(line))
+        return
+    table = Table(
+        title=f"{len(catalog)} models (registry: hdmap/models/registry.py); set fields with --set model.FIELD=V",
+        show_lines=True,
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -162,7 +239,7 @@ def sweep_plan(
     set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE, e.g. resources.gpu=0"),
 ) -> None:
     """Expand and validate a sweep spec; print trial count, per-model breakdown and resources. Runs nothing."""
-    from sweeps.preflight import check_data, check_output
+    from sweeps.preflight import check_data, check_fresh, check_output
     from sweeps.runner import plan_todo
     from sweeps.store import ResultStore
 
@@ -170,6 +247,7 @@ def sweep_plan(
     try:
         check_output(plan.spec.sweep_dir())
         notes = check_data(plan)
+        notes += check_fresh(plan, ResultStore(plan.spec.sweep_dir()))  # finished trials on other data: refused
     except UserError as exc:
         fail(f"{spec}: {exc}")
     table = Table(title=f"sweep {plan.spec.name}: {len(plan.trials)} trials (spec {plan.spec_hash})")
@@ -181,7 +259,8 @@ def sweep_plan(
     console.print(table)
     console.print(
         f"axes: {', '.join(plan.axes) or '-'}; scheduler: {'asha' if plan.spec.asha else 'fifo'}; "
-        f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; output: {plan.spec.sweep_dir()}"
+        f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; "
+        f"output: {redact_uri(plan.spec.sweep_dir())}"
     )
     for note in notes:
         console.print(f"note: {note}")
@@ -209,21 +288,27 @@ def sweep_run(
 ) -> None:
     """Validate, then run every trial not already in the store on Ray Tune; write the report.
 
-    Exit code: 0 all trials have a result, 1 some failed, 2 a mistake in the spec or the environment,
+    Exit code: 0 all trials have a result, 1 some failed, or the disk filled up (the sweep stops, sweep.json says
+    "failed"; the same command resumes), 2 a mistake in the spec or the environment,
     130 (Ctrl-C) / 143 (SIGTERM) interrupted: the trials that did not run are named with the command to resume.
     """
     from sweeps.runner import run_sweep
 
     plan = _load_plan(spec, set_)
-    console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {plan.spec.sweep_dir()}")
+    console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {redact_uri(plan.spec.sweep_dir())}")
     try:
         outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
     except UserError as exc:  # spec, data, environment (SpecError and SweepEnvironmentError are UserErrors)
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted before any trial started", 130)
+    except OSError as exc:  # a full disk before any trial started (sweep.json, the first compaction)
+        if (full := disk_full(exc)) is None:
+            raise
+        fail(f"{full}: free space, then run the same command again", 1)
+    ended = "interrupted" if outcome.interrupted else "stopped" if outcome.disk_full else "finished"
     console.print(
-        f"{'interrupted' if outcome.interrupted else 'finished'}: {outcome.ok} ok, "
+        f"{ended}: {outcome.ok} ok, "
         f"{len(outcome.failed)} failed, {outcome.pruned} stopped early, {outcome.skipped} already done; "
         f"wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
         + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else "")
@@ -238,14 +323,14 @@ def sweep_run(
         resume += ([] if feature_cache else ["--no-feature-cache"]) + ([] if report else ["--no-report"])
         console.print(
             f"[bold red]{outcome.not_run} of {outcome.total} trials did not run[/]; resume them with:\n"
-            f"  {shlex.join(resume)}",
+            f"  {redact(shlex.join(resume), plan.spec.sweep_dir())}",  # an --set output=URI keeps no credential
             highlight=False,
             soft_wrap=True,
         )
-    if report and not outcome.interrupted:
+    if report and not outcome.interrupted and not outcome.disk_full:
         from sweeps.store import ResultStore
 
-        store = ResultStore(outcome.sweep_dir)
+        store = ResultStore(plan.spec.sweep_dir())  # outcome.sweep_dir is for showing: credentials redacted
         _finish(store, store.meta())
     if outcome.failed:
         table = Table(title="failed trials", title_style="bold red")
@@ -261,6 +346,9 @@ def sweep_run(
             soft_wrap=True,
         )
         console.print("re-run them with --retry-failed once fixed")
+    if outcome.disk_full:
+        stale = "" if outcome.state_recorded else " (sweep.json could not be updated: it still says running)"
+        fail(f"{outcome.disk_full}: the sweep stopped{stale}; free space, then run the same command to resume", 1)
     if outcome.interrupted:
         raise typer.Exit(128 + outcome.interrupted)
     if outcome.failed or outcome.not_run:
@@ -293,9 +381,10 @@ def report(
         store = ResultStore(sweep_dir)
         found = store.has_results()
     except (OSError, ValueError) as exc:  # an unknown scheme, a bucket we cannot reach
-        fail(f"cannot open {sweep_dir}: {exc}")
+        fail(f"cannot open {redact_uri(sweep_dir)}: {redact(str(exc), sweep_dir)}")
     if not found:
-        fail(f"{sweep_dir} holds no sweep results (expected {sweep_dir}/results.parquet or parts/results/)")
+        shown = redact_uri(sweep_dir)
+        fail(f"{shown} holds no sweep results (expected {shown}/results.parquet or parts/results/)")
     try:
         meta = store.meta()
     except ValueError as exc:
@@ -313,8 +402,8 @@ def _finish(store, meta, out: Path | None = None, wandb: bool = False) -> None:
         done = finish(store, meta, out, wandb_report=wandb)
     except (pa.ArrowInvalid, OSError) as exc:  # a damaged results file, or a report folder we cannot write
         fail(
-            f"cannot write the report of {store.uri}{f' into {out}' if out else ''}: {type(exc).__name__}: {exc}"
-            + ("" if out else " (write it elsewhere with --out DIR)")
+            f"cannot write the report of {store.uri}{f' into {out}' if out else ''}: {type(exc).__name__}: "
+            f"{redact(str(exc), store.uri_with_secrets)}" + ("" if out else " (write it elsewhere with --out DIR)")
         )
     console.print(
         f"report: {done.html}  (markdown: {done.markdown}; W&B summary: {done.wandb_summary})",

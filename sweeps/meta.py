@@ -2,8 +2,9 @@
 
 It holds what the rows cannot say: the sweep's axes in spec order (the first value of each is the report's
 baseline), the planned trial ids (so trials without a row show as missing), whether the last run finished
-("running" is what a killed driver leaves behind) and the sweep's own W&B settings (`hdmap report` logs with
-them). Unknown keys in older files are ignored, never parsed.
+("running" is what a killed driver leaves behind; "failed": the run stopped on a full disk, `error` says where)
+and the sweep's own W&B settings (`hdmap report` logs with them). Unknown keys in older files are ignored, never
+parsed.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ class SweepMeta(BaseModel):
     axes: dict[str, list[Any]] = Field(default_factory=dict)  # swept values in spec order
     n_trials: int | None = None
     trial_ids: list[str] | None = None
-    state: Literal["running", "complete", "incomplete", "interrupted"] | None = None
+    state: Literal["running", "complete", "incomplete", "interrupted", "failed"] | None = None
     n_without_result: int | None = None  # planned trials without a row after the last run
+    error: str | None = None  # why the last run failed (state "failed": a full disk), the line the user saw
     updated_at: dt.datetime | None = None
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
     @classmethod
-    def of_plan(cls, plan, state: str, without_result: int | None = None) -> SweepMeta:
+    def of_plan(cls, plan, state: str, without_result: int | None = None, error: str | None = None) -> SweepMeta:
         """The record for a sweep's plan (sweeps.spec.Plan) in a given state."""
         return cls(
             name=plan.spec.name,
@@ -44,6 +46,7 @@ class SweepMeta(BaseModel):
             trial_ids=[t.trial_id for t in plan.trials],
             state=state,
             n_without_result=without_result,
+            error=error,
             updated_at=dt.datetime.now(dt.timezone.utc),
             wandb=plan.spec.tracking.wandb,
         )

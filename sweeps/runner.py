@@ -16,19 +16,22 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hdmap.config import TrialConfig
-from hdmap.errors import UserError
+from hdmap.errors import DiskFullError, UserError, disk_full
 from hdmap.models.registry import MODELS
 from sweeps.lease import DriverLease
 from sweeps.meta import SweepMeta
+from sweeps.preflight import FINISHED, check_fresh
+from sweeps.redact import redact, redact_uri
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
 from sweeps.tracking import LogTally, TrialLogger
-from sweeps.worker import record_failure, trial_trainable
+from sweeps.worker import DISK_FULL, record_failure, trial_trainable
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -61,12 +64,14 @@ class SweepOutcome:
     interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the sweep early
     log_path: str | None = None  # Ray's driver log: trial tracebacks go there, not to the terminal
     wandb: LogTally | None = None  # one W&B run per trial finished by this run, logged from the driver
+    disk_full: str | None = None  # the run stopped on a full disk: the line naming the path and its disk
+    state_recorded: bool = True  # False: sweep.json could not be updated (a full disk) and still says "running"
 
 
 def plan_todo(plan: Plan, store: ResultStore, retry_failed: bool) -> tuple[list[TrialConfig], int]:
     """Trials still to run: not finished (ok or pruned); failed ones only with retry_failed."""
     status = store.status_by_trial()
-    done = {"ok", "pruned"} | (set() if retry_failed else {"error"})
+    done = FINISHED | (set() if retry_failed else {"error"})
     todo = [t for t in plan.trials if status.get(t.trial_id) not in done]
     return todo, len(plan.trials) - len(todo)
 
@@ -99,6 +104,8 @@ def _drive(
 ) -> SweepOutcome:
     spec = plan.spec
     prepare_data(plan)
+    for note in check_fresh(plan, store):  # finished trials on other data: refused before anything is written
+        print(f"note: {note}")
     store.write_meta(SweepMeta.of_plan(plan, state="running"))
     store.compact()  # parts a killed driver left uncompacted: before Tune starts, so the pass blocks nothing
     todo, skipped = plan_todo(plan, store, retry_failed)
@@ -133,29 +140,25 @@ def _drive(
             _record_lost(todo, store, plan)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
         stop.received = stop.received or signal.SIGINT
-    except BaseException:  # a spec or environment error raised before or around Tune: no logging child left behind
-        wandb.close(wait_s=0)
-        raise
+    except BaseException as exc:  # a spec or environment error around Tune: no logging child left behind
+        if (full := disk_full(exc)) is None:
+            wandb.close(wait_s=0)
+            raise
+        outcome.disk_full = str(full)  # a trial's (_fit) or a driver's write: the run ends here, its state recorded
     # a trial that finished while Tune was stopping (a SIGINT to the driver alone) reached no callback: log it too
     for trial_id in ran & set(store.status_by_trial()):
         wandb.submit(trial_id)
-    try:  # runs still queued get at most one run's bound; a Ctrl-C here gives up on them at once
-        outcome.wandb = wandb.close(wait_s=spec.tracking.wandb.timeout_s)
+    try:  # runs still queued get at most one run's bound (none on a full disk); a Ctrl-C here gives up on them at once
+        outcome.wandb = wandb.close(wait_s=0 if outcome.disk_full else spec.tracking.wandb.timeout_s)
     except KeyboardInterrupt:
         stop.received = stop.received or signal.SIGINT
         outcome.wandb = wandb.close(wait_s=0)
-    store.compact()  # the run's last pass: the background passes (_compacting) left only the newest parts
-    store.export()
+    if outcome.disk_full is None:  # the run's last pass (the parts are the truth: on a full disk, the next run's)
+        _unless_disk_full(outcome, lambda: (store.compact(), store.export()))
     status = store.status_by_trial()
     outcome.interrupted = stop.received
     outcome.not_run = sum(1 for t in plan.trials if t.trial_id not in status)
-    store.write_meta(
-        SweepMeta.of_plan(
-            plan,
-            state="interrupted" if stop.received else "complete" if not outcome.not_run else "incomplete",
-            without_result=outcome.not_run,
-        )
-    )
+    outcome.state_recorded = _unless_disk_full(outcome, lambda: store.write_meta(_end_state(plan, outcome)))
     rows = store.results(["trial_id", "model", "status", "error", "cache_hits", "cache_misses"]).to_pylist()
     wanted = {t.trial_id for t in plan.trials}
     outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
@@ -173,6 +176,28 @@ def _drive(
     return outcome
 
 
+def _unless_disk_full(outcome: SweepOutcome, write: Callable[[], object]) -> bool:
+    """One of the driver's closing writes; False when the disk is full, which the outcome then reports (the run
+    still ends in order, and exits 1 naming the disk) instead of a traceback."""
+    try:
+        write()
+    except Exception as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        outcome.disk_full = outcome.disk_full or str(full)
+        return False
+    return True
+
+
+def _end_state(plan: Plan, outcome: SweepOutcome) -> SweepMeta:
+    """sweep.json after a run: "failed" (a full disk, with its line), else interrupted, complete or incomplete."""
+    if outcome.disk_full:
+        state = "failed"
+    else:
+        state = "interrupted" if outcome.interrupted else "complete" if not outcome.not_run else "incomplete"
+    return SweepMeta.of_plan(plan, state=state, without_result=outcome.not_run, error=outcome.disk_full)
+
+
 def open_store(sweep_dir: str) -> ResultStore:
     """The sweep's store, or an error when the output location cannot hold it: the checks `sweep plan` runs
     (sweeps.preflight.check_output: a file in the way, not writable, no bucket), then a real write probe."""
@@ -185,7 +210,8 @@ def open_store(sweep_dir: str) -> ResultStore:
         store.delete("sweep.json.probe")
     except OSError as exc:
         raise SweepEnvironmentError(
-            f"sweep output {sweep_dir} is not a writable directory ({exc}); choose another with --set output=DIR"
+            f"sweep output {redact_uri(sweep_dir)} is not a writable directory ({redact(str(exc), sweep_dir)}); "
+            "choose another with --set output=DIR"
         ) from None
     return store
 
@@ -196,7 +222,7 @@ def _ray_logs_to(path: Path):
     progress display and the failure table are what a user reads; the log is where the details are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ray_logger = logging.getLogger("ray")
-    handler = logging.FileHandler(path)
+    handler = _BestEffortFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = ray_logger.handlers[:]
     ray_logger.handlers = [handler]
@@ -205,6 +231,20 @@ def _ray_logs_to(path: Path):
     finally:
         ray_logger.handlers = saved
         handler.close()
+
+
+class _BestEffortFileHandler(logging.FileHandler):
+    """A log that never fails the sweep: on a full disk its records are dropped, without logging's "--- Logging
+    error ---" traceback on the terminal per record, and closing it raises nothing."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last buffered records did not fit
+            pass
 
 
 class _StopSignals:
@@ -368,7 +408,6 @@ def _fit(
     context = {
         "sweep": spec.name,
         "spec_hash": plan.spec_hash,
-        "sweep_dir": store.uri,
         "timeout_s": spec.trial_timeout_s,
         "per_epoch_metric": asha.metric if asha else None,
         # shared by every trial of the sweep on a node (or on a shared file system), content-keyed (hdmap.cache)
@@ -385,8 +424,11 @@ def _fit(
     # Tune's own experiment state is a by-product (resume uses the store), so it may stay on the driver's disk
     # when results go to object storage; with a shared file system it sits next to the results.
     tune_dir = store.local_dir(spec.name) / "ray"
+    # the store's URI reaches the trials through Ray's object store, never the config: Tune writes the config (its
+    # experiment state) to disk, and the URI may carry credentials (sweeps.redact)
+    trainable = tune.with_parameters(trial_trainable, sweep_dir=store.uri_with_secrets)
     tuner = tune.Tuner(
-        tune.with_resources(trial_trainable, pg),
+        tune.with_resources(trainable, pg),
         param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo]), "ctx": context},
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
@@ -394,13 +436,43 @@ def _fit(
             storage_path=str(tune_dir),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[progress, PruneRecorder(store.uri, spec.name, plan.spec_hash), WandbRecorder(wandb)],
+            callbacks=[progress, PruneRecorder(store, spec.name, plan.spec_hash), WandbRecorder(wandb)],
+            stop=DiskFullStop(),
             progress_reporter=None,
         ),
     )
     with _compacting(store), progress, stop.fitting():
         grid = tuner.fit()
+    raise_if_disk_full(result.metrics for result in grid)
     _record_unfinished(grid, store, plan)
+
+
+def raise_if_disk_full(reports: Iterable[dict | None]) -> None:
+    """DiskFullError when a trial's final report says the disk is full (sweeps.worker): the run ends there."""
+    for report in reports:
+        if report and report.get(DISK_FULL):
+            raise DiskFullError(report[DISK_FULL])
+
+
+class DiskFullStop:
+    """Tune stopper: a trial that found the disk full stops the whole run, like Ctrl-C (running trials end without a
+    row and run again on resume): every trial after it would fail the same way, and its failure row could not be
+    written either. Its own result is not marked stopped, so PruneRecorder does not take it for a pruned trial."""
+
+    def __new__(cls):
+        from ray.tune import Stopper
+
+        class Stop(Stopper):
+            full = False
+
+            def __call__(self, trial_id: str, result: dict) -> bool:
+                self.full = self.full or bool(result.get(DISK_FULL))
+                return False
+
+            def stop_all(self) -> bool:
+                return self.full
+
+        return Stop()
 
 
 COMPACT_EVERY_S = 30.0
@@ -457,16 +529,22 @@ class PruneRecorder:
     without its final report. Trials cut short by Ctrl-C or a dead driver get no row and run again on resume.
     """
 
-    def __new__(cls, sweep_dir: str, sweep: str, spec_hash: str):
+    def __new__(cls, store: ResultStore, sweep: str, spec_hash: str):
         from ray.tune import Callback
 
-        class Recorder(Callback):
+        class Recorder(Callback):  # the store is no closure cell: Tune pickles the class with its callbacks
+            def __init__(self, store: ResultStore) -> None:
+                self.store: ResultStore | None = store
+
+            def __getstate__(self) -> dict:  # ... and the instance with its experiment state: no credentials there
+                return {"store": None}
+
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                if not stopped_by_scheduler(result):
+                if self.store is None or not stopped_by_scheduler(result):
                     return
                 reports = result.get("training_iteration", 0)
                 record_failure(
-                    ResultStore(sweep_dir),
+                    self.store,
                     TrialConfig.model_validate(trial.config["trial"]),
                     f"stopped early by the scheduler after {reports} reports",
                     sweep,
@@ -474,7 +552,7 @@ class PruneRecorder:
                     status="pruned",
                 )
 
-        return Recorder()
+        return Recorder(store)
 
 
 class WandbRecorder:

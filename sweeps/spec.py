@@ -82,7 +82,7 @@ class SweepSpec(_Strict):
     trial: dict = {}
     axes: dict[str, Any] = {}
     models: dict[str, ModelSpec] | None = None
-    seeds: list[int] = [0]
+    seeds: list[int] = Field([0], min_length=1, description="one trial per seed per config; [] would run nothing")
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)
     scheduler: Literal["fifo", "asha"] | AshaSpec = "fifo"
@@ -90,6 +90,13 @@ class SweepSpec(_Strict):
     trial_timeout_s: float | None = Field(None, gt=0)
     output: str = "sweeps-out"
     tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("output")
+    @classmethod
+    def _output_named(cls, v: str) -> str:
+        if not v.strip():  # sweep_dir() would be /<name>: the filesystem root
+            raise ValueError("empty; expected a folder (e.g. sweeps-out) or a bucket URI (e.g. s3://bucket/prefix)")
+        return v
 
     @property
     def asha(self) -> AshaSpec | None:
@@ -141,7 +148,10 @@ def expand(tree: dict, source: str = "spec") -> Plan:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as exc:
         raise SpecError(
-            "\n".join(f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            "\n".join(
+                f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
         ) from None
     problems: list[str] = []
     models = spec.models or {str((spec.trial.get("model") or {}).get("name", "patchcore")): ModelSpec()}
@@ -235,8 +245,19 @@ def _axis_paths(axes: dict) -> list[str]:
     paths = [p for p in axes if p != "zip"]
     zips = axes.get("zip") or []
     for group in zips if isinstance(zips, list) else [zips]:
-        paths += [p for p in group if isinstance(group, dict)]
+        paths += list(group) if _zip_problem(group) is None else []
     return paths
+
+
+def _zip_problem(group: Any) -> str | None:
+    """Why a zip group is not {path: [values], ...} with non-empty lists of one length, or None."""
+    example = "e.g. {model.backbone: [resnet18, resnet34], model.layers: [[layer2], [layer3]]}"
+    if not isinstance(group, dict) or not group or not all(isinstance(p, str) for p in group):
+        return f"expected a mapping of config paths to lists of values, {example}; got {group!r}"
+    lengths = {p: len(v) if isinstance(v, list) else type(v).__name__ for p, v in group.items()}
+    if len(set(lengths.values())) != 1 or not all(isinstance(n, int) and n > 0 for n in lengths.values()):
+        return f"every path needs a non-empty list, all of the same length, {example}; got lengths {lengths}"
+    return None
 
 
 def _grid(axes: dict, source: str, field: str, problems: list[str]) -> list[list[dict]]:
@@ -245,11 +266,9 @@ def _grid(axes: dict, source: str, field: str, problems: list[str]) -> list[list
     for path, values in axes.items():
         if path == "zip":
             for i, group in enumerate(values if isinstance(values, list) else [values]):
-                lengths = {p: len(v) if isinstance(v, list) else -1 for p, v in group.items()}
-                if len(set(lengths.values())) != 1 or -1 in lengths.values():
-                    problems.append(
-                        f"{source}: {field}.zip[{i}]: every path needs a list of the same length; got {lengths}"
-                    )
+                problem = _zip_problem(group)
+                if problem:
+                    problems.append(f"{source}: {field}.zip[{i}]: {problem}")
                     continue
                 grid.append([dict(zip(group, vals)) for vals in zip(*group.values())])
         elif not isinstance(values, list) or not values:

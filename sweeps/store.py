@@ -40,6 +40,7 @@ from hdmap.io import atomic_write, atomic_write_table
 from hdmap.results import SCORE_SCHEMA, results_schema
 from hdmap.trial import TrialResult
 from sweeps.meta import META_FILE, SweepMeta
+from sweeps.redact import redact, redact_uri
 
 CHUNK_TRIALS = 100  # trials per chunk: bounds the rewrite of the open chunk (scores: ~2,000 rows a trial)
 MANIFEST = "manifest.json"
@@ -50,10 +51,15 @@ KINDS = {"results": results_schema, "scores": lambda: SCORE_SCHEMA}
 class ResultStore:
     def __init__(self, sweep_dir: str) -> None:
         if "://" in str(sweep_dir):
-            self.uri = str(sweep_dir)
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+            # `uri` is what messages, reports and files show: credentials stay in `fs` and in `uri_with_secrets`,
+            # which only opens the store again in another process, in memory (sweeps.runner: tune.with_parameters)
+            self.uri_with_secrets, self.uri = str(sweep_dir), redact_uri(str(sweep_dir))
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(self.uri_with_secrets)
+            except (pa.ArrowInvalid, OSError) as exc:  # an unknown scheme or option: pyarrow quotes the whole URI
+                raise ValueError(redact(str(exc), self.uri_with_secrets)) from None
         else:  # absolute: trials write from other processes and working directories
-            self.uri = self.root = os.path.abspath(sweep_dir)
+            self.uri = self.uri_with_secrets = self.root = os.path.abspath(sweep_dir)
             self.fs = pafs.LocalFileSystem()
         self._lock = threading.Lock()  # one compaction at a time (the driver's background pass and its final one)
         # reading creates nothing: `hdmap report` may point at a copied folder

@@ -39,8 +39,8 @@ Where offline runs go, and how to upload them later
     table references) into the transaction log ``run-<run id>.wandb`` in that directory (``files/`` holds
     only media such as ``media/table/scores_*.table.json``); tests/wandb_records.py decodes it. Logged
     tables are staged as artifacts in ``$WANDB_DATA_DIR`` (default here: ``<dir>/wandb/.data``, so the sweep
-    directory is self-contained). Upload them from a machine with network access and an API key
-    (``wandb login``)::
+    directory is self-contained), one copy per table (wandb stages two; the one its run does not name is
+    removed). Upload them from a machine with network access and an API key (``wandb login``)::
 
         wandb sync <dir>/wandb/offline-run-*          # e.g. wandb sync runs/my-sweep/wandb/offline-run-*
         wandb sync --project other-project <dir>/wandb/offline-run-*
@@ -577,15 +577,41 @@ def _init(job: dict):
     )
 
 
-def _finish(run, mode: str) -> str:
+def _finish(run, mode: str, staged_before: set[str]) -> str:
     location = os.path.dirname(run.dir) if mode == "offline" else (run.url or run.id)
     run.finish()
+    with contextlib.suppress(OSError):  # litter left is no reason to fail a logged run
+        _drop_orphan_copies(_staged() - staged_before)
     return f"logged {mode}: {location}"
+
+
+def _staged() -> set[str]:
+    """The files in W&B's artifact staging folder ($WANDB_DATA_DIR/artifacts/staging) now."""
+    from wandb.sdk.artifacts.staging import get_staging_dir
+
+    try:
+        folder = get_staging_dir()
+        return {os.path.join(folder, name) for name in os.listdir(folder)}
+    except OSError:  # not writable: logging a table reports that itself
+        return set()
+
+
+def _drop_orphan_copies(new: set[str]) -> None:
+    """wandb stages each logged table twice (`Artifact.add` copies it, finalizing the artifact copies it again) and
+    the run names only the later copy, the one `wandb sync` uploads: the earlier one is litter, one per table per
+    run. Of the files this run staged, byte-identical ones keep only the newest."""
+    newest: dict[bytes, str] = {}
+    for path in sorted(new, key=lambda p: os.stat(p).st_mtime_ns):
+        digest = hashlib.sha1(Path(path).read_bytes()).digest()
+        if digest in newest:
+            os.remove(newest[digest])
+        newest[digest] = path
 
 
 def _log_trial_body(job: dict) -> str:
     import wandb
 
+    staged = _staged()
     payload = {}
     scores = job["scores"]
     if scores is not None and scores.num_rows:
@@ -600,12 +626,13 @@ def _log_trial_body(job: dict) -> str:
     except BaseException:
         run.finish(exit_code=1)
         raise
-    return _finish(run, job["mode"])
+    return _finish(run, job["mode"], staged)
 
 
 def _log_summary_body(job: dict) -> str:
     import wandb
 
+    staged = _staged()
     df = job["table"]
     table = wandb.Table(dataframe=_plain_frame(df))
     run = _init(job)
@@ -615,7 +642,7 @@ def _log_summary_body(job: dict) -> str:
     except BaseException:
         run.finish(exit_code=1)
         raise
-    return _finish(run, job["mode"])
+    return _finish(run, job["mode"], staged)
 
 
 # ------------------------------------------------------------------------------------- payload shaping

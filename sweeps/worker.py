@@ -13,14 +13,32 @@ import os
 import threading
 
 from hdmap.config import TrialConfig
-from hdmap.errors import UserError
+from hdmap.errors import UserError, disk_full
 from sweeps.store import ResultStore
 
+DISK_FULL = "hdmap_disk_full"  # a trial's final report when the disk is full: the line that names it
 
-def trial_trainable(config: dict) -> None:
-    """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store (the driver logs it to W&B)."""
+
+def trial_trainable(config: dict, sweep_dir: str) -> None:
+    """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store (the driver logs it to W&B).
+
+    `sweep_dir` comes apart from the config (tune.with_parameters): it may carry credentials, the config is written.
+    A full disk is reported, not raised: the driver stops the sweep (sweeps.runner), as no retry on it can succeed
+    and the failure row could not be written either."""
     from ray import tune
 
+    try:
+        final = _run_and_record(config, sweep_dir)
+    except Exception as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        final = {DISK_FULL: str(full)}
+    if final is not None:
+        tune.report(final)
+
+
+def _run_and_record(config: dict, sweep_dir: str) -> dict | None:
+    """The trial and its rows in the store; the final report for Tune, or None when it ends without one."""
     from hdmap.trial import run_trial
 
     _freeze_imported_objects()
@@ -28,7 +46,7 @@ def trial_trainable(config: dict) -> None:
     cfg = TrialConfig.model_validate(config["trial"])
     if cfg.runtime.feature_cache is None or ctx["feature_cache"] is None:  # a spec's own cache dir is kept
         cfg.runtime.feature_cache = ctx["feature_cache"]
-    store = ResultStore(ctx["sweep_dir"])
+    store = ResultStore(sweep_dir)
     store.mark_attempt(cfg.trial_id)
     watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)
     metric = ctx["per_epoch_metric"]
@@ -37,7 +55,7 @@ def trial_trainable(config: dict) -> None:
         result = run_trial(cfg, callbacks=callbacks)
     except UserError as exc:  # a retry cannot fix the config, the data or the weights: record once, end the trial
         record_failure(store, cfg, exc, ctx["sweep"], ctx["spec_hash"])
-        return  # no final report: the trial ends without error for Tune, which never retries it
+        return None  # no final report: the trial ends without error for Tune, which never retries it
     finally:
         watchdog.cancel()
         # Lightning's trainer <-> module cycle keeps the finished trial's model (a ViT-B CLIP: ~1 GB) until Python's
@@ -53,7 +71,7 @@ def trial_trainable(config: dict) -> None:
     }
     if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
-    tune.report(final)
+    return final
 
 
 def _freeze_imported_objects() -> None:

@@ -4,7 +4,7 @@ a few of the new models run together in one Ray sweep."""
 import numpy as np
 import pytest
 
-from hdmap.config import load_trial_config
+from hdmap.config import ConfigError, load_trial_config
 from hdmap.data.simulate import simulate
 from hdmap.models.backbones import WeightsNotFoundError
 from hdmap.models.registry import MODELS
@@ -52,14 +52,70 @@ def test_every_registered_model_runs_a_tiny_trial(tiny_root, imagenette, model):
 
 
 def test_config_fields_come_from_the_anomalib_constructor():
-    from hdmap.config import ConfigError
-
     cfg = load_trial_config(None, ["model.name=fastflow", "model.flow_steps=4", "model.pretrained=false"])
     assert cfg.model.flow_steps == 4 and cfg.model.hidden_ratio == 1.0  # anomalib's default
     with pytest.raises(ConfigError, match=r"model\.flow_stepz: unknown field; allowed here: .*flow_steps"):
         load_trial_config(None, ["model.name=fastflow", "model.flow_stepz=4"])
     with pytest.raises(ConfigError, match=r"model\.flow_steps: .*integer"):
         load_trial_config(None, ["model.name=fastflow", "model.flow_steps=many"])
+
+
+# (model, overrides, input size, whether a tiny fit ran): each row measured by fitting a random-init trial with
+# anomalib 2.7 on 11 images (issue 20), the failures being tracebacks deep in anomalib
+_R18 = ["model.backbone=resnet18"]
+MEASURED = [
+    ("dfm", [*_R18, "model.layer=layer3"], [48, 48], False),  # 3 x 3 map, 4 x 4 pooling
+    ("dfm", [*_R18, "model.layer=layer3"], [49, 49], True),
+    ("supersimplenet", [*_R18, "model.layers=[layer2,layer3]"], [64, 64], False),  # Perlin scale 32 > 16 cells
+    ("supersimplenet", [*_R18, "model.layers=[layer2,layer3]"], [65, 65], True),
+    ("uninet", ["model.student_backbone=resnet50", "model.teacher_backbone=resnet50"], [48, 48], False),
+    ("uninet", ["model.student_backbone=resnet50", "model.teacher_backbone=resnet50"], [32, 96], True),
+    ("csflow", [], [192, 192], False),
+    ("csflow", [], [128, 384], True),
+    ("cflow", [*_R18, "model.layers=[layer2,layer3]"], [32, 32], False),  # 8 images x 2 x 2 < 64 fibers
+    ("cflow", [*_R18, "model.layers=[layer2,layer3]"], [80, 80], True),
+    ("fastflow", _R18, [40, 40], False),
+    ("fastflow", _R18, [48, 48], True),
+    ("reverse_distillation", _R18, [48, 48], False),
+    ("reverse_distillation", _R18, [64, 64], True),
+    ("fre", [*_R18, "model.layer=layer2"], [64, 64], False),  # input_dim 65536 != 128 x 4 x 4
+    ("fre", [*_R18, "model.layer=layer2", "model.input_dim=2048"], [64, 64], True),
+]
+
+
+@pytest.mark.parametrize("model, extra, size, ran", MEASURED)
+def test_input_size_rules_refuse_exactly_what_failed(model, extra, size, ran):
+    """The config refuses the sizes that failed in anomalib, naming data.image_size, and takes the ones that ran."""
+    overrides = [f"model.name={model}", "model.pretrained=false", f"data.image_size={size}", *extra]
+    if ran:
+        load_trial_config(None, overrides)
+    else:
+        with pytest.raises(ConfigError, match=f"data.image_size does not suit model {model}: "):
+            load_trial_config(None, overrides)
+
+
+def test_fit_set_rules():
+    """Rules that need the fit set (`fit_problem`): cflow's last, partial batch needs its fibers too (48 and 64 px
+    failed with 11 fit images: a last batch of 3); dfkde fits no KDE on fewer images than PCA components."""
+    fit = np.zeros((11, 31, 95), np.float32)
+    cflow = ["model.name=cflow", "model.pretrained=false", *_R18, "model.layers=[layer2,layer3]"]
+    problems = {}
+    for size in (48, 64, 80):
+        cfg = load_trial_config(None, [*cflow, f"data.image_size={size}"])
+        problems[size] = cfg.model.fit_problem(fit, cfg.data.model_input_size)
+    assert problems[80] is None and "last training batch (3 of the 11 fit images" in problems[48] and problems[64]
+    dfkde = load_trial_config(None, ["model.name=dfkde", "model.pretrained=false", *_R18])
+    assert "model.n_pca_components=16 exceeds the 11 fit images" in dfkde.model.fit_problem(fit, (224, 224))
+    assert dfkde.model.fit_problem(fit[:1].repeat(16, 0), (224, 224)) is None
+
+
+def test_data_the_model_needs_is_its_default():
+    """Where the general defaults could never run (224 px, ImageNet normalisation), the model's own are used."""
+    for model in ("efficient_ad", "fre", "csflow"):
+        assert load_trial_config(None, [f"model.name={model}"]).data.image_size == (256, 256)
+    assert load_trial_config(None, ["model.name=efficient_ad"]).data.normalization == "none"
+    with pytest.raises(ConfigError, match=r"data\.to_rgb=false does not suit model padim"):
+        load_trial_config(None, ["model.name=padim", "data.to_rgb=false"])
 
 
 @pytest.mark.parametrize(
@@ -143,14 +199,30 @@ def _trial_tree(model: str) -> dict:
     return tree
 
 
-def test_models_command_lists_every_model_with_fields_metric_and_weights():
+def test_models_command_lists_every_model_with_fields_metric_and_weights(monkeypatch):
+    from rich.console import Console
     from typer.testing import CliRunner
 
+    import sweeps.cli
     from sweeps.cli import app
 
-    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "400"})
+    monkeypatch.setattr(sweeps.cli, "console", Console(force_terminal=True, width=400))  # the table, as on a terminal
+    result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert f"{len(MODELS)} models" in result.output and len(MODELS) >= 14
     for name in MODELS:
         assert name in result.output
     assert "flow_steps=8" in result.output and "train_loss" in result.output and "(no ASHA)" in result.output
+
+
+def test_models_command_piped_prints_one_model_per_line():
+    """`hdmap models | grep reverse_distillation` finds it: not a terminal (CliRunner), no table wrapping the names."""
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["model", *MODELS]
+    assert "flow_steps=8" in next(line for line in lines if line.startswith("fastflow\t"))

@@ -327,6 +327,9 @@ def test_submit_sweep_builds_the_cli_command():
     out = run_submit("--dry-run", "s.yaml", "--set", "output=/nfs/x", "--address", "h:6379", env=env).stdout
     assert "s3://bucket/prefix" not in out and "--address auto" not in out
     assert out.strip().endswith("sweep run s.yaml --set output=/nfs/x --address h:6379")
+    # credentials in the output URI are passed on, never printed
+    out = run_submit("--dry-run", "s.yaml", env={"HDMAP_SWEEP_OUTPUT": "s3://AKIAKEY:s3cr%2Ft@lab/x?region=r"}).stdout
+    assert "AKIAKEY" not in out and "s3cr" not in out and "--set 'output=s3://***@lab/x?region=r'" in out, out
 
 
 def test_submit_sweep_runs_the_cli_in_the_repo_and_returns_its_exit_code(tmp_path):

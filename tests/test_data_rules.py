@@ -308,7 +308,7 @@ def test_check_headers_passes_good_data_without_decoding(root, monkeypatch):
         (lambda p: p.write_bytes(b"not a tiff at all"), "not a readable TIFF"),
         (lambda p: tifffile.imwrite(p, np.zeros((31, 95), np.float64)), "dtype float64, expected float32"),
         (lambda p: tifffile.imwrite(p, np.zeros((31, 96), np.float32)), r"shape \(31, 96\), expected \(31, 95\)"),
-        (lambda p: tifffile.imwrite(p, np.zeros((2, 31, 95), np.float32)), r"shape \(2, 31, 95\)"),
+        (lambda p: tifffile.imwrite(p, np.zeros((2, 31, 95), np.float32)), r"2 pages \(images\) in one TIFF"),
     ],
 )
 def test_check_headers_names_the_first_bad_file(root, write, message):

@@ -10,7 +10,6 @@ import torch
 from scipy.stats import spearmanr
 
 from hdmap.config import ConfigError, load_trial_config
-from hdmap.data.transforms import HdmapTransform
 from hdmap.models.dinomaly import (
     DinomalyConfig,
     DinomalyNet,
@@ -18,7 +17,6 @@ from hdmap.models.dinomaly import (
     RowSegmentDropout,
     SevDinomalyConfig,
     SeverityHead,
-    build,
     reconstruction_distance,
     warm_cosine,
 )
@@ -164,8 +162,8 @@ def test_config_rules():
     assert DinomalyConfig(encoder="vit_large_patch14_reg4_dinov2").resolved_target_layers()[-1] == 18
     assert DinomalyConfig(max_steps=1000, val_every_steps=200).max_epochs() == 5  # ASHA: one report per validation
     assert SevDinomalyConfig().outputs() == {"severity"} and DinomalyConfig().outputs() == set()
-    with pytest.raises(ConfigError, match="data.to_rgb"):
-        build(DinomalyConfig(**TINY), HdmapTransform((28, 84), to_rgb=False))
+    with pytest.raises(ConfigError, match=r"data\.to_rgb=false does not suit model dinomaly"):
+        load_trial_config(None, ["model.name=dinomaly", *DINO_TINY, "data.to_rgb=false"])
     pickle.loads(pickle.dumps(SevDinomalyConfig()))  # configs cross process boundaries (Ray)
 
 

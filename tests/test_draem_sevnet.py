@@ -72,10 +72,15 @@ def test_early_stopping_is_configured_on_val_loss():
     assert build(DraemSevNetConfig(base_width=8), HdmapTransform((32, 96), to_rgb=False)).configure_callbacks() == []
 
 
-def test_rgb_input_is_a_clear_error(sim_root):
-    cfg = load_trial_config(None, _overrides(sim_root, "data.to_rgb=true"))
-    with pytest.raises(ValueError, match=r"data\.to_rgb=false"):
-        run_trial(cfg)
+def test_gray_input_by_default_and_rgb_refused_by_the_config(sim_root):
+    """Its networks read 1 channel: unset, data.to_rgb is false (the general default true never ran); set true, the
+    config itself is refused, so `sweep plan` says so, not every trial after loading its data."""
+    default = [o for o in _overrides(sim_root) if not o.startswith("data.to_rgb")]
+    assert load_trial_config(None, default).data.to_rgb is False
+    with pytest.raises(
+        ConfigError, match=r"data\.to_rgb=true does not suit model draem_sevnet.*set data\.to_rgb=false"
+    ):
+        load_trial_config(None, _overrides(sim_root, "data.to_rgb=true"))
 
 
 @pytest.mark.parametrize(

@@ -105,3 +105,31 @@ def test_sweep_meta_round_trip_and_damaged_file(tmp_path):
     (tmp_path / "sweep" / "sweep.json").write_text("{not json")
     with pytest.raises(ValueError, match="sweep.json: not a readable sweep metadata file"):
         store.meta()
+
+
+def test_a_store_uri_with_credentials_writes_and_shows_none(tmp_path, s3, monkeypatch):
+    """Credentials in the store's URI (s3://KEY:SECRET@...) open it, and reach nothing it shows or writes: its `uri`,
+    the parts, chunks, manifest and sweep.json, and the report uploaded beside them (finish)."""
+    import pyarrow.fs as pafs
+
+    from sweeps.finish import finish
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the summary's run folder for results on object storage
+    key_id, secret = "AKIDSTORE", "S3CR3TSTORE"
+    store = ResultStore(f"s3://{key_id}:{secret}@lab/studies/creds?{s3}")
+    assert store.uri == f"s3://***@lab/studies/creds?{s3}"
+    for k in (1, 2):
+        write(store, k)
+    store.write_meta(SweepMeta(name="creds", wandb=WandbSettings(mode="disabled")))
+    assert store.compact() and store.export()
+    done = finish(store, store.meta())
+    assert done.html == "s3://***@lab/studies/creds/report.html"
+    fs = store.fs
+    files = [i.path for i in fs.get_file_info(pafs.FileSelector("lab", recursive=True)) if i.type == pafs.FileType.File]
+    assert {"lab/studies/creds/report.html", "lab/studies/creds/sweep.json"} <= set(files)
+    for path in files:
+        with fs.open_input_stream(path) as f:
+            text = f.read()
+        assert key_id.encode() not in text and secret.encode() not in text, path
+    local = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in local if secret.encode() in p.read_bytes() or key_id.encode() in p.read_bytes()]

@@ -82,6 +82,7 @@ def test_failing_trial_recorded_others_finish_then_grow_and_retry(tmp_path, ray_
     rows = results(outcome.sweep_dir)
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
     assert {r["status"] for r in rows} == {"ok", "error"} and all(r["sweep"] == "s" for r in rows)
+    assert len({r["data_fingerprint"] for r in rows}) == 1 and '"domain_C/train"' in rows[0]["data_fingerprint"]
     scores = pq.read_table(Path(outcome.sweep_dir) / "scores.parquet")
     assert scores.num_rows == 2 * 40
 
@@ -311,11 +312,11 @@ def build(*args):
     return module
 
 registry.MODELS["patchcore"] = registry.ModelEntry(entry.config, build)
-ctx = dict(sweep="s", spec_hash="h", sweep_dir=sys.argv[1], timeout_s=None, per_epoch_metric=None, feature_cache=None)
+ctx = dict(sweep="s", spec_hash="h", timeout_s=None, per_epoch_metric=None, feature_cache=None)
 alive = []
 for seed in (0, 1):
     cfg = load_trial_config(None, json.loads(sys.argv[2]) + [f"seed={seed}"])
-    worker.trial_trainable({"trial": cfg.model_dump(mode="json"), "ctx": ctx})
+    worker.trial_trainable({"trial": cfg.model_dump(mode="json"), "ctx": ctx}, sys.argv[1])
     alive.append(built[-1]() is not None)
 print(json.dumps({"alive": alive, "frozen": gc.get_freeze_count(), "reports": len(reports)}))
 """

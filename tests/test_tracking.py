@@ -333,6 +333,21 @@ def test_log_summary_offline_writes_the_table(wandb_env):
     assert [row[0] for row in data["data"]] == ["A", "C", "A"]
 
 
+def test_offline_runs_keep_one_staged_copy_per_table(wandb_env):
+    """wandb stages each logged table twice and the run names one copy (the one `wandb sync` uploads): the other is
+    removed, so `hdmap report` (its summary run) and a sweep's trials (their scores) leave no staging litter."""
+    sweep_dir = wandb_env / "out" / "sw1"
+    table = pd.DataFrame({"model": ["patchcore"], "image_auroc_mean": [0.9]})
+    statuses = [
+        log_summary(WandbSettings(timeout_s=45), sweep="sw1", table=table, run_dir=sweep_dir),
+        _log(WandbSettings(timeout_s=45), sweep_dir, sweep="sw1", trial_id="t-001", scores=_scores()),
+    ]
+    assert all(s.startswith("logged offline: ") for s in statuses), statuses
+    staged = [str(p) for p in (sweep_dir / "wandb" / ".data" / "artifacts" / "staging").resolve().iterdir()]
+    logs = b"".join(p.read_bytes() for p in (sweep_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(staged) == 2 and all(path.encode() in logs for path in staged), staged
+
+
 # ------------------------------------------------------------------- the driver's logger, fed from the store
 
 

@@ -1,7 +1,9 @@
 """`run_trial` and `hdmap trial`: determinism, the results schema, and the CLI as a user runs it."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -140,3 +142,33 @@ def test_domain_all_trains_cutpaste(sim_root_all):
     result = run_trial(load_trial_config(None, overrides))
     assert result.ok and [r["test_domain"] for r in result.rows] == ["domain_A", "domain_B", "domain_C", "domain_D"]
     assert all(r["n_fit"] == 4 and r["n_val"] == 1 and r["image_auroc"] is not None for r in result.rows)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_cli_trial_interrupted_mid_fit_says_so_and_writes_nothing(sim_root, tmp_path, sig):
+    """A signal during the fit: exit 143 / 130, one line saying the trial did not finish, no traceback, nothing in
+    --out (Lightning's own handling alone: SIGTERM exited 0 with an empty --out, Ctrl-C exited 1 silently)."""
+    out = tmp_path / "run"
+    draem = [o for o in tiny_overrides(sim_root, "draem") if not o.startswith("model.epochs")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", "trial", *(f"--set={o}" for o in draem), "--set=model.epochs=5000"]
+        + ["--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = proc.stdout.readline()  # printed once config and --out are checked, right before the data loads
+        assert started.startswith("trial "), started + proc.stderr.read()
+        time.sleep(3)  # into the fit: 5000 epochs take minutes
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stdout + stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        f"error: trial {started.split()[1].rstrip(':')} did not finish: interrupted by {signal.Signals(sig).name}; "
+        f"no result was written to {out} (the same command starts it again)"
+    ], stderr
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stdout + stderr
+    assert not list(out.iterdir())

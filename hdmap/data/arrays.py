@@ -43,7 +43,7 @@ from hdmap.data.layout import IMAGE_SHAPE, DataLayoutError, FileEntry, normalize
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "HDMAP_ARRAY_CACHE"
-_CACHE_FORMAT = 3  # bump when the entry format or decoding changes: old entries are then ignored
+_CACHE_FORMAT = 4  # bump when the entry format or decoding changes: old entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,12 @@ def concat_splits(parts: list[SplitArrays], domain: str) -> SplitArrays:
 def read_tiff(path: Path, allow_negative: bool = False) -> np.ndarray:
     """One HDMAP file -> (31, 95) float32, or a DataLayoutError naming the file and what was found."""
     try:
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:  # IFDs only: imread would return the first page and drop the rest
+            n_pages = len(tif.pages)
+        array = tifffile.imread(path) if n_pages == 1 else None
     except Exception as exc:  # tifffile raises several types for corrupt / non-TIFF input
         raise DataLayoutError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    _check_pages(path, n_pages)
     _check_format(path, array.shape, array.dtype)
     non_finite = int(array.size - np.count_nonzero(np.isfinite(array)))
     if non_finite:
@@ -102,6 +105,12 @@ def read_tiff(path: Path, allow_negative: bool = False) -> np.ndarray:
     return array
 
 
+def _check_pages(path: Path, n_pages: int) -> None:
+    """tifffile.imread returns only a multi-page file's first series: the other pages would be dropped silently."""
+    if n_pages != 1:
+        raise DataLayoutError(f"{path}: {n_pages} pages (images) in one TIFF; expected one 31x95 page per file")
+
+
 def _check_format(path: Path, shape: tuple, dtype: np.dtype) -> None:
     """The same message for a decoded file and a header-only check."""
     if dtype != np.float32:
@@ -110,12 +119,14 @@ def _check_format(path: Path, shape: tuple, dtype: np.dtype) -> None:
         raise DataLayoutError(f"{path}: shape {tuple(shape)}, expected {IMAGE_SHAPE} (H x W, single channel)")
 
 
-def check_headers(root: str | Path, domain: str, split: str, cold_below: int | None = None, workers: int = 8) -> None:
+def check_headers(
+    root: str | Path, domain: str, split: str, cold_below: int | None = None, workers: int = 8
+) -> list[FileEntry]:
     """Pre-launch check of a split without decoding pixels: the layout rules, then every file's TIFF header.
 
     Headers (readable, shape, dtype of what `read_tiff` would return) are read in a thread pool; the first bad
     file in listing order raises a DataLayoutError naming it. Pixel values (NaN/inf, negatives) need a decode:
-    `load_split` checks them, still before any fitting.
+    `load_split` checks them, still before any fitting. Returns the listing (the data fingerprint reuses it).
     """
     entries = scan_split(Path(root), domain, split, cold_below)
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -125,16 +136,18 @@ def check_headers(root: str | Path, domain: str, split: str, cold_below: int | N
                 raise problem
     finally:
         pool.shutdown(cancel_futures=True)
+    return entries
 
 
 def _header_problem(path: Path) -> DataLayoutError | None:
     try:
         with tifffile.TiffFile(path) as tif:  # IFDs only, no pixel data (pages[0]: half the cost of series[0])
-            page, n_pages = tif.pages[0], len(tif.pages)
-            shape, dtype = page.shape if n_pages == 1 else (n_pages, *page.shape), page.dtype
+            n_pages, page = len(tif.pages), tif.pages[0]
+            shape, dtype = page.shape, page.dtype
     except Exception as exc:  # tifffile raises several types for corrupt / non-TIFF input
         return DataLayoutError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})")
     try:
+        _check_pages(path, n_pages)
         _check_format(path, shape, dtype)
     except DataLayoutError as exc:
         return exc

@@ -7,7 +7,8 @@ Two kinds share one output (`FaultBatch`), one random source (a `torch.Generator
 
 Cut-paste: cut a rectangle from the image, normalise it by its own max |value|, scale it by a severity
 drawn from [0, severity_max] (or a given range) and *add* it at another location that does not overlap
-the source (nor, with several patches, the other pasted patches). Sizes are in model-input pixels:
+the source (nor, with several patches, the other pasted patches). Sizes are in model-input pixels (a model
+config refuses a range past its input, `patch_range_problem`, rather than have it clamped here):
 width from `patch_width_range`, height from `patch_height_range` when given (the paper's scaled CutPaste:
 cut_w, cut_h), else height = width / aspect, where aspect = width / height is drawn from `patch_aspect`
 (`landscape` 2-4: wide, thin bands like HDMAP faults; `portrait` 0.25-0.5; `square` 1; or a numeric (lo, hi)).
@@ -43,6 +44,17 @@ ASPECT_PRESETS: dict[str, tuple[float, float]] = {
 }
 AspectSpec = Union[Literal["landscape", "portrait", "square"], float, Sequence[float]]
 _MAX_TRIES = 64
+
+
+def patch_range_problem(field: str, value: tuple[int, int], side: int, axis: str) -> str | None:
+    """A patch size range reaching past the model input: `CutPasteFaults` would clamp it to the image, silently.
+    Model configs check it (`input_size_problem`) so the range a results row records is the range used."""
+    if value[1] <= side:
+        return None
+    return (
+        f"model.{field}={list(value)} reaches {value[1]} px but the model input is {side} px in {axis} "
+        f"(every larger patch would be clamped to {side}); use an upper end <= {side} or a larger data.image_size"
+    )
 
 
 def aspect_range(aspect: AspectSpec) -> tuple[float, float]:

@@ -118,6 +118,7 @@ def tiff_files(folder: Path) -> list[Path]:
             visible = [(e.name, e.is_file()) for e in it if not e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         raise DataLayoutError(f"split folder {folder} does not exist (expected NNNNNN.tiff files)") from None
+    _check_links(folder, [name for name, is_file in visible if not is_file])
     others = sorted(name for name, is_file in visible if not (is_file and _is_tiff_name(name)))
     if others:
         raise DataLayoutError(
@@ -128,6 +129,17 @@ def tiff_files(folder: Path) -> list[Path]:
     if not visible:
         raise DataLayoutError(f"split folder {folder} has no .tiff files (expected NNNNNN.tiff files)")
     return [folder / name for name, _ in sorted(visible)]
+
+
+def _check_links(folder: Path, not_files: list[str]) -> None:
+    """A symlink whose target is gone is not a file either; name it as what it is, not as a stray non-TIFF entry."""
+    broken = sorted(n for n in not_files if os.path.islink(folder / n) and not os.path.exists(folder / n))
+    if broken:
+        more = f" ({len(broken)} broken symlinks: {_examples(broken)})" if len(broken) > 1 else ""
+        raise DataLayoutError(
+            f"broken symlink {folder / broken[0]} -> {os.readlink(folder / broken[0])}: its target does not exist"
+            f"{more}; restore the target or remove the link"
+        )
 
 
 def _is_tiff_name(name: str) -> bool:

@@ -35,7 +35,8 @@ class TrialData:
 
 
 def check_sizes(data_cfg) -> None:
-    """DataLayoutError naming `data.val_fraction` or `data.train_shots` when the data cannot satisfy them."""
+    """DataLayoutError naming `data.val_fraction` or the shot count as set (`data.train_shots`, winclip's
+    `model.k_shot`) when the data cannot satisfy them."""
     _check_all_domains(data_cfg)
     for domain in data_cfg.train_domains():
         n_train = len(scan_split(data_cfg.root, domain, "train"))
@@ -113,7 +114,7 @@ def _validation_size(data_cfg, domain: str, n_train: int) -> int:
 def _check_shots(data_cfg, available: int, where: str) -> None:
     if data_cfg.train_shots is not None and data_cfg.train_shots > available:
         raise DataLayoutError(
-            f"data.train_shots={data_cfg.train_shots} but only {available} images are available "
+            f"{data_cfg.shots_label} but only {available} images are available "
             f"in {where}; use at most {available}"
             + (" (data.domain=all: train_shots counts per domain)" if data_cfg.domain == ALL_DOMAINS else "")
         )

@@ -39,25 +39,29 @@ class BackboneConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _known_backbone_and_layers(self) -> BackboneConfig:
-        strides = backbone_strides(self.backbone)
-        unknown = [layer for layer in self.layers if layer not in strides]
-        if not self.layers or unknown:
-            what = "no layers given" if not self.layers else f"layers {unknown} are not in backbone {self.backbone!r}"
-            raise ValueError(f"{what}; set model.layers to some of: {', '.join(strides)}")
+        check_layers(self.backbone, self.layers)
         return self
+
+    def data_requirements(self) -> dict:
+        return {"to_rgb": (True, "timm backbones take 3-channel images")}
 
     def data_defaults(self) -> dict:
         size = native_input_size(self.backbone)
         return {} if size is None else {"image_size": size}
 
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
-        stride = max(backbone_strides(self.backbone)[layer] for layer in self.layers)
-        if min(size) < stride:
-            return (
-                f"{self.backbone} layer(s) {', '.join(self.layers)} downsample by {stride}: "
-                f"each side needs >= {stride} px, got {list(size)}"
-            )
-        return None
+        return stride_problem(self.backbone, self.layers, size)
+
+
+def stride_problem(backbone: str, layers: list[str], size: tuple[int, int]) -> str | None:
+    """Why (H, W) inputs are smaller than the deepest layer's stride (an empty feature map), or None."""
+    stride = max(backbone_strides(backbone)[layer] for layer in layers)
+    if min(size) < stride:
+        return (
+            f"{backbone} layer(s) {', '.join(layers)} downsample by {stride}: "
+            f"each side needs >= {stride} px, got {list(size)}"
+        )
+    return None
 
 
 def pretrained_label(pretrained: bool, weights: str | None) -> str:
@@ -67,9 +71,14 @@ def pretrained_label(pretrained: bool, weights: str | None) -> str:
     return weights or "timm/HF cache"
 
 
-@functools.lru_cache(maxsize=64)
 def backbone_strides(backbone: str) -> dict[str, int]:
-    """Feature layer name -> stride for a timm backbone, built on the meta device (no weights, no memory).
+    """Feature layer name -> stride for a timm backbone (see `backbone_layers`)."""
+    return {name: stride for name, (stride, _) in backbone_layers(backbone).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_layers(backbone: str) -> dict[str, tuple[int, int]]:
+    """Feature layer name -> (stride, channels) for a timm backbone, built on the meta device (no weights, no memory).
 
     Follows anomalib's TimmFeatureExtractor: a name containing "vit" is a transformer read at `blocks.N`
     (stride = patch size); any other model exposes its `features_only` stages (`layer2`, ...)."""
@@ -83,9 +92,22 @@ def backbone_strides(backbone: str) -> dict[str, int]:
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False, features_only=not vit)
     if vit:
-        patch = model.patch_embed.patch_size[0]
-        return {f"blocks.{i}": patch for i in range(len(model.blocks))}
-    return dict(zip(model.feature_info.module_name(), model.feature_info.reduction()))
+        patch, width = model.patch_embed.patch_size[0], model.num_features
+        return {f"blocks.{i}": (patch, width) for i in range(len(model.blocks))}
+    info = model.feature_info
+    return dict(zip(info.module_name(), zip(info.reduction(), info.channels())))
+
+
+def check_layers(backbone: str, layers: list[str], backbone_field: str = "backbone", field: str = "layers") -> None:
+    """ValueError naming the field unless `backbone` is a timm model that has every one of `layers` (at least one)."""
+    try:
+        strides = backbone_strides(backbone)
+    except ValueError as exc:
+        raise ValueError(f"model.{backbone_field}: {exc}") from None
+    unknown = [layer for layer in layers if layer not in strides]
+    if not layers or unknown:
+        what = "no layers given" if not layers else f"layers {unknown} are not in backbone {backbone!r}"
+        raise ValueError(f"model.{field}: {what}; set it to some of: {', '.join(strides)}")
 
 
 def native_input_size(backbone: str) -> tuple[int, int] | None:

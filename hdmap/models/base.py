@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,7 @@ class ModelConfig(StrictModel):
     per_epoch_metric: ClassVar[str | None] = None
     needs_pretrained_weights: ClassVar[bool] = False
     shots_field: ClassVar[str | None] = None  # a few-shot model's field that fixes data.train_shots (`fit_shots`)
+    checks_fit_set: ClassVar[bool] = False  # `fit_problem` has rules: `sweep plan` decodes the fit set for them
 
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         """Why the model cannot take (H, W) inputs, or None; checked at config validation, before any fit."""
@@ -39,6 +41,18 @@ class ModelConfig(StrictModel):
     def data_defaults(self) -> dict:
         """`data` fields this model sets where the config leaves them unset: its native input (size, resize, ...)."""
         return {}
+
+    def data_requirements(self) -> dict[str, tuple[Any, str]]:
+        """`data` fields this model only works with: field -> (value, why). Unset, a field takes that value; set to
+        another, the config is refused naming the field (so `sweep plan` says so, not a trial after loading data)."""
+        return {}
+
+    def fit_problem(self, fit_raw: np.ndarray, input_size: tuple[int, int]) -> str | None:
+        """Why this config cannot be fitted on these raw fit images (N, 31, 95) at this input size, or None.
+
+        For rules that need the fit set itself (how many images, how the p90 gate splits them): the trial checks
+        them before building the model, and `sweep plan` decodes the fit set of configs with `checks_fit_set`."""
+        return None
 
     def fit_shots(self) -> int | None:
         """Fit images this config fixes (the `shots_field` value: 0 = zero-shot), or None: data.train_shots decides."""

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from hdmap.data.faults import CutPasteFaults
+from hdmap.data.faults import CutPasteFaults, patch_range_problem
 from hdmap.models.base import AnomalyModule, SeededFaults, conv_pool_blocks
 from hdmap.models.draem import DraemNet, TrainedModelConfig
 
@@ -53,6 +53,11 @@ class CutPasteTrainingConfig(TrainedModelConfig):
             if not 1 <= lo <= hi:
                 raise ValueError(f"{field}={[lo, hi]}: need 1 <= lo <= hi")
         return self
+
+    def input_size_problem(self, size: tuple[int, int]) -> str | None:
+        return patch_range_problem("cut_w", self.cut_w, size[1], "width") or patch_range_problem(
+            "cut_h", self.cut_h, size[0], "height"
+        )
 
     def faults(self, probability: float | None = None) -> CutPasteFaults:
         """The original CutPaste: the patch copied as it is."""

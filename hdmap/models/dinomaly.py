@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hdmap.data.faults import HorizontalLineFaults
-from hdmap.errors import ConfigError, WeightsNotFoundError
+from hdmap.errors import WeightsNotFoundError
 from hdmap.models.backbones import load_pretrained, pretrained_label
 from hdmap.models.base import AnomalyModule, ModelConfig, SeededFaults
 
@@ -130,6 +130,9 @@ class DinomalyConfig(ModelConfig):
         if any(side % _PATCH for side in size):
             return f"DINOv2 reads {_PATCH} px patches: each side a multiple of {_PATCH} (e.g. 392), got {list(size)}"
         return None
+
+    def data_requirements(self) -> dict:
+        return {"to_rgb": (True, "its DINOv2 encoder takes 3-channel images")}
 
     def max_epochs(self) -> int:
         """ASHA's max_t: validation rounds (reports), not epochs."""
@@ -376,8 +379,6 @@ class DinomalyModule(AnomalyModule):
 
     def __init__(self, cfg: DinomalyConfig, transform: nn.Module, seed: int = 0) -> None:
         super().__init__(transform)
-        if transform.channels != 3:
-            raise ConfigError(f"{cfg.name} needs 3-channel input: set data.to_rgb=true")
         self.cfg = cfg
         self.seed = seed
         self.net = DinomalyNet(cfg)

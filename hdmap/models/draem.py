@@ -47,6 +47,9 @@ class DraemConfig(TrainedModelConfig):
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         return draem_size_problem(size)
 
+    def data_requirements(self) -> dict:
+        return {"to_rgb": (True, "anomalib's DRAEM subnetworks take 3-channel images")}
+
 
 def draem_size_problem(size: tuple[int, int]) -> str | None:
     """DRAEM's U-Nets halve the input five times and concatenate skips: each side a multiple of 32."""
@@ -79,8 +82,6 @@ class DraemModule(AnomalyModule):
         from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
         from anomalib.models.image.draem.loss import DraemLoss
 
-        if transform.channels != 3:
-            raise ValueError("draem needs 3-channel input: set data.to_rgb=true")
         self.model = DraemNet(cfg.base_width)
         self.loss = DraemLoss()
         self.augmenter = PerlinAnomalyGenerator(anomaly_source_path=cfg.dtd_dir, blend_factor=tuple(cfg.beta))

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range
+from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, aspect_range, patch_range_problem
 from hdmap.models.base import AnomalyModule, SeededFaults, conv_pool_blocks
 from hdmap.models.draem import DraemNet, TrainedModelConfig, draem_size_problem
 
@@ -84,8 +84,13 @@ class DraemSevNetConfig(TrainedModelConfig):
             raise ValueError("w_recon, w_seg and w_sev are all 0: nothing to train")
         return self
 
+    def data_requirements(self) -> dict:
+        return {"to_rgb": (False, "its networks read the gray HDMAP image (1 channel)")}
+
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
-        return draem_size_problem(size)
+        return draem_size_problem(size) or patch_range_problem(
+            "patch_width_range", self.patch_width_range, size[1], "width"
+        )
 
 
 class SeverityNet(nn.Module):
@@ -131,8 +136,6 @@ class DraemSevNetModule(SeededFaults, AnomalyModule):
         super().__init__(transform)
         from anomalib.models.image.draem.loss import DraemLoss
 
-        if transform.channels != 1:
-            raise ValueError("draem_sevnet needs 1-channel gray input: set data.to_rgb=false")
         self.cfg = cfg
         self.model = DraemSevNet(cfg.base_width, cfg.severity_input, cfg.severity_width)
         self.draem_loss = DraemLoss()  # its l2_loss, ssim_loss and focal_loss are reused term by term

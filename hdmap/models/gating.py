@@ -13,6 +13,7 @@ route and split references by exactly the same rule (prior-work digest §3: p90 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 COLD, WARM = 0, 1
@@ -52,6 +53,31 @@ def fit_intensities(loader) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(values), torch.cat(indices)
 
 
+_LAST_FIT: list = [None, None]  # (fit images, their p90): `sweep plan` checks many trials on one fit set in a row
+
+
+def _fit_p90(fit_raw: np.ndarray) -> torch.Tensor:
+    """p90 of each fit image, computed once per fit set (the array is held, so its identity is not reused)."""
+    if _LAST_FIT[0] is not fit_raw:
+        _LAST_FIT[:] = [fit_raw, p90(torch.from_numpy(np.ascontiguousarray(fit_raw, dtype=np.float32)))]
+    return _LAST_FIT[1]
+
+
+def bank_problem(
+    fit_raw: np.ndarray, threshold: float | None, per_bank: int | None, per_bank_field: str, gated: bool
+) -> str | None:
+    """Why the p90 gate cannot fill a model's banks from these raw fit images, or None: the rules of `calibrate` and
+    `draw_banks`, checked on the fit set before any model is built (`sweep plan`, the trial)."""
+    gate = P90Gate(threshold)
+    values = _fit_p90(fit_raw)
+    try:
+        gate.calibrate(values)
+        gate.check_banks(values, per_bank, per_bank_field, gated)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def oracle(condition, fallback: torch.Tensor) -> torch.Tensor:
     """The true condition (0 cold / 1 warm) where known; `fallback` where it is -1 (no label: val normals)."""
     cond = torch.as_tensor(condition, device=fallback.device).long()
@@ -83,6 +109,23 @@ class P90Gate:
         """(B, 31, 95) raw images -> (B,) long: 0 cold, 1 warm."""
         return (p90(raw) > self.threshold).long()
 
+    def check_banks(self, values: torch.Tensor, per_bank: int | None, per_bank_field: str, gated: bool) -> None:
+        """ValueError naming `per_bank_field` unless each bank gets `per_bank` fit images (None: any number) and, for a
+        `gated` model (it routes test images to one bank), at least one."""
+        warm = values > self.threshold
+        sizes = {COLD: int((~warm).sum()), WARM: int(warm.sum())}
+        split = f"the p90 gate (threshold {self.threshold:.4f}) puts {sizes[COLD]} cold and {sizes[WARM]} warm"
+        if per_bank is not None and min(sizes.values()) < per_bank:
+            raise ValueError(
+                f"{per_bank_field}={per_bank}: {split} of the {values.numel()} fit images, each bank needs "
+                f"{per_bank}; use {per_bank_field} <= {min(sizes.values())}, or more fit images (data.train_shots)"
+            )
+        if gated and min(sizes.values()) == 0:
+            empty = BANK_NAMES[min(sizes, key=sizes.get)]
+            raise ValueError(
+                f"{split} fit images: no fit image in the {empty} bank; set model.gate_threshold or use gating=mixed"
+            )
+
     def draw_banks(
         self,
         values: torch.Tensor,
@@ -95,21 +138,12 @@ class P90Gate:
         """Fit-set indices of each bank's references: `per_bank` drawn at random (seeded) among the fit images the
         gate puts there (None: all of them). `gated`: the model routes test images to one bank, so an empty bank
         is an error; a mixed model only pools both."""
+        self.check_banks(values, per_bank, per_bank_field, gated)
         warm = values > self.threshold
         generator = torch.Generator().manual_seed(seed)
         selected: dict[int, set[int]] = {}
         for bank in (COLD, WARM):
             members = index[warm == bool(bank)]
-            if per_bank is not None and members.numel() < per_bank:
-                raise ValueError(
-                    f"{per_bank_field}={per_bank}: the p90 gate (threshold {self.threshold:.4f}) puts only "
-                    f"{members.numel()} of {index.numel()} fit images in the {BANK_NAMES[bank]} bank"
-                )
-            if members.numel() == 0 and gated:
-                raise ValueError(
-                    f"the p90 gate (threshold {self.threshold:.4f}) puts no fit image in the "
-                    f"{BANK_NAMES[bank]} bank; set model.gate_threshold or use gating=mixed"
-                )
             order = members[torch.randperm(members.numel(), generator=generator)]
             selected[bank] = set((order if per_bank is None else order[:per_bank]).tolist())
         return selected

@@ -53,7 +53,7 @@ from hdmap.cache import hash_array
 from hdmap.models.backbones import BackboneConfig, load_pretrained
 from hdmap.models.base import AnomalyModule
 from hdmap.models.coreset import check_neighbours, subsample
-from hdmap.models.gating import COLD, WARM, P90Gate, fit_intensities, oracle, p90
+from hdmap.models.gating import COLD, WARM, P90Gate, bank_problem, fit_intensities, oracle, p90
 from hdmap.models.knn import METHODS, knn_search
 
 GATINGS = ("mixed", "oracle", "p90", "random", "soft")
@@ -89,6 +89,18 @@ class CAPatchCoreConfig(BackboneConfig):
         if any(k < 1 for k in ks) or len(set(ks)) != len(ks):
             raise ValueError(f"context_k={v!r}: positive, distinct half widths, e.g. 2 or [2, 3]")
         return v
+
+    checks_fit_set = True
+
+    def gates_fit_set(self) -> bool:
+        """The p90 gate splits the fit images into banks: every mode but `mixed` over all fit images."""
+        return self.gating != "mixed" or self.shots_per_bank is not None
+
+    def fit_problem(self, fit_raw: np.ndarray, input_size: tuple[int, int]) -> str | None:
+        if not self.gates_fit_set():
+            return None
+        gated = self.gating != "mixed"
+        return bank_problem(fit_raw, self.gate_threshold, self.shots_per_bank, "model.shots_per_bank", gated)
 
     def context_ks(self) -> list[int]:
         return (
@@ -212,7 +224,7 @@ class CAPatchCoreModule(AnomalyModule):
 
     def on_train_start(self) -> None:
         values, index = fit_intensities(self.trainer.train_dataloader)
-        if self.cfg.gating == "mixed" and self.cfg.shots_per_bank is None:  # one bank of every fit image: no gate
+        if not self.cfg.gates_fit_set():  # one bank of every fit image: no gate
             self.gate.centres(values)
             self.selected = {COLD: set(index.tolist()), WARM: set()}
             self.gate_stats = {**self.gate.stats(), "threshold": None}

@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from hdmap.cache import hash_array
-from hdmap.errors import ConfigError, WeightsNotFoundError
+from hdmap.errors import WeightsNotFoundError
 from hdmap.models.backbones import pretrained_label
 from hdmap.models.base import AnomalyModule, ModelConfig
-from hdmap.models.gating import COLD, WARM, P90Gate, fit_intensities, oracle
+from hdmap.models.gating import COLD, WARM, P90Gate, bank_problem, fit_intensities, oracle
 
 CLIP_MODEL = "ViT-B-16-plus-240"  # anomalib's WinCLIP backbone and pretrained tag
 CLIP_TAG = "laion400m_e31"
@@ -114,6 +114,16 @@ class ClipConfig(ModelConfig):
         clip_architecture(v)
         return v
 
+    @field_validator("class_name")
+    @classmethod
+    def _named_class(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(
+                "must name what WinCLIP's prompts describe, e.g. 'industrial sensor data' (empty: anomalib builds no "
+                "text embeddings, every trial fails)"
+            )
+        return v
+
     @field_validator("scales")
     @classmethod
     def _sane_scales(cls, v: list[int]) -> list[int]:
@@ -127,6 +137,9 @@ class ClipConfig(ModelConfig):
     def data_defaults(self) -> dict:
         size = int(clip_architecture(self.clip_model)["vision_cfg"]["image_size"])
         return {"image_size": (size, size), "resize": "nearest", "normalization": "clip"}
+
+    def data_requirements(self) -> dict:
+        return {"to_rgb": (True, "CLIP's image tower takes 3-channel images")}
 
     def input_size_problem(self, size: tuple[int, int]) -> str | None:
         patch = self.patch_size()
@@ -164,6 +177,12 @@ class CAWinClipConfig(ClipConfig):
     gate_k: int | None = Field(
         None, ge=1, description="clip_topk: mean of the gate_k most similar references per bank; None = all of them"
     )
+
+    checks_fit_set = True
+
+    def fit_problem(self, fit_raw: np.ndarray, input_size: tuple[int, int]) -> str | None:
+        gated = self.gating != "mixed"  # routed to one bank (mixed pools both banks' references)
+        return bank_problem(fit_raw, self.gate_threshold, self.refs_per_bank, "model.refs_per_bank", gated)
 
     @model_validator(mode="after")
     def _gate_k_fits(self) -> CAWinClipConfig:
@@ -291,8 +310,6 @@ class WinClipModule(AnomalyModule):
     """Plain WinCLIP: every fit image is a reference (the fit set has exactly k_shot images)."""
 
     def __init__(self, cfg: ClipConfig, transform: torch.nn.Module, seed: int = 0) -> None:
-        if transform.channels != 3:
-            raise ConfigError(f"{cfg.name} (CLIP) needs 3-channel input: set data.to_rgb=true")
         super().__init__(transform)
         self.cfg, self.seed = cfg, seed
         self.model = build_winclip_model(cfg, transform.size)

@@ -174,7 +174,7 @@ def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> Swe
     name = meta.name if meta else None
     if not name and df["sweep"].notna().any():
         name = str(df["sweep"].dropna().iloc[0])
-    name = str(name or sweep_dir.rstrip("/").rsplit("/", 1)[-1])
+    name = str(name or sweep_dir.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])  # a URI's query is no name
 
     cfg = config_columns(df)
     keys = pd.DataFrame({c: ok[c].map(value_key) for c in cfg}, index=ok.index)
