@@ -40,7 +40,7 @@ def peak_rss_during(fn):
     return out, seconds, (max(peak[0], proc.memory_info().rss) - base) / 2**20
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bank", type=int, default=20000)
     p.add_argument("--dim", type=int, default=384)
@@ -53,11 +53,11 @@ def main() -> None:
         choices=["normal", "clustered"],
         help="random normal rows, or rows drawn around 256 centres (closer to real patch features)",
     )
-    args = p.parse_args()
+    return p.parse_args()
 
-    import faiss
-    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
+def _bank_and_queries(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded float32 rows; `clustered` draws them around 256 shared centres, as real patch features cluster."""
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((args.bank, args.dim), dtype=np.float32)
     queries = rng.standard_normal((args.images * args.patches, args.dim), dtype=np.float32)
@@ -65,14 +65,55 @@ def main() -> None:
         centres = rng.standard_normal((256, args.dim), dtype=np.float32) * 3
         bank = 0.5 * bank + centres[rng.integers(0, 256, len(bank))]
         queries = 0.5 * queries + centres[rng.integers(0, 256, len(queries))]
-    flops = 2.0 * bank.shape[0] * queries.shape[0] * args.dim
+    return bank, queries
 
+
+def _matmul_peak_gflops() -> float:
+    """This machine's float32 matmul rate: the scale the searches' GFLOP/s are read against."""
     a = torch.randn(4096, 4096)
     torch.mm(a, a)
     t0 = time.perf_counter()
     for _ in range(3):
         torch.mm(a, a)
-    peak_gflops = 3 * 2 * 4096**3 / (time.perf_counter() - t0) / 1e9
+    return 3 * 2 * 4096**3 / (time.perf_counter() - t0) / 1e9
+
+
+def _ivf_runs(bank: np.ndarray, queries: np.ndarray, nprobes: list[int], exact: tuple, flat_s: float) -> dict:
+    """Per nprobe: the IVF index's build and search time and its recall@1 against the exact search `exact`."""
+    import faiss
+
+    from hdmap.models.knn import ivf_index
+
+    d_exact, i_exact = exact
+    ivf = {}
+    for nprobe in nprobes:
+        t0 = time.perf_counter()
+        index = ivf_index(bank, nprobe)
+        t_build = time.perf_counter() - t0
+        (d_ivf, i_ivf), t_ivf, m_ivf = peak_rss_during(lambda index=index: index.search(queries, 1))
+        d_ivf = np.sqrt(np.maximum(d_ivf[:, 0], 0))
+        # a hit: the exact nearest row, or one at the same distance up to float32 rounding (a tie)
+        hit = (i_ivf[:, 0] == i_exact) | (np.abs(d_ivf - d_exact) <= 1e-5 * np.maximum(d_exact, 1.0))
+        ivf[f"nprobe={nprobe}"] = {
+            "nlist": faiss.extract_index_ivf(index).nlist,
+            "build_s": round(t_build, 2),
+            "search_s": round(t_ivf, 2),
+            "speedup_vs_flat": round(flat_s / t_ivf, 1),
+            "recall_at_1": round(float(np.mean(hit)), 4),
+            "peak_rss_mb": round(m_ivf),
+        }
+    return ivf
+
+
+def main() -> None:
+    args = _args()
+
+    import faiss
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    bank, queries = _bank_and_queries(args)
+    flops = 2.0 * bank.shape[0] * queries.shape[0] * args.dim
+    peak_gflops = _matmul_peak_gflops()
 
     def run_faiss():
         index = faiss.IndexFlatL2(args.dim)
@@ -89,25 +130,8 @@ def main() -> None:
 
     (d_faiss, i_faiss), t_faiss, m_faiss = peak_rss_during(run_faiss)
     d_anom, t_anom, m_anom = peak_rss_during(run_anomalib)
-    ivf = {}
-    for nprobe in [int(v) for v in args.nprobe.split(",") if v]:
-        from hdmap.models.knn import ivf_index
-
-        t0 = time.perf_counter()
-        index = ivf_index(bank, nprobe)
-        t_build = time.perf_counter() - t0
-        (d_ivf, i_ivf), t_ivf, m_ivf = peak_rss_during(lambda index=index: index.search(queries, 1))
-        d_ivf = np.sqrt(np.maximum(d_ivf[:, 0], 0))
-        # a hit: the exact nearest row, or one at the same distance up to float32 rounding (a tie)
-        hit = (i_ivf[:, 0] == i_faiss) | (np.abs(d_ivf - d_faiss) <= 1e-5 * np.maximum(d_faiss, 1.0))
-        ivf[f"nprobe={nprobe}"] = {
-            "nlist": faiss.extract_index_ivf(index).nlist,
-            "build_s": round(t_build, 2),
-            "search_s": round(t_ivf, 2),
-            "speedup_vs_flat": round(t_faiss / t_ivf, 1),
-            "recall_at_1": round(float(np.mean(hit)), 4),
-            "peak_rss_mb": round(m_ivf),
-        }
+    nprobes = [int(v) for v in args.nprobe.split(",") if v]
+    ivf = _ivf_runs(bank, queries, nprobes, (d_faiss, i_faiss), t_faiss)
     print(
         json.dumps(
             {

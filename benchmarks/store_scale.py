@@ -76,16 +76,13 @@ def templates(score_rows: int) -> tuple[pa.Table, pa.Table]:
 
 
 def write_parts(store, ids: list[str], results: pa.Table, scores: pa.Table, threads: int) -> None:
-    """Each trial's two parts, written as trials write them (atomic), `threads` at a time."""
+    """Each trial's two parts, written as trials write them (`ResultStore.write_parts`), `threads` at a time."""
 
     def one(trial_id: str) -> None:
         ids_r = pa.array([trial_id] * results.num_rows, pa.string())
         ids_s = pa.array([trial_id] * scores.num_rows, pa.string())
-        store._atomic_write(scores.set_column(0, "trial_id", ids_s), f"parts/scores/{trial_id}.parquet")
-        store._atomic_write(results.set_column(0, "trial_id", ids_r), f"parts/results/{trial_id}.parquet")
+        store.write_parts(trial_id, results.set_column(0, "trial_id", ids_r), scores.set_column(0, "trial_id", ids_s))
 
-    for sub in ("parts/results", "parts/scores"):
-        store.fs.create_dir(f"{store.root}/{sub}", recursive=True)
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, ids))
 

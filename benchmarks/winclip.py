@@ -38,7 +38,8 @@ def main() -> None:
     args = p.parse_args()
 
     from hdmap.data.transforms import HdmapTransform
-    from hdmap.models.winclip import REFERENCES, WinClipConfig, build
+    from hdmap.models.configs.winclip import WinClipConfig
+    from hdmap.models.winclip import REFERENCES, build
 
     torch.manual_seed(0)
     cfg = WinClipConfig(clip_model=args.clip_model, pretrained=False)

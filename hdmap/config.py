@@ -9,16 +9,27 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from hdmap.data.layout import ALL_DOMAINS, DOMAINS, normalize_domain, normalize_train_domain
-from hdmap.data.transforms import NORMALIZATIONS, PER_IMAGE_NORMS, RESIZE_METHODS
+from hdmap.data.transform_options import NORMALIZATIONS, PER_IMAGE_NORMS, RESIZE_METHODS
 from hdmap.errors import ConfigError
 from hdmap.metrics import THRESHOLD_METHODS
-from hdmap.models.base import StrictModel
+from hdmap.models.configs.base import ModelConfig, StrictModel
 from hdmap.models.registry import MODELS
 
 Domain = Annotated[str, BeforeValidator(normalize_domain)]
@@ -143,12 +154,44 @@ class RuntimeConfig(StrictModel):
     )
 
 
-ModelConfig = Annotated[Union[tuple(entry.config for entry in MODELS.values())], Field(discriminator="name")]
+def _model_config(value: Any) -> ModelConfig:
+    """The `model` section as the config class its `name` selects, importing only that model's config module.
+
+    What a discriminated union over every model would do, without importing every model: an unknown name is a
+    `union_tag_invalid` error, and the errors of the chosen class carry its name in their location
+    (`model.patchcore.k`), as a union's do (`describe_errors` reads them)."""
+    if isinstance(value, ModelConfig):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticKnownError("model_attributes_type")
+    name = value.get("name")
+    if name not in MODELS:
+        raise PydanticCustomError(
+            "union_tag_invalid",
+            "Input tag {tag!r} found using 'name' does not match any of the expected tags: {expected_tags}",
+            {"tag": name, "expected_tags": ", ".join(map(repr, MODELS)), "discriminator": "'name'"},
+        )
+    try:
+        return MODELS[name].config.model_validate(value)
+    except ValidationError as exc:
+        errors = [
+            {
+                "type": e["type"],
+                "loc": (name, *e["loc"]),
+                "input": e["input"],
+                **({"ctx": e["ctx"]} if "ctx" in e else {}),
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        raise ValidationError.from_exception_data(exc.title, errors) from None
+
+
+AnyModelConfig = Annotated[SerializeAsAny[ModelConfig], PlainValidator(_model_config)]
 
 
 class TrialConfig(StrictModel):
     data: DataConfig = DataConfig()
-    model: ModelConfig = Field(default_factory=lambda: MODELS[DEFAULT_MODEL].config())  # type: ignore[valid-type]
+    model: AnyModelConfig = Field(default_factory=lambda: MODELS[DEFAULT_MODEL].config())
     eval: EvalConfig = EvalConfig()
     seed: int = 0
     runtime: RuntimeConfig = RuntimeConfig()

@@ -21,18 +21,10 @@ scores warm normals above faint cold faults: what condition gating is meant to f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 from hdmap.data.layout import CONDITIONS
 
@@ -140,6 +132,8 @@ def calibrate_threshold(
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score  # sklearn and scipy load in ~1 s: only where a metric is computed
+
     if np.unique(labels).size < 2:
         return None
     return float(roc_auc_score(labels, scores))
@@ -147,6 +141,8 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 def _tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, target: float) -> float | None:
     """Largest TPR among sklearn roc_curve points (all thresholds kept) with FPR <= target."""
+    from sklearn.metrics import roc_curve
+
     if np.unique(labels).size < 2:
         return None
     # drop_intermediate=False: a collinear point dropped by sklearn may be the best one under the target.
@@ -184,12 +180,97 @@ def _severity(sev_pred: np.ndarray, sev_true: np.ndarray) -> tuple[float | None,
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman's rho; None for a constant ranking (undefined) or < 3 points (meaningless) or NaNs."""
+    from scipy.stats import spearmanr
+
     if a.size < 3 or np.isnan(a).any() or np.isnan(b).any() or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return _as_float(spearmanr(a, b).statistic)
 
 
 # --------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """`evaluate`'s arguments, checked: 1-D float arrays of one length (labels 0/1 as int)."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    val_scores: np.ndarray
+    conditions: np.ndarray | None
+    gates: np.ndarray | None
+    severity_pred: np.ndarray | None
+    severity_true: np.ndarray | None
+
+
+def _checked(scores, labels, conditions, val_scores, gate_pred, severity_pred, severity_true) -> _Inputs:
+    """ValueError naming the argument for anything `evaluate` cannot score: a wrong result row is worse than none."""
+    s = _finite_1d(scores, "scores")
+    n = s.size
+    if n == 0:
+        raise ValueError("scores must be non-empty")
+    y_raw = _finite_1d(labels, "labels")
+    if y_raw.size != n:
+        raise ValueError(f"labels has length {y_raw.size} but scores has length {n}")
+    if not np.isin(y_raw, (0.0, 1.0)).all():
+        raise ValueError(f"labels must be 0 (good) or 1 (fault), got {sorted(set(y_raw.tolist()) - {0.0, 1.0})}")
+    v = _finite_1d(val_scores, "val_scores")
+    if v.size == 0:
+        raise ValueError("val_scores must be non-empty")
+    cond = None if conditions is None else _conditions_1d(conditions, "conditions", n)
+    gate = None if gate_pred is None else _conditions_1d(gate_pred, "gate_pred", n)
+    if gate is not None and cond is None:
+        raise ValueError("gate_pred needs conditions (the true condition) to score gating accuracy")
+    if severity_true is not None and severity_pred is None:
+        raise ValueError("severity_true needs severity_pred (the model's severity output)")
+    sev_p = None if severity_pred is None else _finite_1d(severity_pred, "severity_pred", allow_nan=True)
+    sev_t = None if severity_true is None else _finite_1d(severity_true, "severity_true", allow_nan=True)
+    for name, arr in (("severity_pred", sev_p), ("severity_true", sev_t)):
+        if arr is not None and arr.size != n:
+            raise ValueError(f"{name} has length {arr.size} but scores has length {n}")
+    return _Inputs(s, y_raw.astype(int), v, cond, gate, sev_p, sev_t)
+
+
+def _decision_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
+    """AUROC and the metrics of the thresholded decision `pred`."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    return {
+        "image_auroc": _auroc(y, s),
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+    }
+
+
+def _condition_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray, cond: np.ndarray) -> dict[str, float | None]:
+    """Per machine state, and each state's faults ranked against the other state's normals."""
+    from sklearn.metrics import accuracy_score
+
+    out: dict[str, float | None] = {}
+    for c in CONDITIONS:
+        m = cond == c
+        if m.any():
+            out[f"accuracy_{c}"] = float(accuracy_score(y[m], pred[m]))
+            out[f"auroc_{c}"] = _auroc(y[m], s[m])
+    for fault_c, good_c in (("cold", "warm"), ("warm", "cold")):
+        m = ((cond == fault_c) & (y == 1)) | ((cond == good_c) & (y == 0))
+        out[f"auroc_{fault_c}_fault_vs_{good_c}_good"] = _auroc(y[m], s[m])
+    return out
+
+
+def _output_metrics(x: _Inputs) -> dict[str, float | None]:
+    """What a model's extra outputs score: its gate against the true condition, its severity against the truth
+    and against its own anomaly score."""
+    out: dict[str, float | None] = {}
+    if x.gates is not None:
+        out["gating_accuracy"] = float(np.mean(x.gates == x.conditions))
+    if x.severity_true is not None:
+        out["severity_mae"], out["severity_spearman"] = _severity(x.severity_pred, x.severity_true)
+    if x.severity_pred is not None:  # consistency of the two outputs, on every test image (no ground truth needed)
+        out["score_severity_spearman"] = _spearman(x.scores, x.severity_pred)
+    return out
 
 
 def evaluate(
@@ -213,67 +294,21 @@ def evaluate(
     models). ``severity_pred``: predicted severity (severity models); ``score_severity_spearman`` ranks it against
     the score. ``severity_true`` (needs ``severity_pred``) may be NaN for images without ground truth (real faults).
     """
-    s = _finite_1d(scores, "scores")
-    n = s.size
-    if n == 0:
-        raise ValueError("scores must be non-empty")
-    y_raw = _finite_1d(labels, "labels")
-    if y_raw.size != n:
-        raise ValueError(f"labels has length {y_raw.size} but scores has length {n}")
-    if not np.isin(y_raw, (0.0, 1.0)).all():
-        raise ValueError(f"labels must be 0 (good) or 1 (fault), got {sorted(set(y_raw.tolist()) - {0.0, 1.0})}")
-    y = y_raw.astype(int)
-    v = _finite_1d(val_scores, "val_scores")
-    if v.size == 0:
-        raise ValueError("val_scores must be non-empty")
-    cond = None if conditions is None else _conditions_1d(conditions, "conditions", n)
-    gate = None if gate_pred is None else _conditions_1d(gate_pred, "gate_pred", n)
-    if gate is not None and cond is None:
-        raise ValueError("gate_pred needs conditions (the true condition) to score gating accuracy")
-    if severity_true is not None and severity_pred is None:
-        raise ValueError("severity_true needs severity_pred (the model's severity output)")
-    sev_p = None if severity_pred is None else _finite_1d(severity_pred, "severity_pred", allow_nan=True)
-    sev_t = None if severity_true is None else _finite_1d(severity_true, "severity_true", allow_nan=True)
-    for name, arr in (("severity_pred", sev_p), ("severity_true", sev_t)):
-        if arr is not None and arr.size != n:
-            raise ValueError(f"{name} has length {arr.size} but scores has length {n}")
-
+    x = _checked(scores, labels, conditions, val_scores, gate_pred, severity_pred, severity_true)
+    y, s = x.labels, x.scores
     out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
-
-    thr = calibrate_threshold(v, threshold_method, percentile=threshold_percentile, n_std=threshold_n_std)
+    thr = calibrate_threshold(x.val_scores, threshold_method, percentile=threshold_percentile, n_std=threshold_n_std)
     pred = (s > thr).astype(int)
     out["threshold"] = thr
-    out["image_auroc"] = _auroc(y, s)
-    out["accuracy"] = float(accuracy_score(y, pred))
-    out["f1"] = float(f1_score(y, pred, zero_division=0))
-    out["precision"] = float(precision_score(y, pred, zero_division=0))
-    out["recall"] = float(recall_score(y, pred, zero_division=0))
-
-    if cond is not None:
-        for c in CONDITIONS:
-            m = cond == c
-            if m.any():
-                out[f"accuracy_{c}"] = float(accuracy_score(y[m], pred[m]))
-                out[f"auroc_{c}"] = _auroc(y[m], s[m])
-        for fault_c, good_c in (("cold", "warm"), ("warm", "cold")):
-            m = ((cond == fault_c) & (y == 1)) | ((cond == good_c) & (y == 0))
-            out[f"auroc_{fault_c}_fault_vs_{good_c}_good"] = _auroc(y[m], s[m])
-
+    out.update(_decision_metrics(y, s, pred))
+    if x.conditions is not None:
+        out.update(_condition_metrics(y, s, pred, x.conditions))
     out["tpr_at_fpr_1pct"] = _tpr_at_fpr(y, s, 0.01)
     out["tpr_at_fpr_5pct"] = _tpr_at_fpr(y, s, 0.05)
-
-    if gate is not None:
-        out["gating_accuracy"] = float(np.mean(gate == cond))
-
-    if sev_t is not None:
-        out["severity_mae"], out["severity_spearman"] = _severity(sev_p, sev_t)
-    if sev_p is not None:  # consistency of the two outputs, on every test image (no ground truth needed)
-        out["score_severity_spearman"] = _spearman(s, sev_p)
-
+    out.update(_output_metrics(x))
     out["oracle_accuracy"], out["oracle_threshold"] = _oracle(y, s)
-
-    out["n_test"] = float(n)
+    out["n_test"] = float(s.size)
     out["n_test_good"] = float((y == 0).sum())
     out["n_test_fault"] = float((y == 1).sum())
-    out["n_val"] = float(v.size)
+    out["n_val"] = float(x.val_scores.size)
     return out

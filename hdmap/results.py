@@ -2,6 +2,7 @@
 
 The config columns are derived from the config classes (every model's fields as `model.<field>`,
 null where a model lacks the field), so adding a model or a field never needs a schema edit here.
+How each metric column is labelled, ranked, grouped and shown: hdmap.metric_catalogue.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One trial: config -> data -> Lightning fit + predict -> metrics -> rows. No Ray, no W&B here.
+"""One trial: config -> data -> Lightning fit + predict (hdmap.fit) -> metrics -> rows. No Ray, no W&B here.
 
 `hdmap trial` calls `run_trial`; so does every trial of a sweep, so a debugged trial is the trial.
 """
@@ -8,37 +8,31 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import logging
 import os
 import socket
 import subprocess
-import threading
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import DataLoader, Dataset
 
-from hdmap.cache import DiskCache
 from hdmap.config import TrialConfig
 from hdmap.data.arrays import SplitArrays
 from hdmap.data.fingerprint import changed_parts, data_fingerprint
-from hdmap.data.splits import build_trial_data
-from hdmap.data.transforms import HdmapTransform
+from hdmap.data.splits import TrialData, build_trial_data
 from hdmap.errors import ConfigError, DataLayoutError, OutputError
-from hdmap.features import FeatureLookup, cached_features
 from hdmap.io import atomic_write, atomic_write_table
 from hdmap.metrics import evaluate
-from hdmap.models.registry import MODELS
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
+
+if TYPE_CHECKING:
+    from hdmap.fit import FitOutputs
 
 
 @dataclass
@@ -54,25 +48,6 @@ class TrialResult:
         return to_table(self.rows, results_schema())
 
 
-class _ArrayDataset(Dataset):
-    def __init__(self, split: SplitArrays, features: FeatureLookup | None = None) -> None:
-        self.files = split.files
-        self.features = features
-        self.images = torch.from_numpy(np.require(split.images, np.float32, ["C", "W"]))
-        self.labels = torch.from_numpy(split.labels)
-        self.conditions = torch.tensor([{"cold": 0, "warm": 1}.get(c, -1) for c in split.conditions], dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        # condition: 0 cold, 1 warm, -1 unknown (train/val normals) — for oracle gating only
-        item = {"raw": self.images[i], "label": self.labels[i], "index": i, "condition": self.conditions[i]}
-        if self.features is not None:
-            item["features"] = self.features[self.files[i]]
-        return item
-
-
 def check_fit_set(cfg: TrialConfig, fit: SplitArrays) -> None:
     """ConfigError when the model cannot be fitted on this fit set (`ModelConfig.fit_problem`: bank sizes after the
     p90 gate, PCA components vs images, ...); the trial and `sweep plan` check it before any model is built."""
@@ -81,90 +56,54 @@ def check_fit_set(cfg: TrialConfig, fit: SplitArrays) -> None:
         raise ConfigError(f"{problem} (model {cfg.model.name}: {len(fit)} fit images from {cfg.data.domain})")
 
 
+def import_trial_code(cfg: TrialConfig) -> None:
+    """Import what fitting `cfg` runs (torch, Lightning, the model's module, in seconds): `hdmap trial` does so before
+    it says the trial started (a signal then meets the fit, not an import), a sweep worker before it freezes what its
+    imports created."""
+    import hdmap.fit  # noqa: F401 - imported for its imports
+    from hdmap.models.registry import MODELS
+
+    MODELS[cfg.model.name].build  # noqa: B018 - resolving the builder imports the model's module
+
+
 def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
     """Fit and evaluate one config. Raises on failure; `failed_trial` turns an exception into a row."""
+    from hdmap.fit import PeakMemory, fit_and_predict, seed_and_quiet  # torch, Lightning: only trials that fit
+
     memory = PeakMemory()
     try:
-        return _fit_and_evaluate(cfg, callbacks, memory)
+        started = dt.datetime.now(dt.timezone.utc)
+        t0 = time.perf_counter()
+        seed_and_quiet(cfg)
+        data = build_trial_data(cfg.data, cfg.seed)
+        check_fit_set(cfg, data.fit)
+        outputs = fit_and_predict(cfg, data, callbacks)
+        base = _base_row(cfg)
+        base.update(
+            status="ok",
+            n_fit=len(data.fit),
+            epochs_run=outputs.epochs_run,
+            references_removed=data.references_removed,
+            pretrained_weights=cfg.model.weights_label(),
+            features_s=outputs.features_s,
+            fit_s=outputs.fit_s,
+            cache_hits=outputs.cache.hits if outputs.cache else None,
+            cache_misses=outputs.cache.misses if outputs.cache else None,
+            predict_s=outputs.predict_s,
+            **memory.stop(),
+            device=outputs.device,
+            started_at=started,
+        )
+        return _result(cfg, data, outputs, base, t0)
     finally:  # a trial that raises too: the fallback sampler thread must not outlive it in a reused actor
         memory.stop()
 
 
-def _fit_and_evaluate(cfg: TrialConfig, callbacks: list | None, memory: PeakMemory) -> TrialResult:
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
-    _quiet_libraries(cfg.runtime.progress)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    data = build_trial_data(cfg.data, cfg.seed)
-    check_fit_set(cfg, data.fit)
-    transform = HdmapTransform.for_data(cfg.data)
-    module = MODELS[cfg.model.name].build(cfg.model, transform, cfg.seed)
-    cache = DiskCache(cfg.runtime.feature_cache) if cfg.runtime.feature_cache else None
-    features: FeatureLookup | None = None
-
-    def loader(split: SplitArrays, shuffle: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(
-            _ArrayDataset(split, features),
-            batch_size=cfg.model.batch_size,
-            shuffle=shuffle,
-            num_workers=cfg.runtime.num_workers,
-            generator=generator,
-        )
-
-    trainer = L.Trainer(
-        accelerator=cfg.runtime.accelerator,
-        devices=1,
-        max_epochs=module.max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=cfg.runtime.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1.0 if module.uses_validation else 0,
-        deterministic="warn",
-        callbacks=callbacks or [],
-        **module.trainer_kwargs(),
-    )
-    t_features = time.perf_counter()
-    if cache is not None:
-        module.disk_cache = cache
-        model_key = module.feature_key()
-        if model_key is not None:
-            features = cached_features(
-                cache, module, model_key, cfg.data, trainer.strategy.root_device, cfg.model.batch_size
-            )
-    features_s = time.perf_counter() - t_features
-    t_fit = time.perf_counter()
-    if len(data.fit):  # a zero-shot model (data.train_shots = 0) has nothing to fit
-        trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
-    fit_s = time.perf_counter() - t_fit
-
-    t_pred = time.perf_counter()
-    val_out = _predict(trainer, module, loader(data.val), cfg)
-    test_out = {domain: _predict(trainer, module, loader(split), cfg) for domain, split in data.tests.items()}
-    predict_s = time.perf_counter() - t_pred
-
-    base = _base_row(cfg)
-    base.update(
-        status="ok",
-        n_fit=len(data.fit),
-        epochs_run=trainer.current_epoch,
-        references_removed=data.references_removed,
-        pretrained_weights=cfg.model.weights_label(),
-        features_s=features_s,
-        fit_s=fit_s,
-        cache_hits=cache.hits if cache else None,
-        cache_misses=cache.misses if cache else None,
-        predict_s=predict_s,
-        **memory.stop(),
-        device=str(trainer.strategy.root_device),
-        started_at=started,
-    )
+def _result(cfg: TrialConfig, data: TrialData, outputs: FitOutputs, base: dict, t0: float) -> TrialResult:
+    """One row per test domain (`base` + its metrics) and its per-image scores."""
     rows, score_parts = [], []
     for domain, split in data.tests.items():
-        out = test_out[domain]
+        out = outputs.tests[domain]
         gates = None if out.get("gate") is None else np.where(out["gate"] > 0.5, "warm", "cold")
         severity_pred = out.get("severity")
         has_truth = severity_pred is not None and np.isfinite(split.severity).any()
@@ -172,7 +111,7 @@ def _fit_and_evaluate(cfg: TrialConfig, callbacks: list | None, memory: PeakMemo
             out["score"],
             split.labels,
             split.conditions,
-            val_scores=val_out["score"][data.val_for[domain]],
+            val_scores=outputs.val["score"][data.val_for[domain]],
             threshold_method=cfg.eval.threshold_method,
             threshold_percentile=cfg.eval.threshold_percentile,
             threshold_n_std=cfg.eval.threshold_n_std,
@@ -186,61 +125,6 @@ def _fit_and_evaluate(cfg: TrialConfig, callbacks: list | None, memory: PeakMemo
     for row in rows:
         row["total_s"] = total
     return TrialResult(rows=rows, scores=pa.concat_tables(score_parts))
-
-
-class PeakMemory:
-    """Peak RSS and GPU memory of this trial alone, also when a Ray actor runs many trials in one process.
-
-    The process high-water marks are reset at the start: Linux's VmHWM through /proc/self/clear_refs ("5"),
-    CUDA's through reset_peak_memory_stats. Where clear_refs is unavailable a 50 ms sampling thread stands in."""
-
-    def __init__(self) -> None:
-        self._sampled = 0
-        self._sampler: threading.Thread | None = None
-        self._done = threading.Event()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-
-    def _sample(self) -> None:
-        import psutil
-
-        process = psutil.Process()
-        while not self._done.wait(0.05):
-            self._sampled = max(self._sampled, process.memory_info().rss)
-
-    def stop(self) -> dict[str, float | None]:
-        """The trial's peaks; ends the sampler (calling it again is harmless)."""
-        self._done.set()
-        if self._sampler is None:
-            status = Path("/proc/self/status").read_text()
-            rss_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
-        else:
-            self._sampler.join()
-            rss_mb = self._sampled / 2**20
-        gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-        return {"peak_rss_mb": rss_mb, "peak_gpu_mb": gpu_mb}
-
-
-def _quiet_libraries(progress: bool) -> None:
-    """Keep a trial's output readable: library chatter that is expected here is not news."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    for message in (
-        ".*configure_optimizers` returned `None`.*",
-        ".*module\\(s\\) in eval mode.*",
-        ".*isinstance\\(treespec, LeafSpec\\).*",
-        ".*does not have many workers.*",
-        ".*but have no logger configured.*",
-        ".*`validation_step` but have no `val_dataloader`.*",
-        ".*infer the `batch_size` from an ambiguous collection.*",
-    ):
-        warnings.filterwarnings("ignore", message=message)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\..*")
 
 
 def failed_trial(cfg: TrialConfig, exc: BaseException) -> TrialResult:
@@ -346,16 +230,6 @@ def _ok_fingerprints(path: Path) -> set[str | None]:
 
 def _has_ok_rows(path: Path) -> bool:
     return path.is_file() and "ok" in pq.read_table(path, columns=["status"])["status"].to_pylist()
-
-
-def _predict(trainer: L.Trainer, module, dataloader: DataLoader, cfg: TrialConfig) -> dict[str, np.ndarray]:
-    batches = trainer.predict(module, dataloader)
-    declared = {"score"} | cfg.model.outputs()
-    if set(batches[0]) != declared:  # the model contract: what a row reports is what the config declares
-        raise RuntimeError(
-            f"model {cfg.model.name!r} predicts {sorted(batches[0])}, its config declares {sorted(declared)}"
-        )
-    return {key: torch.cat([b[key] for b in batches]).float().cpu().numpy() for key in batches[0]}
 
 
 def _score_table(trial_id: str, domain: str, split: SplitArrays, out: dict, gates) -> pa.Table:

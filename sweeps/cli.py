@@ -107,7 +107,7 @@ def trial(
     Exit code: 0 done, 1 the trial failed (its error row is written) or the disk filled up, 2 a mistake in the config,
     the data or --out, 130 (Ctrl-C) / 143 (SIGTERM) interrupted: no result written."""
     from hdmap.config import load_trial_config
-    from hdmap.trial import prepare_output_dir, stamp_data
+    from hdmap.trial import import_trial_code, prepare_output_dir, stamp_data
 
     cfg = None
     try:
@@ -120,6 +120,7 @@ def trial(
                 out = prepare_output_dir(out or Path("runs") / cfg.trial_id, cfg.trial_id, cfg.runtime.data_fingerprint)
             except UserError as exc:
                 fail(str(exc))
+            import_trial_code(cfg)
             console.print(f"trial {cfg.trial_id}: model={cfg.model.name} domain={cfg.data.domain} seed={cfg.seed}")
             rows = _run_and_write(cfg, out)
     except _Interrupted as stop:
@@ -191,33 +192,6 @@ def models() -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-
-
-HEADLINE_METRICS = [
-    ("image_auroc", "image AUROC"),
-    ("accuracy", "accuracy (val threshold)"),
-    ("accuracy_cold", "accuracy cold"),
-    ("accuracy_warm", "accuracy warm"),
-    ("auroc_cold", "AUROC cold"),
-    ("auroc_warm", "AUROC warm"),
-    ("auroc_cold_fault_vs_warm_good", "AUROC cold faults vs warm normals"),
-    ("auroc_warm_fault_vs_cold_good", "AUROC warm faults vs cold normals"),
-    ("f1", "F1"),
-    ("precision", "precision"),
-    ("recall", "recall"),
-    ("tpr_at_fpr_1pct", "TPR @ 1% FPR"),
-    ("tpr_at_fpr_5pct", "TPR @ 5% FPR"),
-    ("gating_accuracy", "gating accuracy"),
-    ("severity_mae", "severity MAE"),
-    ("severity_spearman", "severity Spearman"),
-    ("score_severity_spearman", "score vs severity Spearman"),
-    ("threshold", "threshold (from val normals)"),
-    ("oracle_accuracy", "ORACLE accuracy (test-optimal threshold)"),
-    ("n_fit", "images fitted"),
-    ("n_test", "test images"),
-    ("fit_s", "fit s"),
-    ("predict_s", "predict s"),
-]
 
 
 sweep_app = typer.Typer(no_args_is_help=True, help="Plan and run sweeps (needs the sweeps package: Ray Tune).")
@@ -292,31 +266,10 @@ def sweep_run(
     "failed"; the same command resumes), 2 a mistake in the spec or the environment,
     130 (Ctrl-C) / 143 (SIGTERM) interrupted: the trials that did not run are named with the command to resume.
     """
-    from sweeps.runner import run_sweep
-
     plan = _load_plan(spec, set_)
     console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {redact_uri(plan.spec.sweep_dir())}")
-    try:
-        outcome = run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
-    except UserError as exc:  # spec, data, environment (SpecError and SweepEnvironmentError are UserErrors)
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted before any trial started", 130)
-    except OSError as exc:  # a full disk before any trial started (sweep.json, the first compaction)
-        if (full := disk_full(exc)) is None:
-            raise
-        fail(f"{full}: free space, then run the same command again", 1)
-    ended = "interrupted" if outcome.interrupted else "stopped" if outcome.disk_full else "finished"
-    console.print(
-        f"{ended}: {outcome.ok} ok, "
-        f"{len(outcome.failed)} failed, {outcome.pruned} stopped early, {outcome.skipped} already done; "
-        f"wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
-        + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else "")
-    )
-    if outcome.cache_computed is not None:
-        console.print(f"feature cache: {outcome.cache_computed} entries computed, {outcome.cache_reused} reused")
-    if outcome.wandb is not None and outcome.wandb.statuses:
-        console.print(escape(outcome.wandb.line()), highlight=False, soft_wrap=True)
+    outcome = _run_or_fail(plan, address, retry_failed, feature_cache)
+    _print_outcome(outcome)
     if outcome.not_run:
         resume = ["hdmap", "sweep", "run", str(spec), *(a for s in set_ for a in ("--set", s))]
         resume += (["--address", address] if address else []) + (["--retry-failed"] if retry_failed else [])
@@ -333,19 +286,7 @@ def sweep_run(
         store = ResultStore(plan.spec.sweep_dir())  # outcome.sweep_dir is for showing: credentials redacted
         _finish(store, store.meta())
     if outcome.failed:
-        table = Table(title="failed trials", title_style="bold red")
-        table.add_column("trial_id", no_wrap=True)
-        table.add_column("model", no_wrap=True)
-        table.add_column("error (first line)", overflow="fold")
-        for f in outcome.failed:
-            table.add_row(f["trial_id"], f["model"], f["error"])
-        console.print(table)
-        console.print(
-            f"tracebacks: the error column of {outcome.sweep_dir}/results.parquet; Ray's log: {outcome.log_path}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        console.print("re-run them with --retry-failed once fixed")
+        _print_failed_trials(outcome)
     if outcome.disk_full:
         stale = "" if outcome.state_recorded else " (sweep.json could not be updated: it still says running)"
         fail(f"{outcome.disk_full}: the sweep stopped{stale}; free space, then run the same command to resume", 1)
@@ -353,6 +294,54 @@ def sweep_run(
         raise typer.Exit(128 + outcome.interrupted)
     if outcome.failed or outcome.not_run:
         raise typer.Exit(1)
+
+
+def _run_or_fail(plan, address: str | None, retry_failed: bool, feature_cache: bool):
+    """sweeps.runner.run_sweep's outcome; a mistake found before any trial ran is one line and its exit code."""
+    from sweeps.runner import run_sweep
+
+    try:
+        return run_sweep(plan, address=address, retry_failed=retry_failed, feature_cache=feature_cache)
+    except UserError as exc:  # spec, data, environment (SpecError and SweepEnvironmentError are UserErrors)
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted before any trial started", 130)
+    except OSError as exc:  # a full disk before any trial started (sweep.json, the first compaction)
+        if (full := disk_full(exc)) is None:
+            raise
+        fail(f"{full}: free space, then run the same command again", 1)
+
+
+def _print_outcome(outcome) -> None:
+    """How the run ended, with its counts, the feature cache's and W&B's."""
+    ended = "interrupted" if outcome.interrupted else "stopped" if outcome.disk_full else "finished"
+    console.print(
+        f"{ended}: {outcome.ok} ok, "
+        f"{len(outcome.failed)} failed, {outcome.pruned} stopped early, {outcome.skipped} already done; "
+        f"wall {outcome.wall_s:,.0f}s (Ray start {outcome.ray_start_s:.1f}s)"
+        + (f"; Tune restarted {outcome.restarts}x after lost workers" if outcome.restarts else "")
+    )
+    if outcome.cache_computed is not None:
+        console.print(f"feature cache: {outcome.cache_computed} entries computed, {outcome.cache_reused} reused")
+    if outcome.wandb is not None and outcome.wandb.statuses:
+        console.print(escape(outcome.wandb.line()), highlight=False, soft_wrap=True)
+
+
+def _print_failed_trials(outcome) -> None:
+    """The failed trials' table (the first line of each error) and where the full tracebacks are."""
+    table = Table(title="failed trials", title_style="bold red")
+    table.add_column("trial_id", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("error (first line)", overflow="fold")
+    for f in outcome.failed:
+        table.add_row(f["trial_id"], f["model"], f["error"])
+    console.print(table)
+    console.print(
+        f"tracebacks: the error column of {outcome.sweep_dir}/results.parquet; Ray's log: {outcome.log_path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("re-run them with --retry-failed once fixed")
 
 
 @app.command()
@@ -418,13 +407,15 @@ def _finish(store, meta, out: Path | None = None, wandb: bool = False) -> None:
 
 def metrics_table(rows: list[dict]) -> Table:
     """Metrics down, test domains across (fits a narrow terminal); the oracle figure says so."""
+    from hdmap.metric_catalogue import METRICS, columns
+
     table = Table(title=f"{rows[0]['model']} trained on {rows[0]['train_domain']} (trial {rows[0]['trial_id']})")
     table.add_column("metric")
     for row in rows:
         table.add_column(str(row.get("test_domain")), justify="right")
-    for key, title in HEADLINE_METRICS:
+    for key in columns(view="trial"):
         if any(row.get(key) is not None for row in rows):
-            table.add_row(title, *(_fmt(row.get(key)) for row in rows))
+            table.add_row(METRICS[key].title, *(_fmt(row.get(key)) for row in rows))
     return table
 
 

@@ -1,4 +1,4 @@
-"""One driver per sweep: a lease file (driver.json) in the sweep folder, renewed by a driver thread.
+"""One driver per sweep: a lease (driver.json, kept by the store in the sweep folder), renewed by a driver thread.
 
 Two drivers on one sweep (the same spec launched twice, a requeued job while the first still runs) would run
 the same trials twice and race on the manifest: a chunk written by one, the manifest by the other, rows missing
@@ -6,7 +6,7 @@ from the report. So `hdmap sweep run` stops while another driver holds the sweep
 process on this host; when it runs on another host (no pid to check), as soon as its lease is renewed while we
 watch. A driver that died frees the sweep at once on its own host, and LEASE_TTL_S after its last renewal
 elsewhere, when the watching driver takes over (a requeued cluster job goes on, no re-submission). Readers
-(`hdmap report`) never look at it.
+(`hdmap report`) never look at it. This module decides who holds the sweep; the store reads and writes the file.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import time
 import uuid
 
 from hdmap.errors import UserError
-from sweeps.store import ResultStore
+from sweeps.store import LEASE_FILE, ResultStore
 
-LEASE_FILE = "driver.json"
 LEASE_TTL_S = 120.0
 RENEW_EVERY_S = 30.0  # four renewals per TTL: a slow write (object storage) never lets a live lease lapse
 POLL_S = 2.0  # how often a waiting driver re-reads another host's lease
@@ -63,7 +62,7 @@ class DriverLease:
         not renewed while we watch (at most until its TTL ends) belonged to a driver that died, e.g. with its node:
         a requeued job takes the sweep over instead of failing, while a duplicate launch fails within one renewal
         period."""
-        held = self.store.read_json(LEASE_FILE)
+        held = self.store.lease()
         if held and held.get("token") != self.token and _alive(held):
             if held.get("host") != socket.gethostname():
                 held = self._watch(held)
@@ -86,7 +85,7 @@ class DriverLease:
         deadline = time.time() + wait_s
         while time.time() < deadline:
             time.sleep(min(POLL_S, max(0.0, deadline - time.time())))
-            now = self.store.read_json(LEASE_FILE)
+            now = self.store.lease()
             if now is None:  # released: that driver finished
                 return None
             if now.get("token") != held.get("token") or now.get("renewed_at") != held.get("renewed_at"):
@@ -94,8 +93,7 @@ class DriverLease:
         return None
 
     def renew(self) -> None:
-        self.store.write_json(
-            LEASE_FILE,
+        self.store.write_lease(
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -107,9 +105,9 @@ class DriverLease:
 
     def release(self) -> None:
         """Remove the lease if it is still this driver's (never another's)."""
-        held = self.store.read_json(LEASE_FILE)
+        held = self.store.lease()
         if held and held.get("token") == self.token:
-            self.store.delete(LEASE_FILE)
+            self.store.drop_lease()
 
 
 def _age(held: dict) -> float:

@@ -1,4 +1,5 @@
-"""sweep.json: the typed sweep-metadata record. The runner writes it; the report and `hdmap report` read it.
+"""sweep.json: the typed sweep-metadata record. The runner writes it, through the store (sweeps.store names the
+file); the report and `hdmap report` read it.
 
 It holds what the rows cannot say: the sweep's axes in spec order (the first value of each is the report's
 baseline), the planned trial ids (so trials without a row show as missing), whether the last run finished
@@ -15,8 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sweeps.tracking import WandbSettings
-
-META_FILE = "sweep.json"
 
 
 class SweepMeta(BaseModel):

@@ -1,6 +1,10 @@
 """The driver of a sweep: run a validated Plan with Ray Tune, one Tune trial per TrialConfig (sweeps.worker runs
 each), results into the ResultStore; restarts, interruptions and failure rows are decided here.
 
+`run_sweep` holds the sweep for one driver (sweeps.lease) and runs a `SweepRun`, whose methods are the run's steps
+in the order they happen. Around it: Ray's start-up (sweeps.ray_cluster), the Tune callbacks (sweeps.callbacks),
+the signals that stop a run (sweeps.signals), the W&B logger (sweeps.trial_logger).
+
 Resume is by `trial_id` in the store, not by Tune's experiment state: each `sweep run` starts a
 fresh Tune run over the trials the store does not hold yet, so finished trials never re-run and a
 spec can grow new axis values between runs.
@@ -9,42 +13,41 @@ spec can grow new axis values between runs.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hdmap.config import TrialConfig
-from hdmap.errors import DiskFullError, UserError, disk_full
-from hdmap.models.registry import MODELS
+from hdmap.errors import DiskFullError, disk_full
 from sweeps.lease import DriverLease
 from sweeps.meta import SweepMeta
 from sweeps.preflight import FINISHED, check_fresh
+from sweeps.ray_cluster import (
+    SweepEnvironmentError,
+    is_ray_worker_loss,
+    ray_address,
+    ray_logs_to,
+    start_ray,
+)
 from sweeps.redact import redact, redact_uri
+from sweeps.result_keys import DISK_FULL
+from sweeps.signals import StopSignals
 from sweeps.spec import Plan
 from sweeps.store import ResultStore
-from sweeps.tracking import LogTally, TrialLogger
-from sweeps.worker import DISK_FULL, record_failure, trial_trainable
+from sweeps.trial_logger import LogTally, TrialLogger
+from sweeps.worker import TrialContext, trial_trainable
 
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store is the record; skip Tune's CSV/JSON/TBX
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # _StopSignals handles Ctrl-C (and SIGTERM) the same way
-# A trial that records its own user error ends without a final report, so without the scheduler's metric; that
-# every model reports the metric is checked by the spec (sweeps/spec.py), before launch.
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-NODE_ARRAY_CACHE = "/tmp/hdmap-array-cache"
+if TYPE_CHECKING:
+    from sweeps.callbacks import SweepProgress
+
 NODE_FEATURE_CACHE = "/tmp/hdmap-feature-cache"  # when results go to object storage: features stay on the node
-
-
-class SweepEnvironmentError(UserError):
-    """The machine, not the spec, is wrong (output not writable, no Ray cluster at --address): one line, exit 2."""
+COMPACT_EVERY_S = 30.0
 
 
 @dataclass
@@ -90,112 +93,10 @@ def run_sweep(
     address = ray_address(address)  # before anything is written: a wrong address is one error, not a hang
     store = open_store(plan.spec.sweep_dir())
     with DriverLease(store):  # one driver per sweep: a second `sweep run` stops here, naming the first
-        return _drive(plan, store, address, retry_failed, num_cpus, live, feature_cache)
-
-
-def _drive(
-    plan: Plan,
-    store: ResultStore,
-    address: str,
-    retry_failed: bool,
-    num_cpus: int | None,
-    live: bool,
-    feature_cache: bool,
-) -> SweepOutcome:
-    spec = plan.spec
-    prepare_data(plan)
-    for note in check_fresh(plan, store):  # finished trials on other data: refused before anything is written
-        print(f"note: {note}")
-    store.write_meta(SweepMeta.of_plan(plan, state="running"))
-    store.compact()  # parts a killed driver left uncompacted: before Tune starts, so the pass blocks nothing
-    todo, skipped = plan_todo(plan, store, retry_failed)
-    outcome = SweepOutcome(
-        sweep_dir=store.uri,
-        total=len(plan.trials),
-        skipped=skipped,
-        log_path=str(store.local_dir(spec.name) / "logs" / "ray-driver.log"),
-    )
-    ran = {t.trial_id for t in todo}
-    stop = _StopSignals()
-    t0 = time.perf_counter()
-    wandb = TrialLogger(spec.tracking.wandb, store, spec.name, store.local_dir(spec.name))
-    if todo:
-        wandb.start()
-    try:
-        for _ in range(spec.max_failures + 1):
-            if not todo or stop.received:
-                break
-            try:
-                _run_tune(plan, todo, store, skipped, address, num_cpus, live, outcome, feature_cache, stop, wandb)
-                break
-            except Exception as exc:
-                if not _is_ray_worker_loss(exc):
-                    raise
-                # Ray 2.60's Tune controller dies on an OOM-killed worker (ray#28937: OutOfMemoryError is neither an
-                # actor nor a task error). The store knows what finished: start a fresh Tune run for the rest.
-                outcome.restarts += 1
-                print(f"Tune stopped after a worker was lost ({type(exc).__name__}); restarting the unfinished trials")
-                todo, skipped = plan_todo(plan, store, retry_failed)
-        else:
-            _record_lost(todo, store, plan)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
-        stop.received = stop.received or signal.SIGINT
-    except BaseException as exc:  # a spec or environment error around Tune: no logging child left behind
-        if (full := disk_full(exc)) is None:
-            wandb.close(wait_s=0)
-            raise
-        outcome.disk_full = str(full)  # a trial's (_fit) or a driver's write: the run ends here, its state recorded
-    # a trial that finished while Tune was stopping (a SIGINT to the driver alone) reached no callback: log it too
-    for trial_id in ran & set(store.status_by_trial()):
-        wandb.submit(trial_id)
-    try:  # runs still queued get at most one run's bound (none on a full disk); a Ctrl-C here gives up on them at once
-        outcome.wandb = wandb.close(wait_s=0 if outcome.disk_full else spec.tracking.wandb.timeout_s)
-    except KeyboardInterrupt:
-        stop.received = stop.received or signal.SIGINT
-        outcome.wandb = wandb.close(wait_s=0)
-    if outcome.disk_full is None:  # the run's last pass (the parts are the truth: on a full disk, the next run's)
-        _unless_disk_full(outcome, lambda: (store.compact(), store.export()))
-    status = store.status_by_trial()
-    outcome.interrupted = stop.received
-    outcome.not_run = sum(1 for t in plan.trials if t.trial_id not in status)
-    outcome.state_recorded = _unless_disk_full(outcome, lambda: store.write_meta(_end_state(plan, outcome)))
-    rows = store.results(["trial_id", "model", "status", "error", "cache_hits", "cache_misses"]).to_pylist()
-    wanted = {t.trial_id for t in plan.trials}
-    outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
-    outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
-    outcome.failed = [
-        {"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
-        for r in rows
-        if r["trial_id"] in wanted and r["status"] == "error"
-    ]
-    cached = {r["trial_id"]: r for r in rows if r["trial_id"] in ran and r.get("cache_misses") is not None}
-    if cached:
-        outcome.cache_computed = sum(r["cache_misses"] for r in cached.values())
-        outcome.cache_reused = sum(r["cache_hits"] for r in cached.values())
-    outcome.wall_s = time.perf_counter() - t0
-    return outcome
-
-
-def _unless_disk_full(outcome: SweepOutcome, write: Callable[[], object]) -> bool:
-    """One of the driver's closing writes; False when the disk is full, which the outcome then reports (the run
-    still ends in order, and exits 1 naming the disk) instead of a traceback."""
-    try:
-        write()
-    except Exception as exc:
-        if (full := disk_full(exc)) is None:
-            raise
-        outcome.disk_full = outcome.disk_full or str(full)
-        return False
-    return True
-
-
-def _end_state(plan: Plan, outcome: SweepOutcome) -> SweepMeta:
-    """sweep.json after a run: "failed" (a full disk, with its line), else interrupted, complete or incomplete."""
-    if outcome.disk_full:
-        state = "failed"
-    else:
-        state = "interrupted" if outcome.interrupted else "complete" if not outcome.not_run else "incomplete"
-    return SweepMeta.of_plan(plan, state=state, without_result=outcome.not_run, error=outcome.disk_full)
+        run = SweepRun(
+            plan, store, address, retry_failed=retry_failed, num_cpus=num_cpus, live=live, feature_cache=feature_cache
+        )
+        return run.drive()
 
 
 def open_store(sweep_dir: str) -> ResultStore:
@@ -206,8 +107,7 @@ def open_store(sweep_dir: str) -> ResultStore:
     check_output(sweep_dir)
     try:
         store = ResultStore(sweep_dir)
-        store.write_json("sweep.json.probe", {})
-        store.delete("sweep.json.probe")
+        store.check_writable()
     except OSError as exc:
         raise SweepEnvironmentError(
             f"sweep output {redact_uri(sweep_dir)} is not a writable directory ({redact(str(exc), sweep_dir)}); "
@@ -216,235 +116,265 @@ def open_store(sweep_dir: str) -> ResultStore:
     return store
 
 
-@contextmanager
-def _ray_logs_to(path: Path):
-    """Ray's and Tune's log records (a traceback per failed attempt) go to `path`, not the terminal: the
-    progress display and the failure table are what a user reads; the log is where the details are."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ray_logger = logging.getLogger("ray")
-    handler = _BestEffortFileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = ray_logger.handlers[:]
-    ray_logger.handlers = [handler]
-    try:
-        yield
-    finally:
-        ray_logger.handlers = saved
-        handler.close()
+class SweepRun:
+    """One `sweep run` of a plan: its store and options, the outcome being built, the signals that stop it and the
+    W&B logger. `drive` runs the steps, each a method below it, in order."""
 
-
-class _BestEffortFileHandler(logging.FileHandler):
-    """A log that never fails the sweep: on a full disk its records are dropped, without logging's "--- Logging
-    error ---" traceback on the terminal per record, and closing it raises nothing."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
-
-    def close(self) -> None:
-        try:
-            super().close()
-        except OSError:  # the last buffered records did not fit
-            pass
-
-
-class _StopSignals:
-    """Ctrl-C and SIGTERM stop a sweep the way Tune stops on Ctrl-C: no new trials start, running ones end
-    without a row (they run again on resume), `tuner.fit()` returns. The signal is kept for the exit code.
-
-    Tune's own SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER) because it swallows the signal: the driver
-    could not tell an interrupted sweep from a finished one. Tune's graceful stop is the handler it installs
-    for SIGUSR1 inside `fit()` (ray/tune/tune.py, _setup_signal_catching); a second signal stops at once.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.in_fit = False
-
-    @contextmanager
-    def handling(self):
-        """Install the handlers (after `ray.init`, which installs its own SIGTERM handler); main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        saved = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
-
-    @contextmanager
-    def fitting(self):
-        self.in_fit = True
-        try:
-            yield
-        finally:
-            self.in_fit = False
-
-    def _handle(self, signum, frame) -> None:
-        first, self.received = self.received is None, self.received or signum
-        tune_stop = signal.getsignal(signal.SIGUSR1)
-        if first and self.in_fit and callable(tune_stop):
-            tune_stop(signum, frame)
-        else:
-            raise KeyboardInterrupt
-
-
-def _run_tune(
-    plan: Plan,
-    todo: list[TrialConfig],
-    store: ResultStore,
-    skipped: int,
-    address: str,
-    num_cpus: int | None,
-    live: bool,
-    outcome: SweepOutcome,
-    feature_cache: bool,
-    stop: _StopSignals,
-    wandb: TrialLogger,
-) -> None:
-    import ray
-
-    t0 = time.perf_counter()
-    if not ray.is_initialized():
-        # decoded splits are shared by every worker of a node through a node-local memory-mapped cache
-        env = {"HDMAP_ARRAY_CACHE": os.environ.get("HDMAP_ARRAY_CACHE", NODE_ARRAY_CACHE)}
-        try:
-            ray.init(
-                address=address,
-                num_cpus=num_cpus if address == "local" else None,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=True,
-                logging_level="ERROR",
-                runtime_env={"env_vars": env},
-            )
-        except ConnectionError as exc:
-            raise _no_cluster(f"--address {address}", str(exc).splitlines()[0]) from None
-    outcome.ray_start_s = time.perf_counter() - t0
-    with stop.handling(), _ray_logs_to(Path(outcome.log_path)):
-        _fit(plan, todo, store, skipped, live, feature_cache, stop, wandb)
-
-
-def ray_address(address: str | None) -> str:
-    """The Ray to run on: "local", this sweep's own new instance, unless --address names a cluster. Plain
-    ray.init() would join whatever runs on the machine (a `ray start`, another sweep, a test's cluster, an exported
-    RAY_ADDRESS); `--address auto` does that on purpose, on a cluster's head node, and is the default in a Ray Job.
-
-    A cluster address is checked with one TCP connection first: ray.init retries a head that does not answer for
-    minutes, printing GCS warnings, where a typo, a stopped cluster or a stale `ray start` record is one error."""
-    given = f"--address {address}"
-    if not address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # set for a Ray Job's entrypoint
-        address, given = "auto", "a Ray Job's default --address auto"  # the job's own cluster (RAY_ADDRESS: its GCS)
-    if not address or address == "local":
-        return "local"
-    if address == "auto" and os.environ.get("RAY_ADDRESS"):  # what ray.init does with "auto"
-        address, given = os.environ["RAY_ADDRESS"], f"{given} (RAY_ADDRESS={os.environ['RAY_ADDRESS']})"
-    if "://" in address:  # ray:// (Ray Client), or a dashboard's http:// where a GCS address belongs
-        raise SweepEnvironmentError(
-            f"{given}: the sweep's driver must run on the cluster (it compacts the results and logs W&B where it "
-            "runs), so Ray Client (ray://) and dashboard (http://) addresses are not used; submit the sweep with "
-            "`ray job submit` or cluster/submit_sweep.py (cluster/README.md), which run `hdmap sweep run SPEC "
-            "--address auto` on the head node, or give the head's GCS address, host:6379"
+    def __init__(
+        self,
+        plan: Plan,
+        store: ResultStore,
+        address: str,
+        *,
+        retry_failed: bool,
+        num_cpus: int | None,
+        live: bool,
+        feature_cache: bool,
+    ) -> None:
+        self.plan, self.spec, self.store, self.address = plan, plan.spec, store, address
+        self.retry_failed, self.num_cpus, self.live, self.feature_cache = retry_failed, num_cpus, live, feature_cache
+        self.stop = StopSignals()
+        self.wandb = TrialLogger(self.spec.tracking.wandb, store, self.spec.name, store.local_dir(self.spec.name))
+        self.outcome = SweepOutcome(
+            sweep_dir=store.uri, total=len(plan.trials), skipped=0, log_path=str(store.driver_log(self.spec.name))
         )
-    target = address
-    if address == "auto":
-        from ray._private.services import canonicalize_bootstrap_address  # ray.init's own look-up of "auto"
 
+    def drive(self) -> SweepOutcome:
+        """The run, top to bottom: prepare, run the trials, log what finished to W&B, record how the run ended."""
+        self.prepare()
+        todo, skipped = plan_todo(self.plan, self.store, self.retry_failed)
+        ran = {t.trial_id for t in todo}
+        self.outcome.skipped = skipped
+        t0 = time.perf_counter()
+        if todo:
+            self.wandb.start()  # the logging children import wandb while the first trials run
+        self.run_trials(todo, skipped)
+        self.log_late_finishers(ran)
+        self.close_wandb()
+        self.record_end(ran)
+        self.outcome.wall_s = time.perf_counter() - t0
+        return self.outcome
+
+    def prepare(self) -> None:
+        """The data (simulated if asked) checked, then the store readied: nothing runs on data that changed."""
+        prepare_data(self.plan)
+        for note in check_fresh(self.plan, self.store):  # finished trials on other data: refused before any write
+            print(f"note: {note}")
+        self.store.write_meta(SweepMeta.of_plan(self.plan, state="running"))
+        self.store.compact()  # parts a killed driver left uncompacted: before Tune starts, so the pass blocks nothing
+
+    def run_trials(self, todo: list[TrialConfig], skipped: int) -> None:
+        """Tune runs until the trials are done or a signal stops them; a full disk ends the run, recorded."""
         try:
-            target = canonicalize_bootstrap_address("auto") or ""
-        except ConnectionError as exc:
-            raise _no_cluster(given, str(exc).splitlines()[0]) from None
-    host, _, port = target.rpartition(":")
-    if not port.isdigit():
-        raise SweepEnvironmentError(f"{given}: expected 'auto' or the head's GCS address host:port, e.g. head:6379")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as exc:
-        raise _no_cluster(given, f"nothing answers at {target}: {exc or type(exc).__name__}") from None
-    return address
+            self.tune_until_done(todo, skipped)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started: stop now, keep what finished
+            self.stop.note_interrupt()
+        except BaseException as exc:  # a spec or environment error around Tune: no logging child left behind
+            if (full := disk_full(exc)) is None:
+                self.wandb.close(wait_s=0)
+                raise
+            self.outcome.disk_full = str(full)  # a trial's (fit) or a driver's write: the run ends here, recorded
 
+    def tune_until_done(self, todo: list[TrialConfig], skipped: int) -> None:
+        """A Tune run over `todo`; after Tune itself stopped on a lost worker, a fresh one over what is unfinished
+        (at most max_failures times, then the rest get error rows)."""
+        for _ in range(self.spec.max_failures + 1):
+            if not todo or self.stop.received:
+                return
+            try:
+                self.run_tune(todo, skipped)
+                return
+            except Exception as exc:
+                if not is_ray_worker_loss(exc):
+                    raise
+                # Ray 2.60's Tune controller dies on an OOM-killed worker (ray#28937: OutOfMemoryError is neither an
+                # actor nor a task error). The store knows what finished: start a fresh Tune run for the rest.
+                self.outcome.restarts += 1
+                print(f"Tune stopped after a worker was lost ({type(exc).__name__}); restarting the unfinished trials")
+                todo, skipped = plan_todo(self.plan, self.store, self.retry_failed)
+        self.record_lost(todo)
 
-def _no_cluster(given: str, why: str) -> SweepEnvironmentError:
-    return SweepEnvironmentError(
-        f"{given}: no Ray cluster to connect to ({why}); start one with `ray start --head` (see cluster/README.md),"
-        " or drop --address to run on a local Ray instance"
-    )
+    def run_tune(self, todo: list[TrialConfig], skipped: int) -> None:
+        """Ray started (or joined), then one Tune run with the signal handlers installed and Ray's log to its file."""
+        t0 = time.perf_counter()
+        start_ray(self.address, self.num_cpus)
+        self.outcome.ray_start_s = time.perf_counter() - t0
+        with self.stop.handling(), ray_logs_to(Path(self.outcome.log_path)):
+            self.fit(todo, skipped)
 
+    def fit(self, todo: list[TrialConfig], skipped: int) -> None:
+        """One Tune run over `todo`, compacting meanwhile; then the rows of trials that failed every attempt."""
+        import ray
 
-def _fit(
-    plan: Plan,
-    todo: list[TrialConfig],
-    store: ResultStore,
-    skipped: int,
-    live: bool,
-    feature_cache: bool,
-    stop: _StopSignals,
-    wandb: TrialLogger,
-) -> None:
-    import ray
-    from ray import tune
+        from sweeps.callbacks import SweepProgress  # imports ray: only a running sweep needs it
 
-    spec = plan.spec
-    check_resources(plan, todo, ray.cluster_resources())
+        check_resources(self.plan, todo, ray.cluster_resources())
+        progress = SweepProgress(total=len(todo), skipped=skipped, live=self.live)
+        tuner = self.tuner(todo, progress)
+        with _compacting(self.store), progress, self.stop.fitting():
+            grid = tuner.fit()
+        raise_if_disk_full(result.metrics for result in grid)
+        self.record_unfinished(grid)
 
-    from sweeps.progress import SweepProgress
+    def tuner(self, todo: list[TrialConfig], progress: SweepProgress):
+        """The Tuner: one trial per config of `todo` (the param space holds the trial configs alone), the context
+        they share and the store's URI passed apart (tune.with_parameters), the callbacks, the stopper."""
+        from ray import tune
 
-    progress = SweepProgress(total=len(todo), skipped=skipped, live=live)
-    asha = spec.asha
-    scheduler = None
-    if asha:
+        from sweeps.callbacks import DiskFullStop, PruneRecorder, WandbRecorder
+
+        resources = {name: self.plan.resources_for(name) for name in {t.model.name for t in todo}}
+
+        def pg(config: dict):
+            r = resources[config["trial"]["model"]["name"]]
+            return tune.PlacementGroupFactory([{"CPU": r.cpu, "GPU": r.gpu}])
+
+        # the store's URI and the context reach the trials through Ray's object store, never the config: Tune writes
+        # the config (its experiment state) to disk, and the URI may carry credentials (sweeps.redact)
+        trainable = tune.with_parameters(trial_trainable, sweep_dir=self.store.uri_with_secrets, context=self.context())
+        return tune.Tuner(
+            tune.with_resources(trainable, pg),
+            param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo])},
+            tune_config=tune.TuneConfig(
+                scheduler=self.scheduler(todo), max_concurrent_trials=self.spec.max_concurrent, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
+                storage_path=str(self.store.tune_dir(self.spec.name)),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=self.spec.max_failures),
+                callbacks=[
+                    progress,
+                    PruneRecorder(self.store, self.spec.name, self.plan.spec_hash),
+                    WandbRecorder(self.wandb),
+                ],
+                stop=DiskFullStop(),
+                progress_reporter=None,
+            ),
+        )
+
+    def context(self) -> TrialContext:
+        """What every trial of the sweep shares; the feature cache is shared by every trial of the sweep on a node
+        (or on a shared file system), content-keyed (hdmap.cache)."""
+        asha = self.spec.asha
+        cache = self.store.feature_cache_dir() or NODE_FEATURE_CACHE
+        return TrialContext(
+            sweep=self.spec.name,
+            spec_hash=self.plan.spec_hash,
+            timeout_s=self.spec.trial_timeout_s,
+            per_epoch_metric=asha.metric if asha else None,
+            feature_cache=str(cache) if self.feature_cache else None,
+        )
+
+    def scheduler(self, todo: list[TrialConfig]):
+        """ASHA on the spec's per-epoch metric, or None (FIFO)."""
+        asha = self.spec.asha
+        if not asha:
+            return None
         from ray.tune.schedulers import ASHAScheduler
 
-        max_epochs = max(t.model.max_epochs() for t in todo)
-        scheduler = ASHAScheduler(
+        return ASHAScheduler(
             time_attr="training_iteration",
             metric=asha.metric,
             mode=asha.mode,
-            max_t=max_epochs + 1,
+            max_t=max(t.model.max_epochs() for t in todo) + 1,
             grace_period=asha.grace_period,
             reduction_factor=asha.reduction_factor,
         )
-    context = {
-        "sweep": spec.name,
-        "spec_hash": plan.spec_hash,
-        "timeout_s": spec.trial_timeout_s,
-        "per_epoch_metric": asha.metric if asha else None,
-        # shared by every trial of the sweep on a node (or on a shared file system), content-keyed (hdmap.cache)
-        "feature_cache": (str(store.local_path() / "cache") if store.local_path() else NODE_FEATURE_CACHE)
-        if feature_cache
-        else None,
-    }
-    resources = {name: plan.resources_for(name) for name in MODELS}
 
-    def pg(config: dict):
-        r = resources[config["trial"]["model"]["name"]]
-        return tune.PlacementGroupFactory([{"CPU": r.cpu, "GPU": r.gpu}])
+    def record_unfinished(self, grid) -> None:
+        """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""
+        planned = {t.trial_id for t in self.plan.trials}
+        for result in grid:
+            cfg_tree = (result.config or {}).get("trial")
+            if not cfg_tree:
+                continue
+            cfg = TrialConfig.model_validate(cfg_tree)
+            if cfg.trial_id not in planned or result.error is None:
+                continue
+            error = self.timeout_error(cfg.trial_id) or getattr(result.error, "cause", None) or result.error
+            self.store.write_failure(cfg, error, self.spec.name, self.plan.spec_hash)
 
-    # Tune's own experiment state is a by-product (resume uses the store), so it may stay on the driver's disk
-    # when results go to object storage; with a shared file system it sits next to the results.
-    tune_dir = store.local_dir(spec.name) / "ray"
-    # the store's URI reaches the trials through Ray's object store, never the config: Tune writes the config (its
-    # experiment state) to disk, and the URI may carry credentials (sweeps.redact)
-    trainable = tune.with_parameters(trial_trainable, sweep_dir=store.uri_with_secrets)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, pg),
-        param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo]), "ctx": context},
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
-            storage_path=str(tune_dir),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[progress, PruneRecorder(store, spec.name, plan.spec_hash), WandbRecorder(wandb)],
-            stop=DiskFullStop(),
-            progress_reporter=None,
-        ),
-    )
-    with _compacting(store), progress, stop.fitting():
-        grid = tuner.fit()
-    raise_if_disk_full(result.metrics for result in grid)
-    _record_unfinished(grid, store, plan)
+    def timeout_error(self, trial_id: str) -> TimeoutError | None:
+        """The trial's watchdog killed it (its note in the store): the error its row says."""
+        seconds = self.store.timed_out(trial_id)
+        if seconds is None:
+            return None
+        return TimeoutError(f"trial exceeded trial_timeout_s={seconds:g} s (killed; retried up to max_failures)")
+
+    def record_lost(self, todo: list[TrialConfig]) -> None:
+        """Trials still unfinished after every restart: error rows, so the failure is visible and --retry-failed
+        works."""
+        for cfg in todo:
+            attempts = self.store.attempts(cfg.trial_id)
+            if attempts > self.spec.max_failures:
+                lost = f"worker lost {attempts} times (out of memory or node failure)"
+                self.store.write_failure(cfg, lost, self.spec.name, self.plan.spec_hash)
+
+    def log_late_finishers(self, ran: set[str]) -> None:
+        """A trial that finished while Tune was stopping (a SIGINT to the driver alone) reached no callback: it is
+        handed to the W&B logger from the store (submitting a trial twice logs it once)."""
+        for trial_id in ran & set(self.store.status_by_trial()):
+            self.wandb.submit(trial_id)
+
+    def close_wandb(self) -> None:
+        """Runs still queued get at most one run's bound (none on a full disk); a Ctrl-C here gives up on them."""
+        wait_s = 0 if self.outcome.disk_full else self.spec.tracking.wandb.timeout_s
+        try:
+            self.outcome.wandb = self.wandb.close(wait_s=wait_s)
+        except KeyboardInterrupt:
+            self.stop.note_interrupt()
+            self.outcome.wandb = self.wandb.close(wait_s=0)
+
+    def record_end(self, ran: set[str]) -> None:
+        """The run's last compaction and export, sweep.json's end state, and the outcome's counts."""
+        outcome, store = self.outcome, self.store
+        if outcome.disk_full is None:  # the run's last pass (the parts are the truth: on a full disk, the next run's)
+            self._unless_disk_full(lambda: (store.compact(), store.export()))
+        status = store.status_by_trial()
+        outcome.interrupted = self.stop.received
+        outcome.not_run = sum(1 for t in self.plan.trials if t.trial_id not in status)
+        outcome.state_recorded = self._unless_disk_full(lambda: store.write_meta(self.end_state()))
+        self.count(status, ran)
+
+    def _unless_disk_full(self, write: Callable[[], object]) -> bool:
+        """One of the driver's closing writes; False when the disk is full, which the outcome then reports (the run
+        still ends in order, and exits 1 naming the disk) instead of a traceback."""
+        try:
+            write()
+        except Exception as exc:
+            if (full := disk_full(exc)) is None:
+                raise
+            self.outcome.disk_full = self.outcome.disk_full or str(full)
+            return False
+        return True
+
+    def end_state(self) -> SweepMeta:
+        """sweep.json after a run: "failed" (a full disk, with its line), else interrupted, complete or incomplete."""
+        outcome = self.outcome
+        if outcome.disk_full:
+            state = "failed"
+        else:
+            state = "interrupted" if outcome.interrupted else "complete" if not outcome.not_run else "incomplete"
+        return SweepMeta.of_plan(self.plan, state=state, without_result=outcome.not_run, error=outcome.disk_full)
+
+    def count(self, status: dict[str, str], ran: set[str]) -> None:
+        """The outcome's figures for the planned trials: ok, pruned, failed (first line of each error) and the feature
+        cache's entries computed / reused by the trials this run ran."""
+        outcome = self.outcome
+        rows = self.store.results(["trial_id", "model", "status", "error", "cache_hits", "cache_misses"]).to_pylist()
+        wanted = {t.trial_id for t in self.plan.trials}
+        outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
+        outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
+        outcome.failed = [
+            {"trial_id": r["trial_id"], "model": r["model"], "error": (r["error"] or "").splitlines()[0]}
+            for r in rows
+            if r["trial_id"] in wanted and r["status"] == "error"
+        ]
+        cached = {r["trial_id"]: r for r in rows if r["trial_id"] in ran and r.get("cache_misses") is not None}
+        if cached:
+            outcome.cache_computed = sum(r["cache_misses"] for r in cached.values())
+            outcome.cache_reused = sum(r["cache_hits"] for r in cached.values())
 
 
 def raise_if_disk_full(reports: Iterable[dict | None]) -> None:
@@ -452,30 +382,6 @@ def raise_if_disk_full(reports: Iterable[dict | None]) -> None:
     for report in reports:
         if report and report.get(DISK_FULL):
             raise DiskFullError(report[DISK_FULL])
-
-
-class DiskFullStop:
-    """Tune stopper: a trial that found the disk full stops the whole run, like Ctrl-C (running trials end without a
-    row and run again on resume): every trial after it would fail the same way, and its failure row could not be
-    written either. Its own result is not marked stopped, so PruneRecorder does not take it for a pruned trial."""
-
-    def __new__(cls):
-        from ray.tune import Stopper
-
-        class Stop(Stopper):
-            full = False
-
-            def __call__(self, trial_id: str, result: dict) -> bool:
-                self.full = self.full or bool(result.get(DISK_FULL))
-                return False
-
-            def stop_all(self) -> bool:
-                return self.full
-
-        return Stop()
-
-
-COMPACT_EVERY_S = 30.0
 
 
 @contextmanager
@@ -499,105 +405,6 @@ def _compacting(store: ResultStore, every_s: float = COMPACT_EVERY_S):
     finally:
         stop.set()
         thread.join()
-
-
-def stopped_by_scheduler(result: dict) -> bool:
-    """A result a Tune callback's `on_trial_result` receives: Tune marks `done` the one on which the scheduler
-    decided STOP (our trainable never reports `done` itself; a trial that returns reaches no `on_trial_result`)."""
-    return bool(result.get("done")) and not result.get("hdmap_done")
-
-
-def _record_unfinished(grid, store: ResultStore, plan: Plan) -> None:
-    """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""
-    by_id = {t.trial_id: t for t in plan.trials}
-    for result in grid:
-        cfg_tree = (result.config or {}).get("trial")
-        if not cfg_tree:
-            continue
-        cfg = TrialConfig.model_validate(cfg_tree)
-        if cfg.trial_id not in by_id:
-            continue
-        if result.error is not None:
-            error = _timeout_note(store, cfg.trial_id) or getattr(result.error, "cause", None) or result.error
-            record_failure(store, cfg, error, plan.spec.name, plan.spec_hash)
-
-
-class PruneRecorder:
-    """Tune callback: a trial the scheduler stopped gets a 'pruned' row.
-
-    Not decided in `on_trial_complete`: a trial that recorded its own user error and returned also completes
-    without its final report. Trials cut short by Ctrl-C or a dead driver get no row and run again on resume.
-    """
-
-    def __new__(cls, store: ResultStore, sweep: str, spec_hash: str):
-        from ray.tune import Callback
-
-        class Recorder(Callback):  # the store is no closure cell: Tune pickles the class with its callbacks
-            def __init__(self, store: ResultStore) -> None:
-                self.store: ResultStore | None = store
-
-            def __getstate__(self) -> dict:  # ... and the instance with its experiment state: no credentials there
-                return {"store": None}
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if self.store is None or not stopped_by_scheduler(result):
-                    return
-                reports = result.get("training_iteration", 0)
-                record_failure(
-                    self.store,
-                    TrialConfig.model_validate(trial.config["trial"]),
-                    f"stopped early by the scheduler after {reports} reports",
-                    sweep,
-                    spec_hash,
-                    status="pruned",
-                )
-
-        return Recorder(store)
-
-
-class WandbRecorder:
-    """Tune callback: a trial that finished with its final report is handed to the driver's W&B logger, which
-    reads it from the store in the background (sweeps.tracking.TrialLogger): the trial's slot is already free."""
-
-    def __new__(cls, logger: TrialLogger):
-        from ray.tune import Callback
-
-        class Recorder(Callback):  # the logger is no closure cell: Tune pickles the class with its callbacks
-            def __init__(self, logger: TrialLogger) -> None:
-                self.logger: TrialLogger | None = logger
-
-            def __getstate__(self) -> dict:  # ... and the instance with the experiment state
-                return {"logger": None}
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                result = trial.last_result or {}
-                if self.logger is not None and result.get("hdmap_done"):
-                    self.logger.submit(result["hdmap_trial_id"])
-
-        return Recorder(logger)
-
-
-def _is_ray_worker_loss(exc: BaseException) -> bool:
-    from ray.exceptions import RayError
-
-    return any(isinstance(e, RayError) for e in (exc, exc.__cause__, exc.__context__))
-
-
-def _record_lost(todo: list[TrialConfig], store: ResultStore, plan: Plan) -> None:
-    """Trials still unfinished after every restart: error rows, so the failure is visible and --retry-failed works."""
-    for cfg in todo:
-        if store.attempts(cfg.trial_id) > plan.spec.max_failures:
-            lost = f"worker lost {store.attempts(cfg.trial_id)} times (out of memory or node failure)"
-            record_failure(store, cfg, lost, plan.spec.name, plan.spec_hash)
-
-
-def _timeout_note(store: ResultStore, trial_id: str) -> BaseException | None:
-    path = f"{store.root}/parts/timeouts/{trial_id}.json"
-    if store.fs.get_file_info(path).type.name == "NotFound":
-        return None
-    with store.fs.open_input_stream(path) as f:
-        seconds = json.loads(f.read())["timeout_s"]
-    return TimeoutError(f"trial exceeded trial_timeout_s={seconds:g} s (killed; retried up to max_failures)")
 
 
 def prepare_data(plan: Plan) -> None:

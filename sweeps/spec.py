@@ -144,75 +144,21 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Plan:
 
 
 def expand(tree: dict, source: str = "spec") -> Plan:
-    try:
-        spec = SweepSpec.model_validate(tree)
-    except ValidationError as exc:
-        raise SpecError(
-            "\n".join(
-                f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
-        ) from None
+    """Validate a spec tree and expand it into its trials; SpecError lists every problem, each naming its field."""
+    spec = _validated(tree, source)
+    models = _models(spec, source)
     problems: list[str] = []
-    models = spec.models or {str((spec.trial.get("model") or {}).get("name", "patchcore")): ModelSpec()}
-    for name in models:
-        if name not in MODELS:
-            problems.append(f"{source}: models.{name}: unknown model; allowed: {', '.join(MODELS)}")
-    if problems:
-        raise SpecError("\n".join(problems))
-
     trials: list[TrialConfig] = []
     axes_used: list[str] = []
     axis_values: dict[str, list] = {}
     for name, mspec in models.items():
-        base = _merge(copy.deepcopy(spec.trial), mspec.trial)
-        base.setdefault("model", {})["name"] = name
-        base.setdefault("data", {})["root"] = _absolute(spec.data.root)
-        where = {
-            **{p: "axes" for p in _axis_paths(spec.axes)},
-            **{p: f"models.{name}.axes" for p in _axis_paths(mspec.axes)},
-        }
-        grid = _grid(spec.axes, source, "axes", problems) + _grid(mspec.axes, source, f"models.{name}.axes", problems)
-        grid.append([{"seed": s} for s in spec.seeds])
-        for options in grid:  # every swept value in spec order: the first value of an axis is its baseline
-            for path in options[0] if options else []:
-                values = axis_values.setdefault(path, [])
-                values += [a[path] for a in options if a[path] not in values]
-        for path, field in where.items():
-            problems += _check_path(path, name, f"{source}: {field}.{path}")
-        if problems:
-            continue
-        _check_values(base, grid, name, source, problems)
-        if problems:
-            continue
-        for combo in itertools.product(*grid):
-            tree_i = copy.deepcopy(base)
-            for assignment in combo:
-                for path, value in assignment.items():
-                    set_path(tree_i, path, copy.deepcopy(value))
-            try:
-                trials.append(TrialConfig.model_validate(tree_i))
-            except ValidationError as exc:
-                where_combo = ", ".join(f"{p}={v!r}" for a in combo for p, v in a.items())
-                problems.append(describe_errors(exc, f"{source}: trial ({where_combo})"))
-                break
-        axes_used += [p for p in where if p not in axes_used]
-    if spec.asha:
-        for name in models:
-            if MODELS[name].per_epoch_metric != spec.asha.metric:
-                problems.append(
-                    f"{source}: scheduler: asha ranks trials by per-epoch {spec.asha.metric!r}; model {name!r} reports "
-                    f"{MODELS[name].per_epoch_metric or 'no per-epoch metric'} "
-                    "(use scheduler: fifo, or drop it from this spec)"
-                )
+        model_trials, paths = _expand_model(spec, name, mspec, source, problems, axis_values)
+        trials += model_trials
+        axes_used += [p for p in paths if p not in axes_used]
+    problems += _asha_problems(spec, models, source)
     if problems:
         raise SpecError("\n".join(dict.fromkeys(problems)))
-    ids = Counter(t.trial_id for t in trials)
-    dupes = [i for i, n in ids.items() if n > 1]
-    if dupes:
-        raise SpecError(
-            f"{source}: {len(dupes)} trial configs occur more than once (axes overlap); e.g. trial {dupes[0]}"
-        )
+    _check_unique(trials, source)
     spec_hash = hashlib.sha1(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
     if "seed" not in axes_used and len(spec.seeds) > 1:
         axes_used.append("seed")
@@ -224,6 +170,101 @@ def expand(tree: dict, source: str = "spec") -> Plan:
         axes=axes_used,
         axis_values={a: axis_values[a] for a in axes_used},
     )
+
+
+def _validated(tree: dict, source: str) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(tree)
+    except ValidationError as exc:
+        raise SpecError(
+            "\n".join(
+                f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+        ) from None
+
+
+def _models(spec: SweepSpec, source: str) -> dict[str, ModelSpec]:
+    """The spec's models (the trial's one model when it names none); SpecError naming any unknown one."""
+    models = spec.models or {str((spec.trial.get("model") or {}).get("name", "patchcore")): ModelSpec()}
+    unknown = [
+        f"{source}: models.{name}: unknown model; allowed: {', '.join(MODELS)}" for name in models if name not in MODELS
+    ]
+    if unknown:
+        raise SpecError("\n".join(unknown))
+    return models
+
+
+def _expand_model(
+    spec: SweepSpec, name: str, mspec: ModelSpec, source: str, problems: list[str], axis_values: dict[str, list]
+) -> tuple[list[TrialConfig], list[str]]:
+    """One model's trials and the config paths it sweeps. Its problems join `problems`; once there are any (this
+    model's or an earlier one's), its values are not validated trial by trial: the spec is refused anyway."""
+    base = _merge(copy.deepcopy(spec.trial), mspec.trial)
+    base.setdefault("model", {})["name"] = name
+    base.setdefault("data", {})["root"] = _absolute(spec.data.root)
+    where = {
+        **{p: "axes" for p in _axis_paths(spec.axes)},
+        **{p: f"models.{name}.axes" for p in _axis_paths(mspec.axes)},
+    }
+    grid = _grid(spec.axes, source, "axes", problems) + _grid(mspec.axes, source, f"models.{name}.axes", problems)
+    grid.append([{"seed": s} for s in spec.seeds])
+    _record_axis_values(grid, axis_values)
+    for path, field in where.items():
+        problems += _check_path(path, name, f"{source}: {field}.{path}")
+    if problems:
+        return [], []
+    _check_values(base, grid, name, source, problems)
+    if problems:
+        return [], []
+    return _trials(base, grid, source, problems), list(where)
+
+
+def _record_axis_values(grid: list[list[dict]], axis_values: dict[str, list]) -> None:
+    """Every swept value in spec order: the first value of an axis is its baseline (the report's)."""
+    for options in grid:
+        for path in options[0] if options else []:
+            values = axis_values.setdefault(path, [])
+            values += [a[path] for a in options if a[path] not in values]
+
+
+def _trials(base: dict, grid: list[list[dict]], source: str, problems: list[str]) -> list[TrialConfig]:
+    """The grid's product on `base`; the first combination that does not validate is named in `problems`."""
+    trials = []
+    for combo in itertools.product(*grid):
+        tree_i = copy.deepcopy(base)
+        for assignment in combo:
+            for path, value in assignment.items():
+                set_path(tree_i, path, copy.deepcopy(value))
+        try:
+            trials.append(TrialConfig.model_validate(tree_i))
+        except ValidationError as exc:
+            where_combo = ", ".join(f"{p}={v!r}" for a in combo for p, v in a.items())
+            problems.append(describe_errors(exc, f"{source}: trial ({where_combo})"))
+            break
+    return trials
+
+
+def _asha_problems(spec: SweepSpec, models: dict[str, ModelSpec], source: str) -> list[str]:
+    """ASHA ranks trials by a per-epoch metric: every model of the spec must report the one it names."""
+    if not spec.asha:
+        return []
+    return [
+        f"{source}: scheduler: asha ranks trials by per-epoch {spec.asha.metric!r}; model {name!r} reports "
+        f"{MODELS[name].per_epoch_metric or 'no per-epoch metric'} "
+        "(use scheduler: fifo, or drop it from this spec)"
+        for name in models
+        if MODELS[name].per_epoch_metric != spec.asha.metric
+    ]
+
+
+def _check_unique(trials: list[TrialConfig], source: str) -> None:
+    ids = Counter(t.trial_id for t in trials)
+    dupes = [i for i, n in ids.items() if n > 1]
+    if dupes:
+        raise SpecError(
+            f"{source}: {len(dupes)} trial configs occur more than once (axes overlap); e.g. trial {dupes[0]}"
+        )
 
 
 def _absolute(root: str) -> str:

@@ -9,6 +9,14 @@
     <sweep_dir>/results.parquet, scores.parquet    one-file copies of the chunks, written by `export` (a sweep's end)
     <sweep_dir>/sweep.json                         the sweep's metadata (sweeps.meta.SweepMeta)
     <sweep_dir>/driver.json                        the running driver's lease (sweeps.lease): one driver per sweep
+    <sweep_dir>/parts/attempts/<trial_id>/         one empty file per start of the trial
+    <sweep_dir>/parts/timeouts/<trial_id>.json     the trial's watchdog killed it (sweeps.worker): the driver's error
+    <sweep_dir>/logs/ray-driver.log, ray/, cache/  this machine's by-products (`local_dir`): Ray's log, Tune's state,
+                                                   the feature cache (results on object storage: ~/ray_results/...);
+                                                   wandb/ holds the offline W&B runs (named by W&B)
+
+No other code names a file of this folder: the driver, the workers and the lease go through the methods here (the
+report's own files, report.html / report.md, are written beside the results with `write_bytes`, by sweeps.finish).
 
 Parts: a part is written to a temporary name and renamed, so a crash never leaves a half-written part, two trials
 never write the same file, and a retried trial overwrites its own part (no duplicate rows). A results part is
@@ -29,6 +37,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,12 +47,17 @@ import pyarrow.parquet as pq
 
 from hdmap.io import atomic_write, atomic_write_table
 from hdmap.results import SCORE_SCHEMA, results_schema
-from hdmap.trial import TrialResult
-from sweeps.meta import META_FILE, SweepMeta
+from hdmap.trial import TrialResult, failed_trial
+from sweeps.meta import SweepMeta
 from sweeps.redact import redact, redact_uri
+
+if TYPE_CHECKING:
+    from hdmap.config import TrialConfig
 
 CHUNK_TRIALS = 100  # trials per chunk: bounds the rewrite of the open chunk (scores: ~2,000 rows a trial)
 MANIFEST = "manifest.json"
+META_FILE = "sweep.json"
+LEASE_FILE = "driver.json"
 MANIFEST_FORMAT = "hdmap-store/1"
 KINDS = {"results": results_schema, "scores": lambda: SCORE_SCHEMA}
 
@@ -86,34 +100,55 @@ class ResultStore:
             "sweep",
             pa.array([sweep] * result.scores.num_rows, pa.string()),
         )
+        self.write_parts(trial_id, result.results_table(), scores)
+
+    def write_parts(self, trial_id: str, results: pa.Table, scores: pa.Table) -> None:
+        """A trial's two parts as they are (`write_trial` stamps them first; benchmarks/store_scale.py fills a store
+        with synthetic ones). Scores first: a results part is the commit marker of a finished trial."""
         for sub in ("parts/results", "parts/scores"):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
-        # scores first: a results part is the commit marker of a finished trial.
         self._atomic_write(scores, f"parts/scores/{trial_id}.parquet")
-        self._atomic_write(result.results_table(), f"parts/results/{trial_id}.parquet")
+        self._atomic_write(results, f"parts/results/{trial_id}.parquet")
 
-    def _atomic_write(self, table: pa.Table, relative: str) -> None:
-        atomic_write_table(table, f"{self.root}/{relative}", self.fs)
+    def write_failure(
+        self, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str, status: str = "error"
+    ) -> None:
+        """The one writer of a trial's row when it has no result: status error (or pruned), the error's text."""
+        failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error)))
+        failed.rows[0].update(status=status)
+        self.write_trial(failed, sweep, spec_hash)
 
+    def mark_timeout(self, trial_id: str, timeout_s: float) -> None:
+        """The trial's watchdog is about to kill its worker: a note for the driver, which records the failure."""
+        self._write_json(f"parts/timeouts/{trial_id}.json", {"timeout_s": timeout_s})
+
+    def timed_out(self, trial_id: str) -> float | None:
+        """The trial_timeout_s a watchdog killed the trial at (`mark_timeout`), or None."""
+        note = self._read_json(f"parts/timeouts/{trial_id}.json")
+        return None if note is None else note["timeout_s"]
+
+    # -- small files beside the results ------------------------------------------------------------
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """A small file (JSON, a rendered report) written atomically: a reader sees the old file or the new one."""
+        """A small file (a rendered report) written atomically: a reader sees the old file or the new one."""
         final = f"{self.root}/{relative}"
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         atomic_write(final, data, self.fs)
 
-    def write_json(self, relative: str, payload: dict) -> None:
-        self.write_bytes(relative, json.dumps(payload, indent=2, default=str).encode())
+    def check_writable(self) -> None:
+        """OSError unless a file can be written and removed here (before anything else is)."""
+        self._write_json(f"{META_FILE}.probe", {})
+        self.fs.delete_file(f"{self.root}/{META_FILE}.probe")
 
-    def read_json(self, relative: str) -> dict | None:
-        """A small JSON file of the sweep folder, or None when it is missing or damaged."""
-        text = self._read_text(f"{self.root}/{relative}")
-        try:
-            return None if text is None else json.loads(text)
-        except ValueError:
-            return None
+    # -- the running driver's lease (sweeps.lease decides who holds it) ------------------------------
+    def lease(self) -> dict | None:
+        """driver.json, or None when there is none (or it is damaged)."""
+        return self._read_json(LEASE_FILE)
 
-    def delete(self, relative: str) -> None:
-        self.fs.delete_file(f"{self.root}/{relative}")
+    def write_lease(self, record: dict) -> None:
+        self._write_json(LEASE_FILE, record)
+
+    def drop_lease(self) -> None:
+        self.fs.delete_file(f"{self.root}/{LEASE_FILE}")
 
     # -- sweep metadata ------------------------------------------------------------------------
     def write_meta(self, meta: SweepMeta) -> None:
@@ -173,7 +208,7 @@ class ResultStore:
             results = tables["results"]
             manifest["status"].update(zip(results["trial_id"].to_pylist(), results["status"].to_pylist()))
             manifest["generation"] += 1
-            self.write_json(MANIFEST, manifest)
+            self._write_json(MANIFEST, manifest)
             return True
 
     def _write_chunk(self, name: str, keep: list[str], added: dict[str, pa.Table] | None) -> None:
@@ -199,7 +234,7 @@ class ResultStore:
             for kind, schema in KINDS.items():
                 self._atomic_write(self._read_kind(kind, schema(), manifest), f"{kind}.parquet")
             manifest["exported"] = manifest["generation"]
-            self.write_json(MANIFEST, manifest)
+            self._write_json(MANIFEST, manifest)
             return True
 
     # -- read by the driver, the report, W&B and resume ----------------------------------------
@@ -254,7 +289,35 @@ class ResultStore:
         folder itself, or ~/ray_results/hdmap/<sweep> when the results are on object storage."""
         return self.local_path() or Path.home() / "ray_results" / "hdmap" / sweep
 
+    def driver_log(self, sweep: str) -> Path:
+        """Ray's and Tune's log records of the driver: trial tracebacks go there, not to the terminal."""
+        return self.local_dir(sweep) / "logs" / "ray-driver.log"
+
+    def tune_dir(self, sweep: str) -> Path:
+        """Tune's own experiment state, a by-product (resume uses the store): it may stay on the driver's disk when
+        results go to object storage; with a shared file system it sits next to the results."""
+        return self.local_dir(sweep) / "ray"
+
+    def feature_cache_dir(self) -> Path | None:
+        """The sweep's shared feature cache, next to the results; None when they are on object storage."""
+        local = self.local_path()
+        return None if local is None else local / "cache"
+
     # -- internals -----------------------------------------------------------------------------
+    def _atomic_write(self, table: pa.Table, relative: str) -> None:
+        atomic_write_table(table, f"{self.root}/{relative}", self.fs)
+
+    def _write_json(self, relative: str, payload: dict) -> None:
+        self.write_bytes(relative, json.dumps(payload, indent=2, default=str).encode())
+
+    def _read_json(self, relative: str) -> dict | None:
+        """A small JSON file of the sweep folder, or None when it is missing or damaged."""
+        text = self._read_text(f"{self.root}/{relative}")
+        try:
+            return None if text is None else json.loads(text)
+        except ValueError:
+            return None
+
     def _exists(self, relative: str) -> bool:
         return self.fs.get_file_info(f"{self.root}/{relative}").type == pafs.FileType.File
 

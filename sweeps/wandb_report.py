@@ -24,11 +24,12 @@ Definition format (``format``: ``hdmap-wandb-report/1``)::
                     {"type": "ParallelCoordinatesPlot", "title", "columns": [{"config": key} | {"summary": key}]},
                     {"type": "WeavePanelSummaryTable", "title", "table_name": "summary"}]}]}
 
-Sections mirror report.html: main results (the summary table, and the trial runs grouped by model x domain),
-one ablation panel per axis (image_auroc and accuracy, plus gating accuracy / severity MAE where reported,
-against the axis value, one runset per model the axis varies for), cold vs warm and the cross-condition AUROCs
-(with gating accuracy where reported), severity where reported, and parallel coordinates over the axes and
-image_auroc. The paired comparisons with bootstrap CIs and the ORACLE figures stay in report.html only.
+Sections mirror report.html, their metrics chosen by the catalogue (hdmap.metric_catalogue): main results (the
+summary table, and the trial runs grouped by model x domain), one ablation panel per axis (the ablation metrics,
+e.g. image_auroc and accuracy, plus gating accuracy / severity MAE where reported, against the axis value, one
+runset per model the axis varies for), cold vs warm and the cross-condition AUROCs (with gating accuracy where
+reported), severity where reported, and parallel coordinates over the axes and image_auroc. The paired
+comparisons with bootstrap CIs and the ORACLE figures stay in report.html only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hdmap import metric_catalogue
 from hdmap.io import atomic_write
 from sweeps.report import analysis
 from sweeps.tracking import WandbSettings, resolve_mode
@@ -53,9 +55,7 @@ FORMAT = "hdmap-wandb-report/1"
 REPORT_JOB_TYPE = "report"  # the job_type of tracking.log_summary's run
 SUMMARY_TABLE = "summary"  # the table that run carries (log_summary's default name, as the report step logs it)
 BY_MODEL_AND_DOMAIN = ["JobType", "config.data.domain"]  # runset grouping: model x (train = test) domain
-COLD_WARM_PAIRS = [("accuracy_cold", "accuracy_warm"), ("auroc_cold", "auroc_warm")]
 CROSS_CONDITION_TITLE = "cross-condition AUROC: cold faults vs warm normals, warm faults vs cold normals"
-SEVERITY_METRICS = ["severity_mae", "severity_spearman"]
 TITLE_MAX = 128  # W&B's limit on a report title
 
 
@@ -97,85 +97,114 @@ def _bar(title: str, metrics: list[str], groupby: str | None = None) -> dict:
     return {"type": "BarPlot", "title": title, "metrics": metrics, "groupby": groupby}
 
 
+def _section(key: str, heading: str, text: str, runsets: list[dict], panels: list[dict]) -> dict:
+    return {"key": key, "heading": heading, "text": text, "runsets": runsets, "panels": panels}
+
+
+def _main_sections(ok: pd.DataFrame, models: list[str]) -> list[dict]:
+    """The report run's summary table, and the catalogue's main metrics per model x domain."""
+    return [
+        _section(
+            "main-table",
+            "Main results: model × test domain",
+            "Mean, sample std and n over result rows, per model x test domain (the report run's table; "
+            "accuracy uses the threshold calibrated on validation normals).",
+            [_runset("summary table", [REPORT_JOB_TYPE])],
+            [{"type": "WeavePanelSummaryTable", "title": "model × test domain", "table_name": SUMMARY_TABLE}],
+        ),
+        _section(
+            "main-runs",
+            "Trials grouped by model × domain",
+            "One bar per model x train domain (the mean over its trials); a trial testing on "
+            "several domains reports <test_domain>/<metric>.",
+            [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
+            [
+                _bar(metric, keys)
+                for metric in metric_catalogue.columns(view="main")
+                if (keys := summary_keys(ok, metric))
+            ],
+        ),
+    ]
+
+
+def _ablation_section(ok: pd.DataFrame, axis: str, on_axis: list[str], metrics: list[str]) -> dict:
+    return _section(
+        f"axis:{axis}",
+        f"Ablation: {axis}",
+        f"Mean over the other settings per value of {axis} (std as the range), one run set per model "
+        f"the axis varies for: {', '.join(on_axis)}.",
+        [_runset(model, [model]) for model in on_axis],
+        [_bar(f"{', '.join(metrics)} vs {axis}", _keys(ok, metrics), groupby=axis)],
+    )
+
+
+def _cold_warm_section(ok: pd.DataFrame, models: list[str]) -> dict | None:
+    """Cold vs warm pairs, the cross-condition AUROCs in one panel and gating accuracy, as far as reported."""
+    panels = [
+        _bar(f"{cold.column} vs {warm.column}", keys)
+        for cold, warm in metric_catalogue.condition_pairs("cold-warm")
+        if (keys := _keys(ok, [cold.column, warm.column]))
+    ]
+    if cross := _keys(ok, metric_catalogue.columns(group="cross-condition")):
+        panels.append(_bar(CROSS_CONDITION_TITLE, cross))
+    panels += [
+        _bar(metric, keys) for metric in metric_catalogue.columns(group="gating") if (keys := summary_keys(ok, metric))
+    ]
+    if not panels:
+        return None
+    return _section(
+        "cold-warm",
+        "Cold vs warm",
+        "Per machine state, per model x domain; cross-condition AUROC = one state's faults vs the "
+        "other state's normals; gating accuracy for the gated models.",
+        [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
+        panels,
+    )
+
+
+def _severity_section(ok: pd.DataFrame, models: list[str]) -> dict | None:
+    panels = [
+        _bar(metric, keys)
+        for metric in metric_catalogue.columns(group="severity")
+        if (keys := summary_keys(ok, metric))
+    ]
+    if not panels:
+        return None
+    return _section(
+        "severity",
+        "Severity",
+        "Severity regression per model x domain.",
+        [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
+        panels,
+    )
+
+
+def _parallel_section(ok: pd.DataFrame, models: list[str], axes: list[str]) -> dict:
+    columns = ([{"config": "model.name"}] if len(models) > 1 else []) + [{"config": axis} for axis in axes]
+    columns += [{"summary": key} for key in summary_keys(ok, "image_auroc")]
+    return _section(
+        "parallel",
+        "Axes × image AUROC",
+        "Every trial run: its axis values and image AUROC.",
+        [_runset("trials", models)],
+        [{"type": "ParallelCoordinatesPlot", "title": "axes × image_auroc", "columns": columns}],
+    )
+
+
 def build_definition(data: analysis.SweepData, settings: WandbSettings) -> dict[str, Any]:
     """The report definition (module docstring) for a loaded sweep; pure: no network, no W&B import."""
     ok = data.ok
     models = sorted(set(ok["model"].astype(str))) if not ok.empty else []
-    trials = _runset("trials", models)
-    sections: list[dict] = [
-        {
-            "key": "main-table",
-            "heading": "Main results: model × test domain",
-            "text": "Mean, sample std and n over result rows, per model x test domain (the report run's table; "
-            "accuracy uses the threshold calibrated on validation normals).",
-            "runsets": [_runset("summary table", [REPORT_JOB_TYPE])],
-            "panels": [{"type": "WeavePanelSummaryTable", "title": "model × test domain", "table_name": SUMMARY_TABLE}],
-        },
-        {
-            "key": "main-runs",
-            "heading": "Trials grouped by model × domain",
-            "text": "One bar per model x train domain (the mean over its trials); a trial testing on "
-            "several domains reports <test_domain>/<metric>.",
-            "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
-            "panels": [_bar(metric, keys) for metric in analysis.MAIN_METRICS if (keys := summary_keys(ok, metric))],
-        },
-    ]
-    optional = [m for m in analysis.OPTIONAL_AXIS_METRICS if summary_keys(ok, m)]
     axes = {axis: on_axis for axis in data.axes if (on_axis := _models_on_axis(data, axis))}  # axes with a value
-    for axis, on_axis in axes.items():
-        sections.append(
-            {
-                "key": f"axis:{axis}",
-                "heading": f"Ablation: {axis}",
-                "text": f"Mean over the other settings per value of {axis} (std as the range), one run set per model "
-                f"the axis varies for: {', '.join(on_axis)}.",
-                "runsets": [_runset(model, [model]) for model in on_axis],
-                "panels": [
-                    _bar(
-                        f"{', '.join(analysis.AXIS_METRICS + optional)} vs {axis}",
-                        _keys(ok, analysis.AXIS_METRICS + optional),
-                        groupby=axis,
-                    )
-                ],
-            }
-        )
-    cold_warm = [_bar(f"{cold} vs {warm}", keys) for cold, warm in COLD_WARM_PAIRS if (keys := _keys(ok, [cold, warm]))]
-    if cross := _keys(ok, analysis.CROSS_CONDITION_METRICS):
-        cold_warm.append(_bar(CROSS_CONDITION_TITLE, cross))
-    gating = summary_keys(ok, "gating_accuracy")
-    if cold_warm or gating:
-        sections.append(
-            {
-                "key": "cold-warm",
-                "heading": "Cold vs warm",
-                "text": "Per machine state, per model x domain; cross-condition AUROC = one state's faults vs the "
-                "other state's normals; gating accuracy for the gated models.",
-                "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
-                "panels": cold_warm + ([_bar("gating_accuracy", gating)] if gating else []),
-            }
-        )
-    severity = [_bar(metric, keys) for metric in SEVERITY_METRICS if (keys := summary_keys(ok, metric))]
-    if severity:
-        sections.append(
-            {
-                "key": "severity",
-                "heading": "Severity",
-                "text": "Severity regression per model x domain.",
-                "runsets": [_runset("trials", models, BY_MODEL_AND_DOMAIN)],
-                "panels": severity,
-            }
-        )
-    columns = ([{"config": "model.name"}] if len(models) > 1 else []) + [{"config": axis} for axis in axes]
-    columns += [{"summary": key} for key in summary_keys(ok, "image_auroc")]
-    sections.append(
-        {
-            "key": "parallel",
-            "heading": "Axes × image AUROC",
-            "text": "Every trial run: its axis values and image AUROC.",
-            "runsets": [trials],
-            "panels": [{"type": "ParallelCoordinatesPlot", "title": "axes × image_auroc", "columns": columns}],
-        }
-    )
+    ablation = metric_catalogue.columns(view="ablation") + [
+        metric for metric in metric_catalogue.columns(view="ablation-when-reported") if summary_keys(ok, metric)
+    ]
+    sections = [
+        *_main_sections(ok, models),
+        *(_ablation_section(ok, axis, on_axis, ablation) for axis, on_axis in axes.items()),
+        *filter(None, [_cold_warm_section(ok, models), _severity_section(ok, models)]),
+        _parallel_section(ok, models, list(axes)),
+    ]
     return {
         "format": FORMAT,
         "title": f"Sweep report: {data.name}"[:TITLE_MAX],

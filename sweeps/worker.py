@@ -2,8 +2,8 @@
 
 `trial_trainable` is the Tune function trainable: it validates the config it received (plain data, never a
 built module, so nothing unpicklable crosses processes), runs `hdmap.trial.run_trial`, writes the trial's rows
-to the store and reports a final result. The driver (sweeps.runner) plans, schedules and records the rest,
-W&B included: the trial's slot is free as soon as its rows are in the store.
+to the store and reports a final result (its keys: sweeps.result_keys). The driver (sweeps.runner) plans, schedules
+and records the rest, W&B included: the trial's slot is free as soon as its rows are in the store.
 """
 
 from __future__ import annotations
@@ -11,24 +11,36 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from dataclasses import dataclass
 
 from hdmap.config import TrialConfig
 from hdmap.errors import UserError, disk_full
+from sweeps.result_keys import DISK_FULL, DONE, TRIAL_ID
 from sweeps.store import ResultStore
 
-DISK_FULL = "hdmap_disk_full"  # a trial's final report when the disk is full: the line that names it
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares, from the driver (through tune.with_parameters, not the trial's config)."""
+
+    sweep: str
+    spec_hash: str
+    timeout_s: float | None = None  # the spec's trial_timeout_s: the watchdog's bound
+    per_epoch_metric: str | None = None  # reported to Tune each epoch, for the scheduler (ASHA); None: FIFO
+    feature_cache: str | None = None  # the sweep's shared feature cache (hdmap.cache); None: off
 
 
-def trial_trainable(config: dict, sweep_dir: str) -> None:
+def trial_trainable(config: dict, sweep_dir: str, context: TrialContext) -> None:
     """One Tune trial = `hdmap.trial.run_trial` + its rows written to the store (the driver logs it to W&B).
 
-    `sweep_dir` comes apart from the config (tune.with_parameters): it may carry credentials, the config is written.
-    A full disk is reported, not raised: the driver stops the sweep (sweeps.runner), as no retry on it can succeed
-    and the failure row could not be written either."""
+    `config` holds the trial config alone (it is what Tune writes to its experiment state); `sweep_dir` and
+    `context` come apart from it (tune.with_parameters): the store's URI may carry credentials. A full disk is
+    reported, not raised: the driver stops the sweep (sweeps.runner), as no retry on it can succeed and the failure
+    row could not be written either."""
     from ray import tune
 
     try:
-        final = _run_and_record(config, sweep_dir)
+        final = _run_and_record(config["trial"], sweep_dir, context)
     except Exception as exc:
         if (full := disk_full(exc)) is None:
             raise
@@ -37,35 +49,35 @@ def trial_trainable(config: dict, sweep_dir: str) -> None:
         tune.report(final)
 
 
-def _run_and_record(config: dict, sweep_dir: str) -> dict | None:
+def _run_and_record(trial: dict, sweep_dir: str, context: TrialContext) -> dict | None:
     """The trial and its rows in the store; the final report for Tune, or None when it ends without one."""
-    from hdmap.trial import run_trial
+    from hdmap.trial import import_trial_code, run_trial
 
+    cfg = TrialConfig.model_validate(trial)
+    import_trial_code(cfg)  # the model's imports too (the registry imports a model's module when it is built)
     _freeze_imported_objects()
-    ctx = config["ctx"]
-    cfg = TrialConfig.model_validate(config["trial"])
-    if cfg.runtime.feature_cache is None or ctx["feature_cache"] is None:  # a spec's own cache dir is kept
-        cfg.runtime.feature_cache = ctx["feature_cache"]
+    if cfg.runtime.feature_cache is None or context.feature_cache is None:  # a spec's own cache dir is kept
+        cfg.runtime.feature_cache = context.feature_cache
     store = ResultStore(sweep_dir)
     store.mark_attempt(cfg.trial_id)
-    watchdog = _Watchdog(ctx["timeout_s"], store, cfg.trial_id)
-    metric = ctx["per_epoch_metric"]
+    watchdog = _Watchdog(context.timeout_s, store, cfg.trial_id)
+    metric = context.per_epoch_metric
     callbacks = [_EpochReporter(metric)] if metric else []
     try:
         result = run_trial(cfg, callbacks=callbacks)
     except UserError as exc:  # a retry cannot fix the config, the data or the weights: record once, end the trial
-        record_failure(store, cfg, exc, ctx["sweep"], ctx["spec_hash"])
+        store.write_failure(cfg, exc, context.sweep, context.spec_hash)
         return None  # no final report: the trial ends without error for Tune, which never retries it
     finally:
         watchdog.cancel()
         # Lightning's trainer <-> module cycle keeps the finished trial's model (a ViT-B CLIP: ~1 GB) until Python's
         # cycle collector runs, and a worker runs trial after trial: free it now (measured: RSS +1 GB per trial)
         gc.collect()
-    store.write_trial(result, ctx["sweep"], ctx["spec_hash"])
+    store.write_trial(result, context.sweep, context.spec_hash)
     first = result.rows[0]
     final = {
-        "hdmap_done": True,
-        "hdmap_trial_id": cfg.trial_id,
+        DONE: True,
+        TRIAL_ID: cfg.trial_id,
         "image_auroc": first.get("image_auroc"),
         "accuracy": first.get("accuracy"),
     }
@@ -122,10 +134,9 @@ class _Watchdog:
         if timeout_s:
 
             def expire() -> None:
-                store.write_json(f"parts/timeouts/{trial_id}.json", {"timeout_s": timeout_s})
+                store.mark_timeout(trial_id, timeout_s)
                 os._exit(3)
 
-            store.fs.create_dir(f"{store.root}/parts/timeouts", recursive=True)
             self.timer = threading.Timer(timeout_s, expire)
             self.timer.daemon = True
             self.timer.start()
@@ -133,14 +144,3 @@ class _Watchdog:
     def cancel(self) -> None:
         if self.timer:
             self.timer.cancel()
-
-
-def record_failure(
-    store: ResultStore, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str, status: str = "error"
-) -> None:
-    """The one writer of a trial's row when it has no result: status error (or pruned), the error's text."""
-    from hdmap.trial import failed_trial
-
-    failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error)))
-    failed.rows[0].update(status=status)
-    store.write_trial(failed, sweep, spec_hash)

@@ -739,7 +739,7 @@ def test_bad_input(name, tmp_path, base_data, trial_out, monkeypatch, request):
     monkeypatch.setattr(lp.Trainer, "fit", lambda self, *a, **k: fitted.append(1) or original_fit(self, *a, **k))
     import sweeps.runner
 
-    monkeypatch.setattr(sweeps.runner, "_run_tune", lambda *a, **k: pytest.fail("Ray started for a bad input"))
+    monkeypatch.setattr(sweeps.runner.SweepRun, "run_tune", lambda *a, **k: pytest.fail("Ray started for a bad input"))
 
     result = CliRunner().invoke(app, argv)
     output = result.output  # stdout and stderr, as the user sees them
@@ -886,6 +886,7 @@ def test_sweep_on_a_full_disk_stops_records_and_resumes(tmp_path, base_data, mon
 
     import sweeps.runner as runner
     import sweeps.worker as worker
+    from sweeps.result_keys import DISK_FULL
 
     sweep = tmp_path / "sweeps" / "corpus"
     disk = FullDisk(monkeypatch, sweep)
@@ -895,22 +896,20 @@ def test_sweep_on_a_full_disk_stops_records_and_resumes(tmp_path, base_data, mon
     monkeypatch.setattr(ray.tune, "report", reports.append)
     monkeypatch.setattr(worker, "_freeze_imported_objects", lambda: None)  # gc.freeze is for worker processes
 
-    def tune_in_process(plan, todo, store, *args) -> None:
-        ctx = dict(
-            sweep=plan.spec.name, spec_hash=plan.spec_hash, timeout_s=None, per_epoch_metric=None, feature_cache=None
-        )
+    def tune_in_process(run, todo, skipped) -> None:
+        context = worker.TrialContext(sweep=run.plan.spec.name, spec_hash=run.plan.spec_hash)
         for i, cfg in enumerate(todo):
             if fills == ["trial"] and i == 1:
                 disk.free = 20_000  # the second trial's scores part fits, its results part does not
             ran.append(cfg.trial_id)
-            worker.trial_trainable({"trial": cfg.model_dump(mode="json"), "ctx": ctx}, str(sweep))
-            if reports and reports[-1].get(worker.DISK_FULL):
+            worker.trial_trainable({"trial": cfg.model_dump(mode="json")}, str(sweep), context)
+            if reports and reports[-1].get(DISK_FULL):
                 break
         if fills == ["driver"]:
             disk.free = 3_000  # sweep.json fits, a compacted chunk does not
         runner.raise_if_disk_full(reports)
 
-    monkeypatch.setattr(runner, "_run_tune", tune_in_process)
+    monkeypatch.setattr(runner.SweepRun, "run_tune", tune_in_process)
     c = Ctx(tmp=tmp_path, data=base_data)
     three = spec(c, axes={"model.k": [1, 2, 3]}, tracking={"wandb": {"mode": "disabled"}})
     argv = ["sweep", "run", three, "--no-report"]
@@ -938,8 +937,8 @@ def test_sweep_on_a_full_disk_stops_records_and_resumes(tmp_path, base_data, mon
 def test_a_full_disk_report_stops_tune():
     """DiskFullStop: a trial's full-disk report stops the whole Tune run (every later trial would fail alike), and
     that trial is not marked stopped by the scheduler (which PruneRecorder would record as pruned)."""
-    from sweeps.runner import DiskFullStop
-    from sweeps.worker import DISK_FULL
+    from sweeps.callbacks import DiskFullStop
+    from sweeps.result_keys import DISK_FULL
 
     stop = DiskFullStop()
     assert stop("t1", {"hdmap_done": True}) is False and not stop.stop_all()

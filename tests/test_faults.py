@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hdmap.data.faults import ASPECT_PRESETS, CutPasteFaults, HorizontalLineFaults, aspect_range
+from hdmap.data.fault_shapes import ASPECT_PRESETS, aspect_range
+from hdmap.data.faults import CutPasteFaults, HorizontalLineFaults
 
 
 def _images(b=16, c=1, h=32, w=96, seed=0):

@@ -356,3 +356,25 @@ def test_optional_metric_only_in_axis_tables_where_it_applies(tmp_path):
     patchcore_only = axis_summary(data, "model.layers")
     assert set(patchcore_only["model"]) == {"patchcore"}
     assert "gating_accuracy" not in set(patchcore_only["metric"])
+
+
+def test_an_added_catalogue_entry_shows_in_every_view_it_names(tmp_path, monkeypatch):
+    """The report's metric choices come from the catalogue: a new metric in the main, ablation and comparison views
+    is a main-table column, an ablation panel and a compared metric, with no edit here."""
+    from hdmap.metric_catalogue import METRICS, Metric
+    from sweeps.report.analysis import from_table
+
+    views = frozenset({"main", "ablation", "comparison"})
+    monkeypatch.setitem(METRICS, "new_score", Metric("new_score", "new score", "detection", views=views))
+    store = ResultStore(make_sweep(tmp_path / "new", {"name": "new", "axes": {"model.k": [1, 3]}}))
+    results = store.results()
+    new_score = [None if acc is None else 1 - acc for acc in results["accuracy"].to_pylist()]
+    data = from_table(results.append_column("new_score", pa.array(new_score)), store.meta(), store.uri)
+    r = build_report(data, tmp_path / "out")
+    assert "new_score" in set(r.summary["metric"])
+    assert set(r.comparisons.loc[r.comparisons.metric == "new_score", "verdict"]) >= {VERDICT_BETTER}
+    md = r.markdown.read_text()
+    main_header = next(line for line in md.splitlines() if line.startswith("| model | test domain | configs | n |"))
+    assert main_header.endswith("| TPR @ 1% FPR | new score |")  # a column after the others, in catalogue order
+    assert "new score @ model.k=3" in md and "new score by model.k" in r.html.read_text()  # the ablation table
+    assert "| 3 vs 1 | new score | all | 12 | +0.050 |" in md  # compared: 1 - accuracy is 0.05 higher at k=3

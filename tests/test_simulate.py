@@ -1,4 +1,5 @@
-"""The simulator writes the real HDMAP layout with the statistics of digest §2 (tolerances in messages)."""
+"""The simulator writes the real HDMAP layout with the statistics of docs/research-facts.md#data-statistics
+(tolerances in messages)."""
 
 from __future__ import annotations
 

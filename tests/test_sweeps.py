@@ -280,17 +280,17 @@ def test_tune_stopped_by_a_lost_worker_restarts_the_rest(tmp_path, ray_local, mo
     """Ray 2.60's Tune controller raises on an OOM-killed worker (ray#28937); the sweep restarts what is unfinished."""
     from ray.exceptions import OutOfMemoryError
 
-    import sweeps.runner as runner
+    from sweeps.runner import SweepRun
 
-    real, calls = runner._run_tune, []
+    real, calls = SweepRun.run_tune, []
 
-    def crash_first(plan, todo, *args, **kwargs):
+    def crash_first(run, todo, skipped):
         calls.append(len(todo))
         if len(calls) == 1:
             raise RuntimeError("Caught unexpected exception") from OutOfMemoryError("worker killed")
-        return real(plan, todo, *args, **kwargs)
+        return real(run, todo, skipped)
 
-    monkeypatch.setattr(runner, "_run_tune", crash_first)
+    monkeypatch.setattr(SweepRun, "run_tune", crash_first)
     outcome = run_sweep(load_spec(spec_file(tmp_path, name="oom")), live=False)
     assert calls == [2, 2] and outcome.restarts == 1 and outcome.ok == 2
 
@@ -311,12 +311,12 @@ def build(*args):
     built.append(weakref.ref(module))
     return module
 
-registry.MODELS["patchcore"] = registry.ModelEntry(entry.config, build)
-ctx = dict(sweep="s", spec_hash="h", timeout_s=None, per_epoch_metric=None, feature_cache=None)
+registry.MODELS["patchcore"] = registry.ModelEntry(entry.config_at, "__main__:build")  # the builder above
+context = worker.TrialContext(sweep="s", spec_hash="h")
 alive = []
 for seed in (0, 1):
     cfg = load_trial_config(None, json.loads(sys.argv[2]) + [f"seed={seed}"])
-    worker.trial_trainable({"trial": cfg.model_dump(mode="json"), "ctx": ctx}, sys.argv[1])
+    worker.trial_trainable({"trial": cfg.model_dump(mode="json")}, sys.argv[1], context)
     alive.append(built[-1]() is not None)
 print(json.dumps({"alive": alive, "frozen": gc.get_freeze_count(), "reports": len(reports)}))
 """

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sweeps import tracking
+from sweeps import tracking, wandb_process
 from sweeps.tracking import WandbSettings, log_summary, log_trial, resolve_mode, run_id
 from tests.wandb_records import read_offline_run
 
@@ -285,7 +285,7 @@ def _exit_body(job):
 
 
 def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
-    monkeypatch.setattr(tracking, "_log_trial_body", hang_body)
+    monkeypatch.setattr(wandb_process, "log_trial_body", hang_body)
     out = wandb_env / "out"
     out.mkdir()
     t0 = time.monotonic()
@@ -300,7 +300,7 @@ def test_hung_child_is_killed_within_the_bound(wandb_env, monkeypatch):
 
 def test_child_crash_and_parent_errors_become_status(wandb_env, monkeypatch):
     settings, out = WandbSettings(mode="offline", timeout_s=20), wandb_env / "out"
-    monkeypatch.setattr(tracking, "_log_trial_body", _exit_body)
+    monkeypatch.setattr(wandb_process, "log_trial_body", _exit_body)
     assert _log(settings, out) == "failed: tracking process exited with code 3 and no status"
     monkeypatch.undo()
     status = _log(settings, out, config={**CONFIG, "callback": lambda: None})  # unpicklable
@@ -365,7 +365,7 @@ def _stored_trials(sweep_dir, trial_ids, domains=("A", "C")):
 
 
 def test_driver_logger_logs_each_stored_trial_once_from_one_child(wandb_env):
-    from sweeps.tracking import TrialLogger
+    from sweeps.trial_logger import TrialLogger
 
     sweep_dir = wandb_env / "out" / "sw1"
     store = _stored_trials(sweep_dir, ["t-001", "t-002"])
@@ -391,9 +391,9 @@ def test_driver_logger_logs_each_stored_trial_once_from_one_child(wandb_env):
 
 
 def test_driver_logger_hang_is_bounded_and_reported(wandb_env, monkeypatch):
-    from sweeps.tracking import TrialLogger
+    from sweeps.trial_logger import TrialLogger
 
-    monkeypatch.setattr(tracking, "_log_trial_body", hang_body)
+    monkeypatch.setattr(wandb_process, "log_trial_body", hang_body)
     sweep_dir = wandb_env / "out" / "sw1"
     store = _stored_trials(sweep_dir, ["t-001", "t-002", "t-003"])
     logger = TrialLogger(WandbSettings(mode="offline", timeout_s=3), store, "sw1", sweep_dir)
@@ -402,7 +402,7 @@ def test_driver_logger_hang_is_bounded_and_reported(wandb_env, monkeypatch):
     t0 = time.monotonic()
     tally = logger.close(wait_s=3)
     elapsed = time.monotonic() - t0
-    assert elapsed < 3 + 2 * tracking._KILL_GRACE_S + 1  # the end of a sweep waits a bounded time
+    assert elapsed < 3 + 2 * wandb_process.KILL_GRACE_S + 1  # the end of a sweep waits a bounded time
     assert set(tally.not_logged) == {"t-001", "t-002", "t-003", "missing"}
     assert tally.statuses["t-001"] == "timed out after 3s"
     assert (
@@ -415,7 +415,7 @@ def test_driver_logger_hang_is_bounded_and_reported(wandb_env, monkeypatch):
 
 
 def test_driver_logger_online_outage_fails_each_run_within_the_bound(wandb_env, monkeypatch):
-    from sweeps.tracking import TrialLogger
+    from sweeps.trial_logger import TrialLogger
 
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # closed port on loopback
@@ -426,7 +426,7 @@ def test_driver_logger_online_outage_fails_each_run_within_the_bound(wandb_env, 
     for trial_id in ("t-001", "t-002", "t-003"):
         logger.submit(trial_id)
     tally = logger.close(wait_s=8)
-    assert time.monotonic() - t0 < 8 + 2 * tracking._KILL_GRACE_S + 2  # the runs wait in parallel, not in turn
+    assert time.monotonic() - t0 < 8 + 2 * wandb_process.KILL_GRACE_S + 2  # the runs wait in parallel, not in turn
     assert tally.mode == "online" and set(tally.not_logged) == {"t-001", "t-002", "t-003"}, tally.statuses
     assert tally.line().startswith("W&B: 0 runs logged online in project hdmap-sweeps, 3 failed (first: ")
 
@@ -456,7 +456,7 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
     from sweeps.store import ResultStore
-    from sweeps.tracking import TrialLogger
+    from sweeps.trial_logger import TrialLogger
 
     def spec(ks, timeout_s):
         path = tmp_path / f"spec-{len(ks)}.yaml"
@@ -482,7 +482,7 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
         assert not outcome.wandb.not_logged and outcome.wandb.line().endswith(", 0 failed")
 
         # W&B hangs: the trials still finish, the driver waits at most timeout_s at the end and says what it lost.
-        monkeypatch.setattr(tracking, "_log_trial_body", hang_body)
+        monkeypatch.setattr(wandb_process, "log_trial_body", hang_body)
         closing: list[float] = []
         close = TrialLogger.close
 
@@ -496,7 +496,7 @@ def test_sweep_logs_one_run_per_trial_from_the_driver_and_a_hang_never_stalls_it
         monkeypatch.setattr(TrialLogger, "close", timed_close)
         grown = run_sweep(spec([1, 9, 3], timeout_s=3), live=False)
         assert grown.ok == 3 and grown.skipped == 2
-        assert closing and closing[0] < 3 + 2 * tracking._KILL_GRACE_S + 1
+        assert closing and closing[0] < 3 + 2 * wandb_process.KILL_GRACE_S + 1
         line = grown.wandb.line()
         assert len(grown.wandb.not_logged) == 1 and line.startswith("W&B: 0 runs logged offline in "), line
         assert line.endswith(": timed out after 3s)"), line

@@ -84,7 +84,7 @@ def test_peak_memory_is_per_trial_not_per_process():
     """A reused Ray actor runs many trials in one process: each trial's peak must be its own."""
     import numpy as np
 
-    from hdmap.trial import PeakMemory
+    from hdmap.fit import PeakMemory
 
     first = PeakMemory()
     big = np.ones(300 * 2**20 // 8)  # 300 MB, touched

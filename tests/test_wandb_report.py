@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
+from hdmap import metric_catalogue
 from hdmap.results import results_schema, to_table
 from hdmap.trial import failed_trial
 from sweeps.cli import app
@@ -100,7 +101,7 @@ def test_quickstart_definition_holds_the_html_reports_views(tmp_path):
     assert table["runsets"] == [{"name": "summary table", "job_types": ["report"], "groupby": []}]
     by_model = sections["main-runs"]
     assert by_model["runsets"][0]["groupby"] == ["JobType", "config.data.domain"]
-    assert [p["metrics"] for p in by_model["panels"]] == [[m] for m in analysis.MAIN_METRICS]
+    assert [p["metrics"] for p in by_model["panels"]] == [[m] for m in metric_catalogue.columns(view="main")]
 
     # one panel per axis, grouped by that config key, one runset per model the axis varies for
     axis_sections = [s for s in definition["sections"] if s["key"].startswith("axis:")]
@@ -201,6 +202,26 @@ def test_without_gating_or_severity_no_such_panels_and_with_severity_a_section(t
     assert [p["metrics"] for p in sections["severity"]["panels"]] == [["severity_mae"], ["severity_spearman"]]
     assert sections["axis:model.lr"]["panels"][0]["metrics"] == ["image_auroc", "accuracy", "severity_mae"]
     assert {"severity_mae", "severity_spearman"} <= _logged_keys(trials)
+
+
+def test_an_added_catalogue_entry_gets_its_panels(tmp_path, monkeypatch):
+    """The panels' metrics come from the catalogue: a new main / ablation metric, or a new severity metric where
+    reported, is plotted with no edit here."""
+    from hdmap.metric_catalogue import METRICS, Metric
+
+    new = {
+        "new_score": Metric("new_score", "new score", "detection", views=frozenset({"main", "ablation"})),
+        "severity_r2": Metric("severity_r2", "severity R²", "severity"),
+    }
+    for column, metric in new.items():
+        monkeypatch.setitem(METRICS, column, metric)
+    path, _ = make_sweep(tmp_path / "new", models={"patchcore", "draem"}, severity=True)
+    data = analysis.load(ResultStore(path))
+    data.ok["new_score"], data.ok["severity_r2"] = 0.5, 0.4
+    sections = _sections(build_definition(data, WandbSettings(project="hdmap-sweeps")))
+    assert [p["metrics"] for p in sections["main-runs"]["panels"]][-1] == ["new_score"]
+    assert sections["axis:model.k"]["panels"][0]["metrics"] == ["image_auroc", "accuracy", "new_score", "severity_mae"]
+    assert [p["metrics"] for p in sections["severity"]["panels"]][-1] == ["severity_r2"]
 
 
 def test_trials_on_several_test_domains_use_prefixed_keys(tmp_path):

@@ -16,8 +16,9 @@ from hdmap.data.simulate import simulate
 from hdmap.data.splits import build_trial_data
 from hdmap.data.transforms import HdmapTransform
 from hdmap.errors import WeightsNotFoundError
+from hdmap.models.configs.winclip import WinClipConfig
 from hdmap.models.gating import COLD, WARM, P90Gate, p90
-from hdmap.models.winclip import REFERENCES, WinClipConfig, build
+from hdmap.models.winclip import REFERENCES, build
 from hdmap.trial import run_trial
 
 TINY = ["model.clip_model=hdmap-tiny-clip", "model.pretrained=false", "model.batch_size=16"]
@@ -175,7 +176,8 @@ def test_nothing_reaches_the_network(root, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("gate_k, gate", [(1, COLD), (None, WARM)])
 def test_clip_topk_mean_of_the_gate_k_most_similar_references(gate_k, gate):
-    from hdmap.models.winclip import CAWinClipConfig, Embeddings
+    from hdmap.models.configs.winclip import CAWinClipConfig
+    from hdmap.models.winclip import Embeddings
 
     cfg = CAWinClipConfig(clip_model="hdmap-tiny-clip", pretrained=False, gating="clip_topk", gate_k=gate_k)
     module = build(cfg, HdmapTransform((64, 64), "nearest", normalization="clip"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,33 @@ def _log_records(path: Path):
             pending = b""
 
 
+def _read_record(record, out: dict[str, Any], apply: Callable) -> None:
+    """One record of an offline run into `out` (read_offline_run's shape)."""
+    kind = record.WhichOneof("record_type")
+    if kind == "run":
+        r = record.run
+        out["run"] = {
+            "id": r.run_id,
+            "project": r.project,
+            "entity": r.entity,
+            "group": r.run_group,
+            "job_type": r.job_type,
+            "name": r.display_name,
+        }
+        for item in r.config.update:
+            apply(out["config"], item)
+    elif kind in ("config", "summary"):
+        for item in getattr(record, kind).update:
+            apply(out[kind], item)
+    elif kind == "history":
+        step: dict = {}
+        for item in record.history.item:
+            apply(step, item)
+        out["history"].append(step)
+    elif kind == "files":
+        out["files"] += [f.path for f in record.files.files]
+
+
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     """Decode an offline run directory (``.../wandb/offline-run-*``).
 
@@ -64,31 +92,6 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     for raw in _log_records(log_path):
         record = pb.Record()
         record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            r = record.run
-            out["run"] = {
-                "id": r.run_id,
-                "project": r.project,
-                "entity": r.entity,
-                "group": r.run_group,
-                "job_type": r.job_type,
-                "name": r.display_name,
-            }
-            for item in r.config.update:
-                apply(out["config"], item)
-        elif kind == "config":
-            for item in record.config.update:
-                apply(out["config"], item)
-        elif kind == "summary":
-            for item in record.summary.update:
-                apply(out["summary"], item)
-        elif kind == "history":
-            step: dict = {}
-            for item in record.history.item:
-                apply(step, item)
-            out["history"].append(step)
-        elif kind == "files":
-            out["files"] += [f.path for f in record.files.files]
+        _read_record(record, out, apply)
     out["config"].pop("_wandb", None)
     return out

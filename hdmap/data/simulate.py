@@ -1,10 +1,10 @@
 """Synthetic HDMAP data: the real folder layout with statistics calibrated to the private dataset.
 
-The real data is private, so everything in the product runs and is tested on this simulator. It
-writes exactly the layout in `hdmap.data.layout` and reproduces what matters for the studies
-(digest §2): per-domain intensity levels, cold/warm machine states that differ in brightness *and*
-structure, faults as thin broken horizontal bands, sharp peaks in warm faults, fault images that are
-brighter (A, C) or darker (B, D) than normals, and domain C's faint cold faults overlapping warm
+The real data is private, so everything in the product runs and is tested on this simulator. It writes exactly
+the layout in `hdmap.data.layout` and reproduces what matters for the studies
+(docs/research-facts.md#data-statistics): per-domain intensity levels, cold/warm machine states that differ in
+brightness *and* structure, faults as thin broken horizontal bands, sharp peaks in warm faults, fault images
+that are brighter (A, C) or darker (B, D) than normals, and domain C's faint cold faults overlapping warm
 normals in intensity.
 
 Model of one image (all in "scaled units", where the expected train maximum is about 1):
@@ -47,7 +47,7 @@ class ConditionParams:
     level: float  # mean of the image mean
     level_sd: float  # sd of the image mean across images
     cv: float  # within-image pixel std / mean
-    max_mean: float  # image max, set by one meshing hot spot (digest §2.2: ~2.6-2.8x the mean)
+    max_mean: float  # image max, one meshing hot spot (docs/research-facts.md#domain-c-by-condition: ~2.6-2.8x mean)
     max_sd: float  # warm: max_mean + 2.94 * max_sd ~ 1, so the train max lands near 1 for any n_train
     fault_gain: float  # fault recordings are globally brighter (A, C) or darker (B, D)
     fault_cv: float  # multiplier on cv for fault recordings
@@ -55,9 +55,9 @@ class ConditionParams:
 
 @dataclass(frozen=True)
 class DomainParams:
-    """Everything that differs between domains; see digest §2 for the targets."""
+    """Everything that differs between domains; see docs/research-facts.md#data-statistics for the targets."""
 
-    raw_unit: float  # raw sensor max (digest §1.4 user_max); undone by the min-max scaling
+    raw_unit: float  # raw sensor max (docs/research-facts.md#data-format user_max); undone by the min-max scaling
     warm_share: float  # share of warm images in train; puts the train mean above the test-normal mean
     cold: ConditionParams
     warm: ConditionParams
@@ -66,8 +66,8 @@ class DomainParams:
     transient_share: float  # warm test normals with one spike just above the train max
 
 
-# One table for all domains. Levels/cv come from digest §2.1-2.3 (cold/warm split of the test-normal
-# mean, p90 gaps); gains, hot spots and peaks were tuned by measuring the written files.
+# One table for all domains. Levels/cv come from docs/research-facts.md#data-statistics and #cold-vs-warm (cold/warm
+# split of the test-normal mean, p90 gaps); gains, hot spots and peaks were tuned by measuring the written files.
 DOMAIN_PARAMS: dict[str, DomainParams] = {
     "domain_A": DomainParams(
         raw_unit=0.324670,
@@ -151,7 +151,7 @@ class _Signature:
 
 def _signatures(domain: str) -> dict[str, _Signature]:
     """Cold and warm differ in row profile, column harmonics and (warm only) a diagonal meshing term,
-    so a brightness-normalised warm image still differs from a cold one (digest §2.3)."""
+    so a brightness-normalised warm image still differs from a cold one (docs/research-facts.md#cold-vs-warm)."""
     rng = np.random.default_rng([_SIGNATURE_SEED, DOMAINS.index(domain)])
     r = np.arange(H)[:, None]
     c = np.arange(W)[None, :]
@@ -179,7 +179,8 @@ def _signatures(domain: str) -> dict[str, _Signature]:
 
 
 def _truncated_normal(rng: np.random.Generator, n: int, limit: float = 2.2) -> np.ndarray:
-    """Standard normal redrawn beyond +-limit: real image-mean ranges are short-tailed (digest §2.2)."""
+    """Standard normal redrawn beyond +-limit: real image means are short-tailed
+    (docs/research-facts.md#domain-c-by-condition)."""
     z = rng.standard_normal(n)
     bad = np.abs(z) > limit
     while bad.any():

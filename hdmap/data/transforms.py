@@ -6,9 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "aspect_pad")
-NORMALIZATIONS = ("imagenet", "clip", "none")
-PER_IMAGE_NORMS = ("none", "minmax", "robust_p5_p95", "robust_p1_p99")
+from hdmap.data.transform_options import NORMALIZATIONS, PER_IMAGE_NORMS, RESIZE_METHODS
+
 _MEAN_STD = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI CLIP / open_clip
@@ -24,7 +23,7 @@ class HdmapTransform(nn.Module):
     centre of the resized image (Dinomaly's 448 -> 392): the model sees the crop if set, else `size`.
     `per_image_norm` maps each raw image to [0, 1] before anything else: `minmax` by its own min and max,
     `robust_p5_p95` / `robust_p1_p99` by those percentiles (clamped). It discards the absolute amplitude
-    that separates cold from warm (the prior work's post-analysis, digest 4.3: it collapses cold AUROC); a
+    that separates cold from warm (docs/research-facts.md#per-image-normalisation: it collapses cold AUROC); a
     constant image maps to 0.
     """
 

@@ -1,5 +1,5 @@
 """The cold/warm gate of the condition-aware models (`ca_patchcore`, `ca_winclip`): one module, so both families
-route and split references by exactly the same rule (prior-work digest §3: p90 + midpoint, "deployed").
+route and split references by exactly the same rule (docs/research-facts.md#gating: p90 + midpoint, "deployed").
 
 - **p90**: the 90th percentile of the RAW 31x95 image (before any resize or normalisation).
 - **Calibration** on FIT images only (train normals carry no cold/warm label; test is never seen): the exact 1-D

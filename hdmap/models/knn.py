@@ -12,8 +12,9 @@ import math
 import numpy as np
 import torch
 
+from hdmap.models.configs.patchcore_family import KNN_METHODS
+
 TORCH_CHUNK = 4096  # query rows per torch.cdist call: bounds the (chunk x bank) distance matrix
-METHODS = ("faiss", "faiss_ivf", "torch")
 
 
 def knn_search(
@@ -25,8 +26,8 @@ def knn_search(
     k = min(k, bank.shape[0])
     if method == "torch":
         return _dense(queries, bank, k)
-    if method not in METHODS:
-        raise ValueError(f"unknown kNN method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in KNN_METHODS:
+        raise ValueError(f"unknown kNN method {method!r}; use one of {', '.join(KNN_METHODS)}")
     import faiss
 
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))  # respect the trial's CPU share

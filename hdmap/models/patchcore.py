@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from hdmap.models.backbones import BackboneConfig, load_pretrained
+from hdmap.models.backbones import load_pretrained
 from hdmap.models.base import AnomalyModule
+from hdmap.models.configs.patchcore import PatchCoreConfig
 from hdmap.models.coreset import check_neighbours, subsample
-
-
-class PatchCoreConfig(BackboneConfig):
-    name: Literal["patchcore"] = "patchcore"
-    backbone: str = "wide_resnet50_2"
-    layers: list[str] = ["layer2", "layer3"]
-    coreset_ratio: float = Field(0.1, gt=0, le=1)
-    k: int = Field(9, ge=1, description="neighbours for anomalib's image-score reweighting")
-    batch_size: int = Field(8, ge=1)
 
 
 class PatchCoreModule(AnomalyModule):

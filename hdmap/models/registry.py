@@ -1,39 +1,66 @@
-"""The one model registry: name -> (config class, builder). Adding a model = one module + one line here."""
+"""The one model registry: name -> where its config class and its builder live. Adding a model = a config in
+hdmap/models/configs/, a module in hdmap/models/, one line here.
+
+Entries name locations, not objects: importing the registry imports no model. A model's config module (pydantic
+only) is imported when its config is needed (validating a trial config), its Lightning module (torch, Lightning,
+anomalib, timm, open_clip) only when a trial builds it.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hdmap.models import anomalib_adapter, cutpaste, dinomaly, draem, draem_sevnet, patchcore, patchcore_family, winclip
-from hdmap.models.base import ModelConfig
+from hdmap.models.configs.anomalib import ANOMALIB_MODELS, config_class_name
+from hdmap.models.configs.base import ModelConfig
+
+
+def _resolve(location: str):
+    """`package.module:attribute` -> the attribute (imports the module)."""
+    module, attribute = location.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    config: type[ModelConfig]  # the contract: fields, outputs, per-epoch metric, pretrained weights (hdmap.models.base)
-    build: Callable  # (config, transform, seed) -> AnomalyModule
+    config_at: str  # "module:Class" of the config: the contract (fields, outputs, per-epoch metric, pretrained weights)
+    build_at: str  # "module:function" (config, transform, seed) -> AnomalyModule
+
+    @property
+    def config(self) -> type[ModelConfig]:
+        return _resolve(self.config_at)
+
+    @property
+    def build(self) -> Callable:
+        return _resolve(self.build_at)
 
     @property
     def per_epoch_metric(self) -> str | None:
         return self.config.per_epoch_metric
 
 
+def _entry(family: str, config: str, module: str | None = None) -> ModelEntry:
+    """The config class `config` of hdmap/models/configs/<family>.py, built by `build` of hdmap/models/<module>.py
+    (the family's own module unless named)."""
+    return ModelEntry(f"hdmap.models.configs.{family}:{config}", f"hdmap.models.{module or family}:build")
+
+
 MODELS: dict[str, ModelEntry] = {
-    "patchcore": ModelEntry(patchcore.PatchCoreConfig, patchcore.build),
-    "draem": ModelEntry(draem.DraemConfig, draem.build),
-    "draem_sevnet": ModelEntry(draem_sevnet.DraemSevNetConfig, draem_sevnet.build),
-    "cutpaste": ModelEntry(cutpaste.CutPasteConfig, cutpaste.build),
-    "cutpaste_clf": ModelEntry(cutpaste.CutPasteClfConfig, cutpaste.build),
-    "draem_cutpaste": ModelEntry(cutpaste.DraemCutPasteConfig, cutpaste.build),
-    "ca_patchcore": ModelEntry(patchcore_family.CAPatchCoreConfig, patchcore_family.build),
-    "cpd_patchcore": ModelEntry(patchcore_family.CPDPatchCoreConfig, patchcore_family.build),
-    "winclip": ModelEntry(winclip.WinClipConfig, winclip.build),
-    "ca_winclip": ModelEntry(winclip.CAWinClipConfig, winclip.build),
-    "dinomaly": ModelEntry(dinomaly.DinomalyConfig, dinomaly.build),
-    "sev_dinomaly": ModelEntry(dinomaly.SevDinomalyConfig, dinomaly.build),
+    "patchcore": _entry("patchcore", "PatchCoreConfig"),
+    "draem": _entry("draem", "DraemConfig"),
+    "draem_sevnet": _entry("draem_sevnet", "DraemSevNetConfig"),
+    "cutpaste": _entry("cutpaste", "CutPasteConfig"),
+    "cutpaste_clf": _entry("cutpaste", "CutPasteClfConfig"),
+    "draem_cutpaste": _entry("cutpaste", "DraemCutPasteConfig"),
+    "ca_patchcore": _entry("patchcore_family", "CAPatchCoreConfig"),
+    "cpd_patchcore": _entry("patchcore_family", "CPDPatchCoreConfig"),
+    "winclip": _entry("winclip", "WinClipConfig"),
+    "ca_winclip": _entry("winclip", "CAWinClipConfig"),
+    "dinomaly": _entry("dinomaly", "DinomalyConfig"),
+    "sev_dinomaly": _entry("dinomaly", "SevDinomalyConfig"),
     # anomalib's image models trained on normals only: one adapter, a config derived from each constructor
-    **{name: ModelEntry(config, anomalib_adapter.build) for name, (config, _) in anomalib_adapter.ADAPTED.items()},
+    **{name: _entry("anomalib", config_class_name(name), "anomalib_adapter") for name in ANOMALIB_MODELS},
 }
 
 

@@ -1,6 +1,6 @@
 """WinCLIP (`winclip`) and condition-aware WinCLIP (`ca_winclip`) on anomalib 2.7's `WinClipModel`.
 
-The researcher's zero/few-shot line (prior-work digest §4.2-4.4, §5.3): open_clip ViT-B-16-plus-240 at 240 x 240,
+The researcher's zero/few-shot line (docs/research-facts.md#winclip): open_clip ViT-B-16-plus-240 at 240 x 240,
 nearest resize, CLIP mean/std (`data_defaults`), the class name in WinCLIP's prompt ensemble as the text knob.
 
 - **Scoring** is anomalib's: the image score is the zero-shot text score of the global embedding; with references,
@@ -29,7 +29,6 @@ nearest resize, CLIP mean/std (`data_defaults`), the class name in WinCLIP's pro
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import logging
 import os
@@ -37,161 +36,19 @@ import pickle
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
 
 from hdmap.cache import hash_array
 from hdmap.errors import WeightsNotFoundError
-from hdmap.models.backbones import pretrained_label
-from hdmap.models.base import AnomalyModule, ModelConfig
-from hdmap.models.gating import COLD, WARM, P90Gate, bank_problem, fit_intensities, oracle
+from hdmap.models.base import AnomalyModule
+from hdmap.models.configs.winclip import CAWinClipConfig, ClipConfig, register_clip_configs
+from hdmap.models.gating import COLD, WARM, P90Gate, fit_intensities, oracle
 
-CLIP_MODEL = "ViT-B-16-plus-240"  # anomalib's WinCLIP backbone and pretrained tag
-CLIP_TAG = "laion400m_e31"
 CLIP_CACHE = "~/.cache/clip"  # open_clip's download folder for URL checkpoints
-GATINGS = ("mixed", "oracle", "p90", "clip_topk")
 REFERENCES = 0  # the one reference bank of plain WinCLIP
-
-
-def _register_configs() -> None:
-    """The architectures shipped here (`clip_configs/*.json`) join open_clip's registry, in every process."""
-    import open_clip
-
-    folder = Path(__file__).with_name("clip_configs")
-    if not all(p.stem in open_clip.list_models() for p in folder.glob("*.json")):
-        open_clip.add_model_config(folder)
-
-
-def clip_architecture(name: str) -> dict:
-    """open_clip's config of a WinCLIP-compatible architecture; ValueError naming the alternatives otherwise."""
-    import open_clip
-
-    _register_configs()
-    models = open_clip.list_models()
-    if name not in models:
-        close = difflib.get_close_matches(name, models, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "see open_clip.list_models()"
-        raise ValueError(f"unknown open_clip model {name!r}; {hint}")
-    cfg = open_clip.get_model_config(name)
-    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-    fits = (
-        "patch_size" in vision
-        and not isinstance(vision.get("layers"), (list, tuple))
-        and not {"timm_model_name"} & set(vision)
-        and not {"hf_model_name", "hf_tokenizer_name"} & set(text)
-        and "multimodal_cfg" not in cfg
-        and text.get("context_length", 77) == 77
-        and text.get("vocab_size", 49408) == 49408
-    )
-    if not fits:
-        raise ValueError(
-            f"open_clip model {name!r} is not a plain CLIP ViT (WinCLIP needs open_clip's own ViT image tower and "
-            f"text transformer with the 77-token BPE vocabulary), e.g. {CLIP_MODEL}, ViT-B-16, ViT-S-32"
-        )
-    return cfg
-
-
-class ClipConfig(ModelConfig):
-    """The fields of every WinCLIP model."""
-
-    needs_pretrained_weights: ClassVar[bool] = True
-
-    clip_model: str = Field(CLIP_MODEL, description="open_clip architecture (a plain CLIP ViT)")
-    clip_tag: str = Field(CLIP_TAG, description="open_clip pretrained tag whose checkpoint is looked up locally")
-    pretrained: bool = True
-    weights: str | None = Field(None, description="local open_clip checkpoint; default: the HF / open_clip cache")
-    class_name: str = Field("industrial sensor data", description="what WinCLIP's prompt ensemble names")
-    scales: list[int] = Field([2, 3], description="sliding-window sizes in patches (anomalib's default)")
-    batch_size: int = Field(8, ge=1)
-
-    @field_validator("clip_model")
-    @classmethod
-    def _known_architecture(cls, v: str) -> str:
-        clip_architecture(v)
-        return v
-
-    @field_validator("class_name")
-    @classmethod
-    def _named_class(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError(
-                "must name what WinCLIP's prompts describe, e.g. 'industrial sensor data' (empty: anomalib builds no "
-                "text embeddings, every trial fails)"
-            )
-        return v
-
-    @field_validator("scales")
-    @classmethod
-    def _sane_scales(cls, v: list[int]) -> list[int]:
-        if not v or any(s < 1 for s in v) or len(set(v)) != len(v):
-            raise ValueError(f"scales={v}: distinct window sizes >= 1 (in patches), e.g. [2, 3]")
-        return v
-
-    def patch_size(self) -> int:
-        return int(clip_architecture(self.clip_model)["vision_cfg"]["patch_size"])
-
-    def data_defaults(self) -> dict:
-        size = int(clip_architecture(self.clip_model)["vision_cfg"]["image_size"])
-        return {"image_size": (size, size), "resize": "nearest", "normalization": "clip"}
-
-    def data_requirements(self) -> dict:
-        return {"to_rgb": (True, "CLIP's image tower takes 3-channel images")}
-
-    def input_size_problem(self, size: tuple[int, int]) -> str | None:
-        patch = self.patch_size()
-        grid = (size[0] // patch, size[1] // patch)
-        if min(grid) < max(self.scales):
-            return (
-                f"{self.clip_model} (patch {patch} px) sees a {grid[0]} x {grid[1]} patch grid; windows of "
-                f"model.scales={self.scales} patches need each side >= {max(self.scales) * patch} px, got {list(size)}"
-            )
-        return None
-
-    def weights_label(self) -> str | None:
-        if not self.pretrained or self.weights:
-            return pretrained_label(self.pretrained, self.weights)
-        return f"open_clip {self.clip_model} {self.clip_tag} (HF / open_clip cache)"
-
-
-class WinClipConfig(ClipConfig):
-    """`winclip`: anomalib's WinCLIP, zero-shot (k_shot 0) or few-shot on k_shot reference normals."""
-
-    name: Literal["winclip"] = "winclip"
-    shots_field: ClassVar[str | None] = "k_shot"
-    k_shot: int = Field(0, ge=0, description="reference normals = data.train_shots (set from here); 0 = zero-shot")
-
-
-class CAWinClipConfig(ClipConfig):
-    """`ca_winclip`: WinCLIP with a cold and a warm reference bank and a gate choosing one per image."""
-
-    name: Literal["ca_winclip"] = "ca_winclip"
-    refs_per_bank: int = Field(
-        2, ge=1, description="references per bank, drawn from the fit images the gate puts there"
-    )
-    gating: Literal[GATINGS] = "mixed"  # type: ignore[valid-type]
-    gate_threshold: float | None = Field(None, description="p90 threshold; None = calibrated on fit images")
-    gate_k: int | None = Field(
-        None, ge=1, description="clip_topk: mean of the gate_k most similar references per bank; None = all of them"
-    )
-
-    checks_fit_set = True
-
-    def fit_problem(self, fit_raw: np.ndarray, input_size: tuple[int, int]) -> str | None:
-        gated = self.gating != "mixed"  # routed to one bank (mixed pools both banks' references)
-        return bank_problem(fit_raw, self.gate_threshold, self.refs_per_bank, "model.refs_per_bank", gated)
-
-    @model_validator(mode="after")
-    def _gate_k_fits(self) -> CAWinClipConfig:
-        if self.gate_k is not None and self.gate_k > self.refs_per_bank:
-            raise ValueError(f"gate_k={self.gate_k} exceeds refs_per_bank={self.refs_per_bank} (references per bank)")
-        return self
-
-    def outputs(self) -> frozenset[str]:
-        return frozenset() if self.gating == "mixed" else frozenset({"gate"})
 
 
 # ---------------------------------------------------------------- weights and construction
@@ -488,4 +345,4 @@ def build(cfg: ClipConfig, transform: torch.nn.Module, seed: int = 0) -> WinClip
     return (CAWinClipModule if isinstance(cfg, CAWinClipConfig) else WinClipModule)(cfg, transform, seed)
 
 
-_register_configs()
+register_clip_configs()  # in every process that builds a module, Ray workers too

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hdmap import metric_catalogue
 from hdmap.io import atomic_write
 from sweeps.report import analysis, render
 from sweeps.report.paper_table import paper_table_section
@@ -32,7 +33,7 @@ ORACLE_HEADING = render.ORACLE_HEADING
 class ReportPaths:
     html: Path
     markdown: Path
-    summary: pd.DataFrame  # tidy: model, test_domain, metric, mean, std, n (MAIN_METRICS)
+    summary: pd.DataFrame  # tidy: model, test_domain, metric, mean, std, n (the catalogue's main metrics)
     comparisons: pd.DataFrame | None = None  # tidy paired deltas: axis, value, baseline, metric, scope, ..., verdict
 
 
@@ -41,7 +42,7 @@ def build_report(data: analysis.SweepData, out_dir: str | Path) -> ReportPaths:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    summary = analysis.summarize(data.ok, analysis.MAIN_METRICS)
+    summary = analysis.summarize(data.ok, metric_catalogue.columns(view="main"))
     cmp, cmp_notes = analysis.comparisons(data)
     generated = render.generated_now()
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from hdmap import metric_catalogue
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -33,16 +35,6 @@ if TYPE_CHECKING:
     from sweeps.store import ResultStore
 
 NULL = "∅"
-
-MAIN_METRICS = ["image_auroc", "accuracy", "accuracy_cold", "accuracy_warm", "tpr_at_fpr_1pct"]
-AXIS_METRICS = ["image_auroc", "accuracy"]
-OPTIONAL_AXIS_METRICS = ["severity_mae", "gating_accuracy"]  # plotted per axis when a sweep reports them
-COLD_WARM_METRICS = ["accuracy_cold", "accuracy_warm", "auroc_cold", "auroc_warm"]
-# one condition's faults vs the other's normals (hdmap.metrics); absent from results written before them
-CROSS_CONDITION_METRICS = ["auroc_cold_fault_vs_warm_good", "auroc_warm_fault_vs_cold_good"]
-COMPARE_METRICS = ["image_auroc", "accuracy"]
-ORACLE_METRICS = ["oracle_accuracy"]
-LOWER_IS_BETTER = {"severity_mae", "fit_s", "predict_s", "total_s", "peak_rss_mb", "peak_gpu_mb"}
 
 CONFIG_SECTIONS = ("data.", "model.", "eval.")
 NOT_AXES = {"model.name", "data.root", "seed"}
@@ -64,15 +56,8 @@ def value_key(v: Any) -> str:
     """Canonical text of one config value (see module docstring)."""
     if v is None:
         return NULL
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v):
-            return NULL
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+    if isinstance(v, (bool, np.bool_, int, np.integer, float, np.floating)):
+        return _number_key(v)
     if isinstance(v, (list, tuple, dict)):
         return json.dumps(v, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
     if isinstance(v, np.ndarray):
@@ -83,14 +68,30 @@ def value_key(v: Any) -> str:
     except (TypeError, ValueError):
         pass
     if isinstance(v, str):
-        s = v.strip()
-        if s[:1] in ("[", "{"):
-            try:
-                return value_key(json.loads(s))
-            except ValueError:
-                return v
-        return v
+        return _text_key(v)
     return str(v)
+
+
+def _number_key(v: bool | int | float | np.generic) -> str:
+    """`true`/`false`; an integral number as an int (`1.0` -> `1`); NaN as null."""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    if math.isnan(v):
+        return NULL
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def _text_key(v: str) -> str:
+    """JSON text (a list or object) re-serialised canonically; any other text as it is."""
+    if v.strip()[:1] in ("[", "{"):
+        try:
+            return value_key(json.loads(v))
+        except ValueError:
+            return v
+    return v
 
 
 def sort_values(keys: list[str], preferred: list[str] | None = None) -> list[str]:
@@ -220,7 +221,7 @@ def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> Swe
         value_order=value_order,
         baselines=baselines,
         comparison_axes=comparison_axes,
-        compare_metrics={a: list(COMPARE_METRICS) for a in axes},
+        compare_metrics={a: metric_catalogue.columns(view="comparison") for a in axes},
         notes=notes,
         n_trials_ok=int(ok["trial_id"].nunique()),
         n_trials_error=int(err["trial_id"].nunique()),
@@ -340,8 +341,8 @@ def configs_per_group(data: SweepData) -> dict[tuple[str, str], int]:
     return {k: int(v) for k, v in frame.groupby(["model", "test_domain"])["sig"].nunique().items()}
 
 
-def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) -> pd.DataFrame:
-    """metric vs axis value per model x test domain.
+def axis_summary(data: SweepData, axis: str) -> pd.DataFrame:
+    """The catalogue's ablation metrics vs axis value per model x test domain.
 
     Rows where the axis does not apply (null) are left out. Other axes are averaged within each
     seed first, so the std is across seeds (n = seeds); without a seed column, across trials.
@@ -352,10 +353,10 @@ def axis_summary(data: SweepData, axis: str, metrics: list[str] = AXIS_METRICS) 
     if not mask.any():
         return pd.DataFrame(columns=cols)
     # e.g. gating accuracy, only where some trial of this axis reports it
-    metrics = list(metrics) + [
+    metrics = metric_catalogue.columns(view="ablation") + [
         m
-        for m in OPTIONAL_AXIS_METRICS
-        if m not in metrics and m in data.ok.columns and data.ok.loc[mask, m].notna().any()
+        for m in metric_catalogue.columns(view="ablation-when-reported")
+        if m in data.ok.columns and data.ok.loc[mask, m].notna().any()
     ]
     frame = pd.DataFrame(
         {
@@ -416,7 +417,7 @@ def bootstrap_ci(
 def verdict(metric: str, n: int, lo: float, hi: float) -> str:
     if n < MIN_PAIRS or not (np.isfinite(lo) and np.isfinite(hi)):
         return VERDICT_FEW
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sign = -1.0 if metric_catalogue.lower_is_better(metric) else 1.0
     lo, hi = sorted((sign * lo, sign * hi))
     if lo > 0:
         return VERDICT_BETTER
@@ -460,7 +461,7 @@ def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) ->
         other = [c for c in pair_cols if c != axis]
         sig = data.keys[other].agg("\x1f".join, axis=1)
         ax = data.keys[axis]
-        metrics = data.compare_metrics.get(axis, COMPARE_METRICS)
+        metrics = data.compare_metrics[axis]
         frame = pd.DataFrame(
             {"sig": sig, "value": ax, "model": data.ok["model"], "test_domain": _cell_domain(data, axis)}
         )

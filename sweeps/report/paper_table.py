@@ -1,4 +1,4 @@
-"""The paper's comparison table ("overall fault detection accuracy", prior-work digest 4.1) from a sweep's rows.
+"""The paper's "overall fault detection accuracy" table (docs/research-facts.md#paper-table) from a sweep's rows.
 
 One row per method, sorted by domain-average accuracy (weakest first, as the paper lists them):
 accuracy as domain mean ± std and on domain C ± std, image AUROC beside each, and the paper's own figure

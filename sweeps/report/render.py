@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from hdmap.metric_catalogue import METRICS, columns, condition_pairs, label
 from sweeps.report import analysis as A
-from sweeps.report.tables import Cell, Table, fmt, fmt_ci, fmt_mean_std, fmt_signed, isnum
+from sweeps.report.tables import Cell, Table, fmt, fmt_ci, fmt_mean_std, fmt_signed
 
 ORACLE_HEADING = "ORACLE (test-optimal threshold — not a deployable figure)"
 
@@ -42,25 +43,10 @@ VERDICT_HTML = {
     A.VERDICT_FEW: "○ too few pairs",
 }
 
-LABELS = {
-    "image_auroc": "image AUROC",
-    "accuracy": "accuracy",
-    "accuracy_cold": "accuracy cold",
-    "accuracy_warm": "accuracy warm",
-    "auroc_cold": "AUROC cold",
-    "auroc_warm": "AUROC warm",
-    "auroc_cold_fault_vs_warm_good": "AUROC cold faults vs warm normals",
-    "auroc_warm_fault_vs_cold_good": "AUROC warm faults vs cold normals",
-    "tpr_at_fpr_1pct": "TPR @ 1% FPR",
-    "tpr_at_fpr_5pct": "TPR @ 5% FPR",
-    "gating_accuracy": "gating accuracy",
-    "severity_mae": "severity MAE",
-    "oracle_accuracy": "ORACLE accuracy",
-}
 
-
-def label(metric: str) -> str:
-    return LABELS.get(metric, metric)
+def metric_cell(metric: str, stats: pd.Series, row_n: int | None) -> str:
+    """One summary row (mean, std, n) of `metric` as a table cell, to the metric's catalogue digits."""
+    return fmt_mean_std(stats["mean"], stats["std"], int(stats["n"]), row_n, digits=METRICS[metric].digits)
 
 
 @dataclass
@@ -115,7 +101,7 @@ def axis_figure(axsum: pd.DataFrame, axis: str, values: list[str]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    metrics = [m for m in A.AXIS_METRICS + A.OPTIONAL_AXIS_METRICS if m in set(axsum["metric"])]
+    metrics = list(dict.fromkeys(axsum["metric"]))
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[label(m) for m in metrics], horizontal_spacing=0.08)
     domains = sorted(axsum["test_domain"].unique())
     models = sorted(axsum["model"].unique())
@@ -160,23 +146,22 @@ def cold_warm_figure(cw: pd.DataFrame, cross: bool = False):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    pairs = [
-        ("accuracy_cold", "accuracy_warm", "accuracy (calibrated threshold)"),
-        ("auroc_cold", "auroc_warm", "image AUROC"),
-    ]
-    if cross:
-        pairs.append((*A.CROSS_CONDITION_METRICS, "cross-condition AUROC (bar: the faults' condition)"))
+    pairs = condition_pairs("cold-warm") + (condition_pairs("cross-condition") if cross else [])
     cw = cw.copy()
     cw["cell"] = cw["model"].astype(str) + "<br>" + cw["test_domain"].astype(str)
     cells = list(dict.fromkeys(cw.sort_values(["model", "test_domain"])["cell"]))
     stacked = len(cells) > 6
     if stacked:
-        fig = make_subplots(rows=len(pairs), cols=1, subplot_titles=[p[2] for p in pairs], vertical_spacing=0.16)
+        fig = make_subplots(
+            rows=len(pairs), cols=1, subplot_titles=[cold.pair_title for cold, _ in pairs], vertical_spacing=0.16
+        )
     else:
-        fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[p[2] for p in pairs], horizontal_spacing=0.08)
+        fig = make_subplots(
+            rows=1, cols=len(pairs), subplot_titles=[cold.pair_title for cold, _ in pairs], horizontal_spacing=0.08
+        )
     colors = {"cold": "#2b6cb0", "warm": "#dd6b20"}
-    for j, (cold, warm, _) in enumerate(pairs):
-        for cond, m in (("cold", cold), ("warm", warm)):
+    for j, (cold, warm) in enumerate(pairs):
+        for cond, m in (("cold", cold.column), ("warm", warm.column)):
             g = cw[cw["metric"] == m].set_index("cell").reindex(cells)
             fig.add_trace(
                 go.Bar(
@@ -307,9 +292,10 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
         tally_txt = ", ".join(f"{n} {v}" for v, n in tally.items() if n)
         items_html, items_md = [], []
         for _, r in overall.iterrows():
+            digits = METRICS[r["metric"]].digits
             txt = (
                 f"{r['axis']} = {r['value']} vs {r['baseline']} — {label(r['metric'])}: "
-                f"Δ {fmt_signed(r['mean_delta'])} 95% CI {fmt_ci(r['ci_low'], r['ci_high'])} "
+                f"Δ {fmt_signed(r['mean_delta'], digits)} 95% CI {fmt_ci(r['ci_low'], r['ci_high'], digits)} "
                 f"(n={int(r['n_pairs'])} pairs)"
             )
             cells = cmp[
@@ -349,14 +335,13 @@ def main_section(data: A.SweepData, summary: pd.DataFrame) -> Section:
         s.text("No successful trials: nothing to summarise.", cls="note bad")
         return s
     configs = A.configs_per_group(data)
-    t = Table(["model", "test domain", "configs", "n"] + [label(m) for m in A.MAIN_METRICS], numeric_from=2, css="main")
+    metrics = list(dict.fromkeys(summary["metric"]))
+    t = Table(["model", "test domain", "configs", "n"] + [label(m) for m in metrics], numeric_from=2, css="main")
     for (model, td), g in summary.groupby(["model", "test_domain"], sort=True):
         g = g.set_index("metric")
         row_n = int(g["n"].max())
         cells: list = [model, td, str(configs.get((model, td), "")), str(row_n)]
-        for m in A.MAIN_METRICS:
-            r = g.loc[m]
-            cells.append(fmt_mean_std(r["mean"], r["std"], int(r["n"]), row_n))
+        cells += [metric_cell(m, g.loc[m], row_n) for m in metrics]
         t.add(cells)
     s.table(t)
     return s
@@ -391,7 +376,7 @@ def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
         fig = axis_figure(axsum, axis, values)
         s.html.append(_fig_html(fig, f"fig-axis-{len(figs)}", 400))
         figs.append(axis)
-        metrics = [m for m in A.AXIS_METRICS + A.OPTIONAL_AXIS_METRICS if m in set(axsum["metric"])]
+        metrics = list(dict.fromkeys(axsum["metric"]))
         vals = [v for v in values if v in set(axsum["value"])]
         ns = set(axsum.loc[axsum["n"] > 0, "n"])
         common_n = ns.pop() if len(ns) == 1 else None
@@ -408,11 +393,7 @@ def ablation_section(data: A.SweepData, figs: list[str]) -> Section:
             for m in metrics:
                 for v in vals:
                     r = g[(g["metric"] == m) & (g["value"] == v)]
-                    cells.append(
-                        fmt_mean_std(r["mean"].iloc[0], r["std"].iloc[0], int(r["n"].iloc[0]), common_n)
-                        if len(r)
-                        else "—"
-                    )
+                    cells.append(metric_cell(m, r.iloc[0], common_n) if len(r) else "—")
             t.add(cells)
         s.html.append(t.html())
         md_t = Table(md_cols, rows=t.rows, row_classes=t.row_classes, numeric_from=2)
@@ -427,35 +408,29 @@ def cold_warm_section(data: A.SweepData, figs: list[str]) -> Section:
         "images). Cross-condition AUROC ranks one state's faults against the other state's normals: a low 'cold "
         "faults vs warm normals' means warm normals score above cold faults. Gating accuracy is shown for gated models."
     )
-    cw = A.summarize(data.ok, A.COLD_WARM_METRICS + A.CROSS_CONDITION_METRICS + ["gating_accuracy"])
-    if cw.empty or cw[cw["metric"].isin(A.COLD_WARM_METRICS)]["n"].sum() == 0:
+    cold_warm, cross, gating = (columns(group=g) for g in ("cold-warm", "cross-condition", "gating"))
+    cw = A.summarize(data.ok, cold_warm + cross + gating)
+    reported = set(cw.loc[cw["n"] > 0, "metric"])
+    if not reported & set(cold_warm):
         s.text("No cold/warm metrics in the results.")
         return s
-    has_gate = bool(cw[(cw["metric"] == "gating_accuracy")]["n"].sum())
-    has_cross = bool(cw[cw["metric"].isin(A.CROSS_CONDITION_METRICS)]["n"].sum())
-    shown = A.COLD_WARM_METRICS + (A.CROSS_CONDITION_METRICS if has_cross else [])
-    cols = ["model", "test domain", "n"] + [label(m) for m in shown] + ["acc gap warm−cold", "AUROC gap warm−cold"]
-    if has_gate:
-        cols.append(label("gating_accuracy"))
-    t = Table(cols, numeric_from=2)
+    has_cross = bool(reported & set(cross))
+    shown = cold_warm + (cross if has_cross else [])
+    gaps = [
+        (cold, warm)
+        for cold, warm in condition_pairs("cold-warm") + condition_pairs("cross-condition")
+        if cold.gap_label and cold.column in shown
+    ]
+    gating = [m for m in gating if m in reported]
+    cols = ["model", "test domain", "n"] + [label(m) for m in shown] + [cold.gap_label for cold, _ in gaps]
+    t = Table(cols + [label(m) for m in gating], numeric_from=2)
     for (model, td), g in cw.groupby(["model", "test_domain"], sort=True):
         g = g.set_index("metric")
-        row_n = int(g.loc[A.COLD_WARM_METRICS, "n"].max())
-        cells: list = [model, td, str(row_n)]
-        for m in shown:
-            cells.append(fmt_mean_std(g.loc[m, "mean"], g.loc[m, "std"], int(g.loc[m, "n"]), row_n))
-        for cold, warm in (("accuracy_cold", "accuracy_warm"), ("auroc_cold", "auroc_warm")):
-            a, b = g.loc[warm, "mean"], g.loc[cold, "mean"]
-            gap = a - b if isnum(a) and isnum(b) else float("nan")
-            cells.append(fmt_signed(gap))
-        if has_gate:
-            gn = int(g.loc["gating_accuracy", "n"])
-            cells.append(
-                fmt_mean_std(
-                    g.loc["gating_accuracy", "mean"], g.loc["gating_accuracy", "std"], gn, row_n if gn else None
-                )
-            )
-        t.add(cells)
+        row_n = int(g.loc[cold_warm, "n"].max())
+        cells: list = [model, td, str(row_n)] + [metric_cell(m, g.loc[m], row_n) for m in shown]
+        for cold, warm in gaps:
+            cells.append(fmt_signed(g.loc[warm.column, "mean"] - g.loc[cold.column, "mean"], cold.digits))
+        t.add(cells + [metric_cell(m, g.loc[m], row_n) for m in gating])
     s.table(t)
     fig, height = cold_warm_figure(cw[cw["metric"].isin(shown)], cross=has_cross)
     s.html.append(_fig_html(fig, "fig-coldwarm", height))
@@ -488,14 +463,15 @@ def comparison_section(data: A.SweepData, cmp: pd.DataFrame, cmp_notes: list[str
         for _, r in ca.iterrows():
             v = r["verdict"]
             cls = VERDICT_CLASS.get(v, "")
+            digits = METRICS[r["metric"]].digits
             t.add(
                 [
                     f"{r['value']} vs {r['baseline']}",
                     label(r["metric"]),
                     Cell(r["scope"], cls="scope-all" if r["scope"] == "all" else ""),
                     str(int(r["n_pairs"])),
-                    Cell(fmt_signed(r["mean_delta"]), cls=cls),
-                    Cell(fmt_ci(r["ci_low"], r["ci_high"]), cls=cls),
+                    Cell(fmt_signed(r["mean_delta"], digits), cls=cls),
+                    Cell(fmt_ci(r["ci_low"], r["ci_high"], digits), cls=cls),
                     Cell(VERDICT_HTML.get(v, v), cls=f"verdict {cls}", md=VERDICT_MD.get(v, v)),
                 ],
                 cls=("row-all " if r["scope"] == "all" else "") + cls,
@@ -513,8 +489,9 @@ def oracle_section(data: A.SweepData) -> Section:
         "Accuracy at the threshold that is best on the TEST labels. It can never be reached in deployment and is "
         "reported only to compare with older tables that used it. Do not quote it as a result."
     )
-    o = A.summarize(data.ok, ["oracle_accuracy", "accuracy"])
-    if o.empty or o[o["metric"] == "oracle_accuracy"]["n"].sum() == 0:
+    oracle, calibrated = "oracle_accuracy", "accuracy"
+    o = A.summarize(data.ok, [oracle, calibrated])
+    if o.empty or o[o["metric"] == oracle]["n"].sum() == 0:
         s.text("No oracle figures in the results.")
         return s
     t = Table(
@@ -522,8 +499,8 @@ def oracle_section(data: A.SweepData) -> Section:
             "model",
             "test domain",
             "n",
-            "ORACLE accuracy (not deployable)",
-            "calibrated accuracy (deployable)",
+            f"{label(oracle)} (not deployable)",
+            f"calibrated {label(calibrated)} (deployable)",
             "oracle − calibrated",
         ],
         numeric_from=2,
@@ -531,21 +508,17 @@ def oracle_section(data: A.SweepData) -> Section:
     )
     for (model, td), g in o.groupby(["model", "test_domain"], sort=True):
         g = g.set_index("metric")
-        a, b = g.loc["oracle_accuracy", "mean"], g.loc["accuracy", "mean"]
         row_n = int(g["n"].max())
+        oracle_cell = metric_cell(oracle, g.loc[oracle], row_n)
+        gap = g.loc[oracle, "mean"] - g.loc[calibrated, "mean"]
         t.add(
             [
                 model,
                 td,
                 str(row_n),
-                Cell(
-                    fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"]), row_n),
-                    cls="oraclecell",
-                    md="ORACLE "
-                    + fmt_mean_std(a, g.loc["oracle_accuracy", "std"], int(g.loc["oracle_accuracy", "n"]), row_n),
-                ),
-                fmt_mean_std(b, g.loc["accuracy", "std"], int(g.loc["accuracy", "n"]), row_n),
-                fmt_signed(a - b) if isnum(a) and isnum(b) else "—",
+                Cell(oracle_cell, cls="oraclecell", md=f"ORACLE {oracle_cell}"),
+                metric_cell(calibrated, g.loc[calibrated], row_n),
+                fmt_signed(gap, METRICS[oracle].digits),
             ]
         )
     s.table(t)

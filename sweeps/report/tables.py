@@ -104,12 +104,12 @@ def fmt_signed(x, digits: int = 3) -> str:
     return f"{x:+.{digits}f}"
 
 
-def fmt_mean_std(mean, std, n: int | None = None, row_n: int | None = None) -> str:
+def fmt_mean_std(mean, std, n: int | None = None, row_n: int | None = None, digits: int = 3) -> str:
     if not isnum(mean):
         return "—"
-    text = fmt(mean)
+    text = fmt(mean, digits)
     if isnum(std):
-        text += f" ± {fmt(std)}"
+        text += f" ± {fmt(std, digits)}"
     if n is not None and n != row_n:
         text += f" (n={int(n)})"
     return text

@@ -1,15 +1,33 @@
-"""Live sweep display: done / running / failed / pending, ETA and best so far — not a wall of logs.
-
-Display only: it reads Tune's events, never the store (compaction is the driver's, sweeps.runner._compacting)."""
+"""The Tune callbacks and the stopper of a sweep's Tune run (sweeps.runner builds the Tuner with them): the live
+display (done / running / failed / pending, ETA and best so far -- not a wall of logs), the rows of trials the
+scheduler pruned, the hand-over of finished trials to the W&B logger, the stop on a full disk. They read Tune's
+events and the trials' reports (sweeps.result_keys), never the results in the store. Only the driver imports this
+module (it imports ray).
+"""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
+from ray.tune import Callback, Stopper
 from ray.tune.progress_reporter import TrialProgressCallback
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
+
+from hdmap.config import TrialConfig
+from sweeps.result_keys import DISK_FULL, DONE, TRIAL_ID
+
+if TYPE_CHECKING:
+    from sweeps.store import ResultStore
+    from sweeps.trial_logger import TrialLogger
+
+
+def stopped_by_scheduler(result: dict) -> bool:
+    """A result a Tune callback's `on_trial_result` receives: Tune marks `done` the one on which the scheduler
+    decided STOP (our trainable never reports `done` itself; a trial that returns reaches no `on_trial_result`)."""
+    return bool(result.get("done")) and not result.get(DONE)
 
 
 class SweepProgress(TrialProgressCallback):
@@ -54,21 +72,19 @@ class SweepProgress(TrialProgressCallback):
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from sweeps.runner import stopped_by_scheduler
-
         if stopped_by_scheduler(result):
             self.pruned.add(trial.trial_id)
         auroc = result.get("image_auroc")
-        if result.get("hdmap_done") and auroc is not None and (self.best is None or auroc > self.best[0]):
+        if result.get(DONE) and auroc is not None and (self.best is None or auroc > self.best[0]):
             self.best = (
                 auroc,
-                f"{result.get('hdmap_trial_id')} ({trial.config['trial']['model']['name']}, "
+                f"{result.get(TRIAL_ID)} ({trial.config['trial']['model']['name']}, "
                 f"{trial.config['trial']['data']['domain']})",
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # neither its final report nor a scheduler's stop: the trial recorded a user error itself and returned
-        failed = not (trial.last_result or {}).get("hdmap_done") and trial.trial_id not in self.pruned
+        failed = not (trial.last_result or {}).get(DONE) and trial.trial_id not in self.pruned
         self._finish(trial, failed=failed)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -114,3 +130,64 @@ class SweepProgress(TrialProgressCallback):
             return "-"
         rate = finished / (time.time() - self.t0)  # trials per second, concurrency included
         return f"{(pending + len(self.running)) / rate:,.0f}s"
+
+
+class PruneRecorder(Callback):
+    """A trial the scheduler stopped gets a 'pruned' row.
+
+    Not decided in `on_trial_complete`: a trial that recorded its own user error and returned also completes
+    without its final report. Trials cut short by Ctrl-C or a dead driver get no row and run again on resume.
+    """
+
+    def __init__(self, store: ResultStore, sweep: str, spec_hash: str) -> None:
+        self.store: ResultStore | None = store
+        self.sweep, self.spec_hash = sweep, spec_hash
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks with the experiment state: the store (its URI may hold credentials) stays out."""
+        return {**self.__dict__, "store": None}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.store is None or not stopped_by_scheduler(result):
+            return
+        reports = result.get("training_iteration", 0)
+        self.store.write_failure(
+            TrialConfig.model_validate(trial.config["trial"]),
+            f"stopped early by the scheduler after {reports} reports",
+            self.sweep,
+            self.spec_hash,
+            status="pruned",
+        )
+
+
+class WandbRecorder(Callback):
+    """A trial that finished with its final report is handed to the driver's W&B logger, which reads it from the
+    store in the background (sweeps.trial_logger.TrialLogger): the trial's slot is already free."""
+
+    def __init__(self, logger: TrialLogger) -> None:
+        self.logger: TrialLogger | None = logger
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks with the experiment state: the logger (threads, processes) stays out."""
+        return {**self.__dict__, "logger": None}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        if self.logger is not None and result.get(DONE):
+            self.logger.submit(result[TRIAL_ID])
+
+
+class DiskFullStop(Stopper):
+    """A trial that found the disk full stops the whole run, like Ctrl-C (running trials end without a row and run
+    again on resume): every trial after it would fail the same way, and its failure row could not be written either.
+    Its own result is not marked stopped, so PruneRecorder does not take it for a pruned trial."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.full = self.full or bool(result.get(DISK_FULL))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.full
