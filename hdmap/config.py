@@ -286,13 +286,6 @@ def set_path(tree: dict, path: str, value: Any) -> None:
     node[leaf] = value
 
 
-def get_path(tree: dict, path: str) -> Any:
-    node: Any = tree
-    for key in path.split("."):
-        node = node[key]
-    return node
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load keeps the last of two equal keys: a second `axes:` in a spec would silently drop the first."""
 
