@@ -166,6 +166,7 @@ def test_two_means_midpoint():
         two_means_1d(torch.tensor([0.3]))
     raw = torch.arange(31 * 95, dtype=torch.float32).reshape(1, 31, 95)
     assert p90(raw).item() == pytest.approx(torch.quantile(raw.flatten(), 0.9).item())
+    assert p90(raw).item() == p90(raw.numpy()).item()  # one rule for tensors (the trial) and arrays (sweep plan)
 
 
 def test_faiss_scores_equal_dense_torch():

@@ -214,7 +214,7 @@ class CAPatchCoreModule(AnomalyModule):
         patches = emb.permute(0, 2, 3, 1).reshape(b, -1, d)
         if self.cfg.gating == "mixed":
             return {"score": self._score(patches, COLD)}
-        raw_p90 = p90(batch["raw"]).to(emb.device)
+        raw_p90 = torch.from_numpy(p90(batch["raw"])).to(emb.device)
         if self.cfg.gating == "soft":
             w = torch.sigmoid((raw_p90 - self.threshold) / self.temperature)
             return {"score": w * self._score(patches, WARM) + (1 - w) * self._score(patches, COLD), "gate": w}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator
 
 from hdmap.models.configs.backbones import BackboneConfig
+from hdmap.models.gating import bank_problem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +56,6 @@ class CAPatchCoreConfig(BackboneConfig):
     def fit_problem(self, fit_raw: np.ndarray, input_size: tuple[int, int]) -> str | None:
         if not self.gates_fit_set():
             return None
-        from hdmap.models.gating import bank_problem  # torch: only where a fit set is checked
 
         gated = self.gating != "mixed"
         return bank_problem(fit_raw, self.gate_threshold, self.shots_per_bank, "model.shots_per_bank", gated)

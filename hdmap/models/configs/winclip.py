@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hdmap.models.configs.backbones import pretrained_label
 from hdmap.models.configs.base import ModelConfig
+from hdmap.models.gating import bank_problem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,7 +145,6 @@ class CAWinClipConfig(ClipConfig):
     checks_fit_set = True
 
     def fit_problem(self, fit_raw: np.ndarray, input_size: tuple[int, int]) -> str | None:
-        from hdmap.models.gating import bank_problem  # torch: only where a fit set is checked
 
         gated = self.gating != "mixed"  # routed to one bank (mixed pools both banks' references)
         return bank_problem(fit_raw, self.gate_threshold, self.refs_per_bank, "model.refs_per_bank", gated)
