@@ -36,8 +36,15 @@ Domain = Annotated[str, BeforeValidator(normalize_domain)]
 TrainDomain = Annotated[str, BeforeValidator(normalize_train_domain)]
 DEFAULT_MODEL = "patchcore"
 MAX_IMAGE_SIDE = 4096
-# data fields added after results existed: left out of `trial_id` at their default, so earlier ids stay valid
-ID_OMITTED_AT_DEFAULT = ("cold_below", "allow_negative", "per_image_norm", "center_crop")
+# fields added after results existed, as (section, field): left out of `trial_id` at their default, so earlier ids
+# stay valid
+ID_OMITTED_AT_DEFAULT = (
+    ("data", "cold_below"),
+    ("data", "allow_negative"),
+    ("data", "per_image_norm"),
+    ("data", "center_crop"),
+    ("eval", "val_synth"),
+)
 
 
 class DataConfig(StrictModel):
@@ -132,10 +139,26 @@ class DataConfig(StrictModel):
         return list(dict.fromkeys(self.test_domains))
 
 
+class ValSynthConfig(StrictModel):
+    """The synthetic validation set behind `val_synth_auroc` (hdmap/data/synthetic_val.py): validation normals and
+    the same normals with one seeded fault each; no test image, no test label."""
+
+    kind: Literal["lines", "cutpaste"] = Field(
+        "lines", description="'lines': horizontal bands (HorizontalLineFaults); 'cutpaste': one scaled cut-paste patch"
+    )
+    seed: int = Field(0, description="seeds the faults, not the trial seed: every trial sees the same faulted set")
+    severity_max: float | None = Field(
+        None,
+        gt=0,
+        description="peak added value, raw HDMAP units; None: the generator's default (lines 0.5, cutpaste 1.0)",
+    )
+
+
 class EvalConfig(StrictModel):
     threshold_method: Literal[THRESHOLD_METHODS] = "val_percentile"  # type: ignore[valid-type]
     threshold_percentile: float = Field(99.0, ge=0, le=100)
     threshold_n_std: float = 3.0
+    val_synth: ValSynthConfig = ValSynthConfig()
 
 
 class RuntimeConfig(StrictModel):
@@ -247,9 +270,10 @@ class TrialConfig(StrictModel):
     def canonical(self) -> dict:
         """The semantic config (runtime excluded), as plain JSON data."""
         tree = self.model_dump(mode="json", exclude={"runtime"})
-        for name in ID_OMITTED_AT_DEFAULT:
-            if tree["data"][name] == DataConfig.model_fields[name].default:
-                del tree["data"][name]
+        for section, name in ID_OMITTED_AT_DEFAULT:
+            default = type(getattr(self, section)).model_fields[name].default
+            if tree[section][name] == (default.model_dump(mode="json") if isinstance(default, BaseModel) else default):
+                del tree[section][name]
         return tree
 
     @property

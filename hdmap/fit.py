@@ -18,10 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdmap.cache import DiskCache
 from hdmap.config import TrialConfig
-from hdmap.data.arrays import SplitArrays
+from hdmap.data.arrays import SplitArrays, concat_splits
 from hdmap.data.splits import TrialData
+from hdmap.data.synthetic_val import faulted_copies
 from hdmap.data.transforms import HdmapTransform
 from hdmap.features import FeatureLookup, cached_features
+from hdmap.metrics import val_synth_auroc
 from hdmap.models.registry import MODELS
 
 
@@ -30,6 +32,7 @@ class FitOutputs:
     """What the fit and the predictions of one trial produced: per split, the model's outputs as numpy arrays."""
 
     val: dict[str, np.ndarray]
+    val_synth: dict[str, np.ndarray]  # the validation normals' faulted copies (hdmap.data.synthetic_val), in order
     tests: dict[str, dict[str, np.ndarray]]  # test domain -> outputs
     epochs_run: int
     device: str
@@ -66,37 +69,56 @@ def seed_and_quiet(cfg: TrialConfig) -> None:
 
 def fit_and_predict(cfg: TrialConfig, data: TrialData, callbacks: list | None = None) -> FitOutputs:
     """Build the configured model, fit it on `data.fit` (validating on `data.val` if it uses validation) and predict
-    the validation normals and every test split."""
+    the validation normals, their faulted copies (hdmap.data.synthetic_val) and every test split."""
     module = MODELS[cfg.model.name].build(cfg.model, HdmapTransform.for_data(cfg.data), cfg.seed)
     cache = DiskCache(cfg.runtime.feature_cache) if cfg.runtime.feature_cache else None
-    trainer = _trainer(cfg, module, callbacks)
+    faulted = faulted_copies(data.val, cfg.eval.val_synth)
+    per_epoch = []
+    if cfg.model.max_epochs() > 1:  # images made here have no cached features: the callback's loader goes without
+        both = concat_splits([data.val, faulted], data.val.domain)
+        per_epoch.append(ValSynthAuroc(_loader(cfg, both, None), n_normal=len(data.val)))
+    trainer = _trainer(cfg, module, per_epoch + (callbacks or []))
     t_features = time.perf_counter()
     features = _features(cfg, module, cache, trainer.strategy.root_device)
     features_s = time.perf_counter() - t_features
 
-    def loader(split: SplitArrays, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            _ArrayDataset(split, features),
-            batch_size=cfg.model.batch_size,
-            shuffle=shuffle,
-            num_workers=cfg.runtime.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-
     t_fit = time.perf_counter()
     if len(data.fit):  # a zero-shot model (data.train_shots = 0) has nothing to fit
-        trainer.fit(module, loader(data.fit, shuffle=True), loader(data.val) if module.uses_validation else None)
+        fit_loader = _loader(cfg, data.fit, features, shuffle=True)
+        trainer.fit(module, fit_loader, _loader(cfg, data.val, features) if module.uses_validation else None)
     fit_s = time.perf_counter() - t_fit
     t_pred = time.perf_counter()
-    val = _predict(trainer, module, loader(data.val), cfg)
-    tests = {domain: _predict(trainer, module, loader(split), cfg) for domain, split in data.tests.items()}
+    val = _predict(trainer, module, _loader(cfg, data.val, features), cfg)
+    tests = {
+        domain: _predict(trainer, module, _loader(cfg, split, features), cfg) for domain, split in data.tests.items()
+    }
+    val_synth = _predict(trainer, module, _loader(cfg, faulted, None), cfg)  # last: the tests draw as before
     predict_s = time.perf_counter() - t_pred
     return FitOutputs(
-        val, tests, trainer.current_epoch, str(trainer.strategy.root_device), features_s, fit_s, predict_s, cache
+        val,
+        val_synth,
+        tests,
+        trainer.current_epoch,
+        str(trainer.strategy.root_device),
+        features_s,
+        fit_s,
+        predict_s,
+        cache,
     )
 
 
-def _trainer(cfg: TrialConfig, module, callbacks: list | None) -> L.Trainer:
+def _loader(cfg: TrialConfig, split: SplitArrays, features: FeatureLookup | None, shuffle: bool = False) -> DataLoader:
+    """Batches of `split` (with its cached backbone features, if any), shuffled by the trial's own generator."""
+    return DataLoader(
+        _ArrayDataset(split, features),
+        batch_size=cfg.model.batch_size,
+        shuffle=shuffle,
+        num_workers=cfg.runtime.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def _trainer(cfg: TrialConfig, module, callbacks: list) -> L.Trainer:
     return L.Trainer(
         accelerator=cfg.runtime.accelerator,
         devices=1,
@@ -108,9 +130,55 @@ def _trainer(cfg: TrialConfig, module, callbacks: list | None) -> L.Trainer:
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if module.uses_validation else 0,
         deterministic="warn",
-        callbacks=callbacks or [],
+        callbacks=callbacks,
         **module.trainer_kwargs(),
     )
+
+
+class ValSynthAuroc(L.Callback):
+    """`val_synth_auroc` once per epoch into `trainer.callback_metrics`, where a sweep's per-epoch reporter reads it.
+
+    Measured when that reporter reads: after each validation pass for a module that validates (its epochs, or
+    Dinomaly's validation rounds; the sanity check excepted), at each training epoch's end for the others; so the
+    trainer must hold this callback before any other. The model scores through its own predict path (batch hooks,
+    `on_predict_start`, `predict_step`) in eval mode without gradients; every submodule's train / eval mode is then
+    restored as it was (a frozen backbone stays in eval)."""
+
+    def __init__(self, loader: DataLoader, n_normal: int) -> None:
+        self.loader = loader  # validation normals, then their faulted copies
+        self.n_normal = n_normal
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module) -> None:
+        if module.uses_validation and not trainer.sanity_checking:
+            self._measure(trainer, module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        if not module.uses_validation:
+            self._measure(trainer, module)
+
+    @torch.no_grad()
+    def _measure(self, trainer: L.Trainer, module) -> None:
+        modes = {sub: sub.training for sub in module.modules()}
+        module.eval()
+        try:
+            module.on_predict_start()
+            scores = torch.cat([self._score(module, batch, i) for i, batch in enumerate(self.loader)]).cpu().numpy()
+            module.on_predict_end()
+        finally:
+            for sub, training in modes.items():
+                sub.training = training
+        value = val_synth_auroc(scores[: self.n_normal], scores[self.n_normal :])
+        if value is None:  # a diverged epoch: no figure rather than the last epoch's
+            trainer.callback_metrics.pop("val_synth_auroc", None)
+        else:
+            trainer.callback_metrics["val_synth_auroc"] = torch.tensor(value)
+
+    @staticmethod
+    def _score(module, batch: dict, batch_idx: int) -> torch.Tensor:
+        batch = module.on_before_batch_transfer(batch, 0)
+        batch = module.transfer_batch_to_device(batch, module.device, 0)
+        batch = module.on_after_batch_transfer(batch, 0)
+        return module.predict_step(batch, batch_idx)["score"].float()
 
 
 def _features(cfg: TrialConfig, module, cache: DiskCache | None, device: torch.device) -> FeatureLookup | None:

@@ -12,6 +12,9 @@ it is shown:
 
 The cold / warm sections show the groups ``cold-warm``, ``cross-condition`` and ``gating``: a condition pair's
 cold metric comes just before its warm twin (:func:`condition_pairs`) and names the panel they share.
+
+A metric's group also says whether it is computed from test labels (``Metric.needs_test_labels``): a sweep's search
+selects configs on the others (the ``validation`` group: validation normals and their synthetic faults only).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VIEWS = ("trial", "main", "ablation", "ablation-when-reported", "comparison")
+# the groups whose figures are computed from test labels: a search may not select on them (unless named oracle)
+TEST_LABEL_GROUPS = frozenset({"detection", "cold-warm", "cross-condition", "severity", "gating", "oracle"})
 # group -> its metrics' direction and decimals, unless an entry says otherwise
 GROUPS: dict[str, tuple[bool | None, int]] = {
     "detection": (True, 3),
@@ -27,6 +32,7 @@ GROUPS: dict[str, tuple[bool | None, int]] = {
     "severity": (True, 3),
     "gating": (True, 3),
     "oracle": (True, 3),
+    "validation": (True, 3),
     "thresholds": (None, 4),
     "counts": (None, 0),
     "cost": (False, 1),
@@ -44,6 +50,11 @@ class Metric:
     views: frozenset[str] = frozenset()
     pair_title: str = ""  # cold metric of a condition pair: the report's panel for the pair
     gap_label: str = ""  # cold metric of a condition pair: the report's warm - cold column ("": none)
+
+    @property
+    def needs_test_labels(self) -> bool:
+        """Whether the figure is computed from test labels (a search that selects on it peeks at the test set)."""
+        return self.group in TEST_LABEL_GROUPS
 
     @property
     def title(self) -> str:
@@ -90,6 +101,15 @@ METRICS: dict[str, Metric] = {
         _metric("recall", "recall", "detection", "trial"),
         _metric("tpr_at_fpr_1pct", "TPR @ 1% FPR", "detection", "trial", "main"),
         _metric("tpr_at_fpr_5pct", "TPR @ 5% FPR", "detection", "trial"),
+        _metric(
+            "val_synth_auroc",
+            "val synthetic-fault AUROC",
+            "validation",
+            "trial",
+            "main",
+            "ablation",
+            detail="val normals vs their synthetic faults",
+        ),
         _metric("severity_mae", "severity MAE", "severity", "trial", "ablation-when-reported", higher_is_better=False),
         _metric("severity_spearman", "severity Spearman", "severity", "trial"),
         _metric("score_severity_spearman", "score vs severity Spearman", "severity", "trial"),

@@ -28,7 +28,7 @@ import numpy as np
 
 from hdmap.data.layout import CONDITIONS
 
-__all__ = ["THRESHOLD_METHODS", "CONDITIONS", "METRIC_KEYS", "calibrate_threshold", "evaluate"]
+__all__ = ["THRESHOLD_METHODS", "CONDITIONS", "METRIC_KEYS", "calibrate_threshold", "evaluate", "val_synth_auroc"]
 
 THRESHOLD_METHODS = ("val_percentile", "val_max", "val_mean_std")
 
@@ -137,6 +137,16 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     if np.unique(labels).size < 2:
         return None
     return float(roc_auc_score(labels, scores))
+
+
+def val_synth_auroc(normal_scores: Any, faulted_scores: Any) -> float | None:
+    """AUROC of the synthetic validation set (hdmap.data.synthetic_val): validation normals (label 0) against their
+    faulted copies (label 1). None where undefined: an empty side, or a non-finite score (a diverged epoch)."""
+    normal, faulted = np.asarray(normal_scores, dtype=float), np.asarray(faulted_scores, dtype=float)
+    scores = np.concatenate([normal, faulted])
+    if not np.isfinite(scores).all():
+        return None
+    return _auroc(np.concatenate([np.zeros(normal.size, int), np.ones(faulted.size, int)]), scores)
 
 
 def _tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, target: float) -> float | None:

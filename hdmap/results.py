@@ -31,6 +31,9 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("n_fit", pa.int64()),
     ("epochs_run", pa.int64()),  # epochs actually trained (early stopping may end before model.epochs)
     ("references_removed", pa.int64()),
+    # validation normals vs their synthetic faults (hdmap.data.synthetic_val): one figure per trial, no test label;
+    # null on error rows and rows written before it existed
+    ("val_synth_auroc", pa.float64()),
     ("pretrained_weights", pa.string()),
     ("features_s", pa.float64()),  # feature cache: time to compute or map the splits' backbone features
     ("fit_s", pa.float64()),

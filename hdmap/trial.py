@@ -28,7 +28,7 @@ from hdmap.data.fingerprint import changed_parts, data_fingerprint
 from hdmap.data.splits import TrialData, build_trial_data
 from hdmap.errors import ConfigError, DataLayoutError, OutputError
 from hdmap.io import atomic_write, atomic_write_table
-from hdmap.metrics import evaluate
+from hdmap.metrics import evaluate, val_synth_auroc
 from hdmap.results import SCORE_SCHEMA, flatten_config, results_schema, to_table
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ def run_trial(cfg: TrialConfig, callbacks: list | None = None) -> TrialResult:
             n_fit=len(data.fit),
             epochs_run=outputs.epochs_run,
             references_removed=data.references_removed,
+            val_synth_auroc=val_synth_auroc(outputs.val["score"], outputs.val_synth["score"]),
             pretrained_weights=cfg.model.weights_label(),
             features_s=outputs.features_s,
             fit_s=outputs.fit_s,

@@ -1,5 +1,6 @@
 """The Tune callbacks and the stopper of a sweep's Tune run (sweeps.runner builds the Tuner with them): the live
-display (done / running / failed / pending, ETA and best so far -- not a wall of logs), the rows of trials the
+display (done / running / failed / pending, ETA and the best objective so far: a validation figure unless the
+spec names an oracle one -- not a wall of logs), the rows of trials the
 scheduler pruned, the hand-over of finished trials to the W&B logger, the stop on a full disk. They read Tune's
 events and the trials' reports (sweeps.result_keys), never the results in the store. Only the driver imports this
 module (it imports ray).
@@ -17,9 +18,11 @@ from rich.live import Live
 from rich.text import Text
 
 from hdmap.config import TrialConfig
+from hdmap.metric_catalogue import METRICS
 from sweeps.result_keys import DISK_FULL, DONE, TRIAL_ID
 
 if TYPE_CHECKING:
+    from sweeps.spec import SearchSpec
     from sweeps.store import ResultStore
     from sweeps.trial_logger import TrialLogger
 
@@ -35,8 +38,13 @@ class SweepProgress(TrialProgressCallback):
     "Trial ... completed" even at verbose=0 for a trial that ends without a report (a recorded user error).
     Every hook that prints there is overridden here."""
 
-    def __init__(self, total: int, skipped: int, live: bool = True, console: Console | None = None) -> None:
+    def __init__(
+        self, total: int, skipped: int, objective: SearchSpec, live: bool = True, console: Console | None = None
+    ) -> None:
         self.total, self.skipped = total, skipped
+        self.objective, self.maximise = objective.column, objective.mode == "max"
+        label = METRICS[objective.column].label
+        self.objective_label = f"ORACLE {label} (test labels)" if objective.oracle else f"{label} (no test labels)"
         self.running: set[str] = set()
         self.pruned: set[str] = set()  # stopped by the scheduler
         self.done = self.failed = self.retries = 0
@@ -74,13 +82,16 @@ class SweepProgress(TrialProgressCallback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if stopped_by_scheduler(result):
             self.pruned.add(trial.trial_id)
-        auroc = result.get("image_auroc")
-        if result.get(DONE) and auroc is not None and (self.best is None or auroc > self.best[0]):
+        value = result.get(self.objective)
+        if result.get(DONE) and value is not None and (self.best is None or self._better(value, self.best[0])):
             self.best = (
-                auroc,
+                value,
                 f"{result.get(TRIAL_ID)} ({trial.config['trial']['model']['name']}, "
                 f"{trial.config['trial']['data']['domain']})",
             )
+
+    def _better(self, value: float, best: float) -> bool:
+        return value > best if self.maximise else value < best
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # neither its final report nor a scheduler's stop: the trial recorded a user error itself and returned
@@ -121,7 +132,8 @@ class SweepProgress(TrialProgressCallback):
             f"pending {pending} | retries {self.retries} | already in store {self.skipped} | "
             f"elapsed {elapsed:,.0f}s | ETA {self._eta(pending)}"
         )
-        best = f"best image AUROC so far: {self.best[0]:.4f}, trial {self.best[1]}" if self.best else "best so far: -"
+        best = f"{self.best[0]:.4f}, trial {self.best[1]}" if self.best else "-"
+        best = f"best {self.objective_label} so far: {best}"
         return Group(counts, Text(best))
 
     def _eta(self, pending: int) -> str:

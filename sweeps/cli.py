@@ -213,6 +213,7 @@ def sweep_plan(
     set_: list[str] = typer.Option([], "--set", "-s", help="override a spec field PATH=VALUE, e.g. resources.gpu=0"),
 ) -> None:
     """Expand and validate a sweep spec; print trial count, per-model breakdown and resources. Runs nothing."""
+    from sweeps.cells import cell_histories
     from sweeps.preflight import check_data, check_fresh, check_output
     from sweeps.runner import plan_todo
     from sweeps.store import ResultStore
@@ -224,7 +225,7 @@ def sweep_plan(
         notes += check_fresh(plan, ResultStore(plan.spec.sweep_dir()))  # finished trials on other data: refused
     except UserError as exc:
         fail(f"{spec}: {exc}")
-    table = Table(title=f"sweep {plan.spec.name}: {len(plan.trials)} trials (spec {plan.spec_hash})")
+    table = Table(title=f"sweep {plan.spec.name}: {plan.n_trials} trials (spec {plan.spec_hash})")
     for column in ("model", "trials", "cpu / trial", "gpu / trial"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for model, n in plan.breakdown().items():
@@ -236,11 +237,41 @@ def sweep_plan(
         f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; "
         f"output: {redact_uri(plan.spec.sweep_dir())}"
     )
+    search = plan.search_meta()
+    if search:
+        objective = f"oracle:{search.objective} (ORACLE: test labels)" if search.oracle else search.objective
+        console.print(
+            f"search: {search.method}, {search.num_samples} samples per grid cell and model (seed {search.seed}) of "
+            f"{', '.join(search.params)}; objective {objective}, {search.mode}imised"
+        )
+    if plan.cells:
+        notes += _search_cells_notes(plan)
+    if plan.repeated_samples:
+        notes.append(f"{plan.repeated_samples} samples drew a config drawn already (a discrete space): each runs once")
     for note in notes:
         console.print(f"note: {note}")
-    _, done = plan_todo(plan, ResultStore(plan.spec.sweep_dir()), retry_failed=False)  # reading creates nothing
+    store = ResultStore(plan.spec.sweep_dir())  # reading creates nothing
+    _, done = plan_todo(plan, store, retry_failed=False)
+    done += sum(len(history.done(retry_failed=False)) for history in cell_histories(plan, store))
     if done:
         console.print(f"already in the store (will not re-run): {done}")
+
+
+def _search_cells_notes(plan) -> list[str]:
+    """What `sweep plan` can say of a search that chooses its trials as it runs (optuna): cells x samples, and the
+    cells whose discrete space holds fewer configs than num_samples."""
+    n_samples = plan.spec.search.num_samples
+    small = [cell for cell in plan.cells if cell.budget < n_samples]
+    notes = [
+        f"{len(plan.cells)} grid cells x {n_samples} samples, each cell its own Optuna TPE study: the trials are "
+        "chosen as the sweep runs (the data and fit-set checks ran on each cell's base config)"
+    ]
+    if small:
+        runs = sum(cell.budget for cell in small)
+        notes.append(
+            f"{len(small)} cells hold fewer distinct configs than num_samples: they run each once ({runs} trials)"
+        )
+    return notes
 
 
 @sweep_app.command("run")
@@ -267,7 +298,7 @@ def sweep_run(
     130 (Ctrl-C) / 143 (SIGTERM) interrupted: the trials that did not run are named with the command to resume.
     """
     plan = _load_plan(spec, set_)
-    console.print(f"sweep {plan.spec.name}: {len(plan.trials)} trials -> {redact_uri(plan.spec.sweep_dir())}")
+    console.print(f"sweep {plan.spec.name}: {plan.n_trials} trials -> {redact_uri(plan.spec.sweep_dir())}")
     outcome = _run_or_fail(plan, address, retry_failed, feature_cache)
     _print_outcome(outcome)
     if outcome.not_run:

@@ -2,9 +2,11 @@
 file); the report and `hdmap report` read it.
 
 It holds what the rows cannot say: the sweep's axes in spec order (the first value of each is the report's
-baseline), the planned trial ids (so trials without a row show as missing), whether the last run finished
+baseline), the planned trial ids (so trials without a row show as missing; an optuna search's are chosen as it runs:
+none, only their number), whether the last run finished
 ("running" is what a killed driver leaves behind; "failed": the run stopped on a full disk, `error` says where)
-and the sweep's own W&B settings (`hdmap report` logs with them). Unknown keys in older files are ignored, never
+the sweep's own W&B settings (`hdmap report` logs with them) and, for a search, what was searched and on which
+objective. Unknown keys in older files are ignored, never
 parsed.
 """
 
@@ -18,6 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from sweeps.tracking import WandbSettings
 
 
+class SearchMeta(BaseModel):
+    """How the sweep searched inside each grid cell (sweeps.spec.SearchSpec), for the report: which config paths were
+    searched, and the objective the searcher was given (`oracle`: a test-label figure, so every pick is an ORACLE)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    method: Literal["random", "optuna", "asha"]
+    objective: str  # a results column, e.g. val_synth_auroc
+    mode: Literal["max", "min"]
+    oracle: bool = False
+    params: list[str] = Field(default_factory=list)  # searched config paths (every model's), spec order
+    num_samples: int
+    seed: int = 0
+
+
 class SweepMeta(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -26,12 +43,13 @@ class SweepMeta(BaseModel):
     source: str | None = None  # the spec file the sweep was planned from
     axes: dict[str, list[Any]] = Field(default_factory=dict)  # swept values in spec order
     n_trials: int | None = None
-    trial_ids: list[str] | None = None
+    trial_ids: list[str] | None = None  # None for a search that chooses its trials as it runs (optuna)
     state: Literal["running", "complete", "incomplete", "interrupted", "failed"] | None = None
     n_without_result: int | None = None  # planned trials without a row after the last run
     error: str | None = None  # why the last run failed (state "failed": a full disk), the line the user saw
     updated_at: dt.datetime | None = None
     wandb: WandbSettings = Field(default_factory=WandbSettings)
+    search: SearchMeta | None = None  # None: a grid, every config of the spec ran
 
     @classmethod
     def of_plan(cls, plan, state: str, without_result: int | None = None, error: str | None = None) -> SweepMeta:
@@ -41,11 +59,12 @@ class SweepMeta(BaseModel):
             spec_hash=plan.spec_hash,
             source=str(plan.source),
             axes=plan.axis_values,
-            n_trials=len(plan.trials),
-            trial_ids=[t.trial_id for t in plan.trials],
+            n_trials=plan.n_trials,
+            trial_ids=None if plan.cells else [t.trial_id for t in plan.trials],
             state=state,
             n_without_result=without_result,
             error=error,
             updated_at=dt.datetime.now(dt.timezone.utc),
             wandb=plan.spec.tracking.wandb,
+            search=plan.search_meta(),
         )

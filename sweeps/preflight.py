@@ -90,11 +90,14 @@ def check_output(sweep_dir: str) -> None:
 def check_data(plan: Plan) -> list[str]:
     """Every domain a trial reads has the layout's folders and readable files; returns what could not be checked.
     From the same listing, each trial is stamped with the fingerprint of the data it reads (`data_fingerprint`).
+    The trials of a search chosen as it runs (optuna) are not known yet: each cell's base config stands for them
+    (their searched values change neither the data read nor, up front, what is checked; sweeps.spec).
 
     A root the spec will simulate at launch is skipped with a note (and its trials are not stamped)."""
     data = plan.spec.data
     notes: list[str] = []
-    roots = sorted({t.data.root for t in plan.trials})
+    configs = plan.configs
+    roots = sorted({t.data.root for t in configs})
     for root in roots:
         if not Path(root).exists():
             if data.simulate is not None:
@@ -104,9 +107,9 @@ def check_data(plan: Plan) -> list[str]:
             raise DataLayoutError(
                 f"data root {root} does not exist (spec field data.root; expected <root>/domain_{{A,B,C,D}}/...)"
             )
-        for data_cfg in {t.data.model_dump_json(): t.data for t in plan.trials if t.data.root == root}.values():
+        for data_cfg in {t.data.model_dump_json(): t.data for t in configs if t.data.root == root}.values():
             check_sizes(data_cfg)  # domain folders, train_shots / val_fraction against what the folders hold
-        trials = [t for t in plan.trials if t.data.root == root]
+        trials = [t for t in configs if t.data.root == root]
         splits = {(d, split, t.data.cold_below) for t in trials for d, split in splits_read(t.data)}
         listings = {}
         for domain, split, cold_below in sorted(splits, key=str):
@@ -145,9 +148,11 @@ def check_fresh(plan: Plan, store: ResultStore) -> list[str]:
     `check_data` just listed would count as already done and keep stale metrics, and re-running it would replace
     a result. Rows written before rows recorded a fingerprint cannot be checked: a note says how many."""
     current = {t.trial_id: t.runtime.data_fingerprint for t in plan.trials if t.runtime.data_fingerprint}
-    if not current:
+    if not current and not plan.cells:
         return []
-    rows = store.results(["trial_id", "status", "data_fingerprint"]).to_pylist()
+    rows = store.results(["trial_id", "status", "data_fingerprint"] + (["config_json"] if plan.cells else []))
+    rows = rows.to_pylist()
+    current |= _searched_fingerprints(plan, rows)
     finished = [r for r in rows if r["trial_id"] in current and r["status"] in FINISHED]
     unknown = {r["trial_id"] for r in finished if r["data_fingerprint"] is None}
     stale = {
@@ -171,6 +176,17 @@ def check_fresh(plan: Plan, store: ResultStore) -> list[str]:
     return []
 
 
+def _searched_fingerprints(plan: Plan, rows: list[dict]) -> dict[str, str]:
+    """A search's stored trials (optuna: not planned by id) -> their cell's data fingerprint now."""
+    current = {}
+    for row in rows if plan.cells else []:
+        found = row["config_json"] and plan.cell_of(row["config_json"])
+        fingerprint = found and plan.cells[found[0]].config.runtime.data_fingerprint
+        if fingerprint:
+            current[row["trial_id"]] = fingerprint
+    return current
+
+
 def _trials(n: int) -> str:
     return f"{n} finished trial{'' if n == 1 else 's'}"
 
@@ -184,7 +200,7 @@ def _check_simulated_domains(plan: Plan, root: str) -> None:
     except ValueError as exc:
         raise DataLayoutError(f"data.simulate.domains: {exc}") from None
     read = {
-        d for t in plan.trials if t.data.root == root for d in t.data.train_domains() + t.data.resolved_test_domains()
+        d for t in plan.configs if t.data.root == root for d in t.data.train_domains() + t.data.resolved_test_domains()
     }
     missing = sorted(read - simulated)
     if missing:

@@ -7,7 +7,9 @@ the signals that stop a run (sweeps.signals), the W&B logger (sweeps.trial_logge
 
 Resume is by `trial_id` in the store, not by Tune's experiment state: each `sweep run` starts a
 fresh Tune run over the trials the store does not hold yet, so finished trials never re-run and a
-spec can grow new axis values between runs.
+spec can grow new axis values between runs. A search that chooses its trials as it runs (search.method optuna) has
+no trials up front: its grid cells' budgets left in the store (sweeps.cells) are drawn by its searcher
+(sweeps.search), started from the trials each cell holds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from hdmap.config import TrialConfig
 from hdmap.errors import DiskFullError, disk_full
+from sweeps.cells import CellHistory, cell_histories
 from sweeps.lease import DriverLease
 from sweeps.meta import SweepMeta
 from sweeps.preflight import FINISHED, check_fresh
@@ -136,24 +139,36 @@ class SweepRun:
         self.stop = StopSignals()
         self.wandb = TrialLogger(self.spec.tracking.wandb, store, self.spec.name, store.local_dir(self.spec.name))
         self.outcome = SweepOutcome(
-            sweep_dir=store.uri, total=len(plan.trials), skipped=0, log_path=str(store.driver_log(self.spec.name))
+            sweep_dir=store.uri, total=plan.n_trials, skipped=0, log_path=str(store.driver_log(self.spec.name))
         )
+        self.cells: list[CellHistory] = []  # a search's cells as the store holds them (search.method optuna)
+        self.searched: set[str] = set()  # the trials its searcher launched
 
     def drive(self) -> SweepOutcome:
         """The run, top to bottom: prepare, run the trials, log what finished to W&B, record how the run ended."""
         self.prepare()
-        todo, skipped = plan_todo(self.plan, self.store, self.retry_failed)
-        ran = {t.trial_id for t in todo}
+        todo, skipped = self.todo()
         self.outcome.skipped = skipped
         t0 = time.perf_counter()
-        if todo:
+        if todo or self.search_left():
             self.wandb.start()  # the logging children import wandb while the first trials run
         self.run_trials(todo, skipped)
+        ran = {t.trial_id for t in todo} | self.searched
         self.log_late_finishers(ran)
         self.close_wandb()
         self.record_end(ran)
         self.outcome.wall_s = time.perf_counter() - t0
         return self.outcome
+
+    def todo(self) -> tuple[list[TrialConfig], int]:
+        """The planned trials still to run, and how many trials are done already (a search's cells' included)."""
+        todo, skipped = plan_todo(self.plan, self.store, self.retry_failed)
+        self.cells = cell_histories(self.plan, self.store)
+        return todo, skipped + sum(len(history.done(self.retry_failed)) for history in self.cells)
+
+    def search_left(self) -> int:
+        """Trials a search's cells have still to run (search.method optuna), as of `todo()`."""
+        return sum(history.left(self.retry_failed) for history in self.cells)
 
     def prepare(self) -> None:
         """The data (simulated if asked) checked, then the store readied: nothing runs on data that changed."""
@@ -179,7 +194,7 @@ class SweepRun:
         """A Tune run over `todo`; after Tune itself stopped on a lost worker, a fresh one over what is unfinished
         (at most max_failures times, then the rest get error rows)."""
         for _ in range(self.spec.max_failures + 1):
-            if not todo or self.stop.received:
+            if not (todo or self.search_left()) or self.stop.received:
                 return
             try:
                 self.run_tune(todo, skipped)
@@ -191,7 +206,7 @@ class SweepRun:
                 # actor nor a task error). The store knows what finished: start a fresh Tune run for the rest.
                 self.outcome.restarts += 1
                 print(f"Tune stopped after a worker was lost ({type(exc).__name__}); restarting the unfinished trials")
-                todo, skipped = plan_todo(self.plan, self.store, self.retry_failed)
+                todo, skipped = self.todo()
         self.record_lost(todo)
 
     def run_tune(self, todo: list[TrialConfig], skipped: int) -> None:
@@ -208,22 +223,28 @@ class SweepRun:
 
         from sweeps.callbacks import SweepProgress  # imports ray: only a running sweep needs it
 
-        check_resources(self.plan, todo, ray.cluster_resources())
-        progress = SweepProgress(total=len(todo), skipped=skipped, live=self.live)
+        check_resources(self.plan, self.to_run(todo), ray.cluster_resources())
+        total = len(todo) + self.search_left()
+        progress = SweepProgress(total=total, skipped=skipped, objective=self.spec.search, live=self.live)
         tuner = self.tuner(todo, progress)
         with _compacting(self.store), progress, self.stop.fitting():
             grid = tuner.fit()
         raise_if_disk_full(result.metrics for result in grid)
         self.record_unfinished(grid)
 
+    def to_run(self, todo: list[TrialConfig]) -> list[TrialConfig]:
+        """The configs this run's trials are made of: `todo`, or a search's cells' base configs."""
+        return self.plan.configs if self.plan.cells else todo
+
     def tuner(self, todo: list[TrialConfig], progress: SweepProgress):
-        """The Tuner: one trial per config of `todo` (the param space holds the trial configs alone), the context
-        they share and the store's URI passed apart (tune.with_parameters), the callbacks, the stopper."""
+        """The Tuner: one trial per config of `todo` (the param space holds the trial configs alone), or the trials a
+        search's searcher draws in its cells; the context they share and the store's URI passed apart
+        (tune.with_parameters), the callbacks, the stopper."""
         from ray import tune
 
         from sweeps.callbacks import DiskFullStop, PruneRecorder, WandbRecorder
 
-        resources = {name: self.plan.resources_for(name) for name in {t.model.name for t in todo}}
+        resources = {name: self.plan.resources_for(name) for name in {t.model.name for t in self.to_run(todo)}}
 
         def pg(config: dict):
             r = resources[config["trial"]["model"]["name"]]
@@ -232,12 +253,11 @@ class SweepRun:
         # the store's URI and the context reach the trials through Ray's object store, never the config: Tune writes
         # the config (its experiment state) to disk, and the URI may carry credentials (sweeps.redact)
         trainable = tune.with_parameters(trial_trainable, sweep_dir=self.store.uri_with_secrets, context=self.context())
+        grid = {"trial": tune.grid_search([t.model_dump(mode="json") for t in todo])} if todo else {}
         return tune.Tuner(
             tune.with_resources(trainable, pg),
-            param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in todo])},
-            tune_config=tune.TuneConfig(
-                scheduler=self.scheduler(todo), max_concurrent_trials=self.spec.max_concurrent, reuse_actors=True
-            ),
+            param_space=grid,  # empty for a search: its searcher suggests each trial's config whole
+            tune_config=self.tune_config(todo),
             run_config=tune.RunConfig(
                 name=f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
                 storage_path=str(self.store.tune_dir(self.spec.name)),
@@ -253,6 +273,24 @@ class SweepRun:
             ),
         )
 
+    def tune_config(self, todo: list[TrialConfig]):
+        """The grid of `todo` under the spec's scheduler; a search's cells drawn by its searcher (sweeps.search)
+        until every cell's budget is drawn."""
+        import ray
+        from ray import tune
+
+        if not self.plan.cells:
+            return tune.TuneConfig(
+                scheduler=self.scheduler(todo), max_concurrent_trials=self.spec.max_concurrent, reuse_actors=True
+            )
+        from sweeps.search import CellSearcher  # imports Optuna: only a search needs it
+
+        searcher = CellSearcher(self.cells, self.spec.search, self.retry_failed, launched=self.searched)
+        # unbounded, Tune asks the searcher for a dozen pending trials at once: drawn before any result returns, they
+        # would be TPE's random start-up whatever the budget; at most as many as can run at once
+        limit = self.spec.max_concurrent or trial_slots(self.plan, self.to_run(todo), ray.cluster_resources())
+        return tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=limit, reuse_actors=True)
+
     def context(self) -> TrialContext:
         """What every trial of the sweep shares; the feature cache is shared by every trial of the sweep on a node
         (or on a shared file system), content-keyed (hdmap.cache)."""
@@ -264,6 +302,7 @@ class SweepRun:
             timeout_s=self.spec.trial_timeout_s,
             per_epoch_metric=asha.metric if asha else None,
             feature_cache=str(cache) if self.feature_cache else None,
+            objective=self.spec.search.column,
         )
 
     def scheduler(self, todo: list[TrialConfig]):
@@ -284,7 +323,7 @@ class SweepRun:
 
     def record_unfinished(self, grid) -> None:
         """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""
-        planned = {t.trial_id for t in self.plan.trials}
+        planned = {t.trial_id for t in self.plan.trials} | self.searched
         for result in grid:
             cfg_tree = (result.config or {}).get("trial")
             if not cfg_tree:
@@ -332,10 +371,13 @@ class SweepRun:
         if outcome.disk_full is None:  # the run's last pass (the parts are the truth: on a full disk, the next run's)
             self._unless_disk_full(lambda: (store.compact(), store.export()))
         status = store.status_by_trial()
+        cells = cell_histories(self.plan, store)
         outcome.interrupted = self.stop.received
         outcome.not_run = sum(1 for t in self.plan.trials if t.trial_id not in status)
+        outcome.not_run += sum(history.left(retry_failed=False) for history in cells)  # a search's, without a row
         outcome.state_recorded = self._unless_disk_full(lambda: store.write_meta(self.end_state()))
-        self.count(status, ran)
+        planned = {t.trial_id for t in self.plan.trials} | {t.trial_id for h in cells for t in h.trials}
+        self.count(status, ran, planned)
 
     def _unless_disk_full(self, write: Callable[[], object]) -> bool:
         """One of the driver's closing writes; False when the disk is full, which the outcome then reports (the run
@@ -358,12 +400,11 @@ class SweepRun:
             state = "interrupted" if outcome.interrupted else "complete" if not outcome.not_run else "incomplete"
         return SweepMeta.of_plan(self.plan, state=state, without_result=outcome.not_run, error=outcome.disk_full)
 
-    def count(self, status: dict[str, str], ran: set[str]) -> None:
-        """The outcome's figures for the planned trials: ok, pruned, failed (first line of each error) and the feature
-        cache's entries computed / reused by the trials this run ran."""
+    def count(self, status: dict[str, str], ran: set[str], wanted: set[str]) -> None:
+        """The outcome's figures for the planned trials (`wanted`): ok, pruned, failed (first line of each error) and
+        the feature cache's entries computed / reused by the trials this run ran."""
         outcome = self.outcome
         rows = self.store.results(["trial_id", "model", "status", "error", "cache_hits", "cache_misses"]).to_pylist()
-        wanted = {t.trial_id for t in self.plan.trials}
         outcome.ok = sum(1 for t, s in status.items() if t in wanted and s == "ok")
         outcome.pruned = sum(1 for t, s in status.items() if t in wanted and s == "pruned")
         outcome.failed = [
@@ -412,7 +453,7 @@ def prepare_data(plan: Plan) -> None:
     from sweeps.preflight import check_data
 
     data = plan.spec.data
-    root = Path(plan.trials[0].data.root) if plan.trials else Path(data.root)
+    root = Path(plan.configs[0].data.root) if plan.configs else Path(data.root)
     if data.simulate is not None and not root.exists():
         from hdmap.data.simulate import simulate
 
@@ -437,6 +478,16 @@ def check_resources(plan: Plan, todo: list[TrialConfig], cluster: dict) -> None:
                 f"{plan.source}: resources.cpu={r.cpu} for {name} but the Ray cluster has "
                 f"{cluster.get('CPU', 0):g} CPUs"
             )
+
+
+def trial_slots(plan: Plan, configs: list[TrialConfig], cluster: dict) -> int:
+    """How many trials the cluster runs at once, for the most demanding model of `configs` (at least 1)."""
+    slots = []
+    for name in {t.model.name for t in configs}:
+        r = plan.resources_for(name)
+        fits = [cluster.get("CPU", 0) // r.cpu] + ([cluster.get("GPU", 0) // r.gpu] if r.gpu else [])
+        slots.append(int(min(fits)))
+    return max(1, min(slots, default=1))
 
 
 def _autoscaling() -> bool:

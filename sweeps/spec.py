@@ -8,26 +8,39 @@ axes:                                          # grid over any trial-config path
   zip: [{model.backbone: [resnet18, resnet34], model.layers: [[layer2], [layer3]]}]
 models:                                        # optional: several models, each with its own
   patchcore: {axes: {model.k: [1, 9]}, resources: {gpu: 0.25}}
-  draem: {trial: {model: {epochs: 5}}, resources: {gpu: 1}}
+  draem: {trial: {model: {epochs: 5}}, space: {model.lr: {loguniform: [1.0e-5, 1.0e-2]}}, resources: {gpu: 1}}
 seeds: [0, 1, 2]
 resources: {cpu: 1, gpu: 0}
+search:                                        # optional: a search inside each grid cell (default: the grid alone)
+  method: random                               # random | asha (random samples, ASHA stops the weak early) | optuna
+  num_samples: 20                              # per grid cell and model (optuna: TPE, one study per grid cell)
+  objective: val_synth_auroc                   # no test labels; a test figure only as oracle:<column>
+  space: {model.batch_size: {choice: [4, 8]}}  # choice, uniform, loguniform, randint (both ends included)
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
+import math
+import zlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hdmap.config import ConfigError, TrialConfig, apply_overrides, describe_errors, read_yaml_tree, set_path
+from hdmap.data.fingerprint import splits_read
 from hdmap.errors import UserError
+from hdmap.metric_catalogue import METRICS
 from hdmap.models.registry import MODELS
+from hdmap.results import flatten_config
 from sweeps.tracking import WandbSettings
 
 
@@ -66,9 +79,90 @@ class AshaSpec(_Strict):
     reduction_factor: float = Field(3, gt=1)
 
 
+class Distribution(_Strict):
+    """One searched parameter: exactly one of choice / uniform / loguniform / randint (both ends included, like
+    Optuna's suggest_int)."""
+
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_valid_range(self) -> Distribution:
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of {', '.join(DISTRIBUTIONS)}; got {given or 'none'}")
+        low_high = self.uniform or self.loguniform or self.randint
+        if low_high is not None:
+            low, high = low_high
+            if low > high or (low == high and self.randint is None):
+                raise ValueError(f"{given[0]}: low {low} must be below high {high}")
+            if self.loguniform and low <= 0:
+                raise ValueError(f"loguniform: low {low} must be > 0 (a log scale has no 0 or negatives)")
+        return self
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        if self.choice is not None:
+            return copy.deepcopy(self.choice[int(rng.integers(len(self.choice)))])
+        if self.uniform is not None:
+            return float(rng.uniform(*self.uniform))
+        if self.loguniform is not None:
+            return float(np.exp(rng.uniform(*np.log(self.loguniform))))
+        return int(rng.integers(self.randint[0], self.randint[1] + 1))
+
+    def bounds(self) -> list[Any]:
+        """The values every sample lies within: each choice, or both ends (checked against the config up front)."""
+        return list(self.choice or self.uniform or self.loguniform or self.randint)
+
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+
+class SearchSpec(_Strict):
+    """A search inside each grid cell: `num_samples` configs per cell and model, drawn from `space` (and each model's
+    own `space`), selected on `objective`, a results column that needs no test labels."""
+
+    method: Literal["grid", "random", "asha", "optuna"] = "grid"
+    num_samples: int | None = Field(None, ge=1)
+    seed: int = 0
+    objective: str = "val_synth_auroc"
+    space: dict[str, Distribution] = {}
+    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it may be stopped")
+    reduction_factor: float = Field(3, gt=1, description="asha: 1/reduction_factor of the trials go on at each rung")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, v: Any) -> Any:
+        if v == "bohb":
+            raise ValueError(
+                "bohb is not offered (Ray's TuneBOHB needs hpbandster and ConfigSpace, unmaintained since 2018); "
+                "use asha: random samples, the weak ones stopped early on the per-epoch objective"
+            )
+        return v
+
+    @property
+    def column(self) -> str:
+        """The results column the objective reads (`oracle:image_auroc` -> image_auroc)."""
+        return self.objective.removeprefix(ORACLE_PREFIX)
+
+    @property
+    def oracle(self) -> bool:
+        return self.objective.startswith(ORACLE_PREFIX)
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        metric = METRICS.get(self.column)
+        return "min" if metric is not None and metric.higher_is_better is False else "max"
+
+
+ORACLE_PREFIX = "oracle:"
+
+
 class ModelSpec(_Strict):
     trial: dict = {}
     axes: dict[str, Any] = {}
+    space: dict[str, Distribution] = {}
     resources: Resources | None = None
 
 
@@ -90,6 +184,7 @@ class SweepSpec(_Strict):
     trial_timeout_s: float | None = Field(None, gt=0)
     output: str = "sweeps-out"
     tracking: TrackingSpec = TrackingSpec()
+    search: SearchSpec = SearchSpec()
 
     @field_validator("output")
     @classmethod
@@ -100,6 +195,15 @@ class SweepSpec(_Strict):
 
     @property
     def asha(self) -> AshaSpec | None:
+        """The ASHA scheduler: the spec's own, or a search's (`method: asha`, on its objective per epoch)."""
+        search = self.search
+        if search.method == "asha":
+            return AshaSpec(
+                metric=search.column,
+                mode=search.mode,
+                grace_period=search.grace_period,
+                reduction_factor=search.reduction_factor,
+            )
         if self.scheduler == "fifo":
             return None
         return AshaSpec() if self.scheduler == "asha" else self.scheduler
@@ -108,6 +212,54 @@ class SweepSpec(_Strict):
         """`<output>/<name>`; a URI's query (s3://b/p?endpoint_override=...) stays at the end."""
         base, sep, query = self.output.partition("?")
         return f"{base.rstrip('/')}/{self.name}{sep}{query}"
+
+
+class SearchCell(BaseModel):
+    """One grid cell of a search that chooses its trials as it runs (search.method optuna): the cell's base config
+    (the searched paths at their defaults) and what is searched in it. A stored trial belongs to the cell when its
+    config minus the searched paths is the cell's (`key`): the searched values change nothing else, checked up
+    front."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    config: TrialConfig
+    tree: dict  # the config as the spec writes it: searched values are set here, the model settles the rest
+    space: dict[str, Distribution]
+    budget: int  # trials to run: num_samples, or the distinct configs of a smaller discrete space
+    key: str
+    choices: dict[str, list] = {}  # each choice path's values as a validated config holds them (`224` -> [224, 224])
+
+    def values_of(self, cfg: TrialConfig) -> dict[str, Any]:
+        """The searched paths' values in a trial config of this cell."""
+        tree = cfg.model_dump(mode="json")
+        return {path: _get_path(tree, path) for path in self.space}
+
+    def contains(self, values: dict[str, Any]) -> bool:
+        """The values lie in the space (a stored trial of an earlier, other space neither counts nor informs it)."""
+        for path, dist in self.space.items():
+            value = values[path]
+            if dist.choice is not None:
+                if value not in self.choices[path]:
+                    return False
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return False
+            low, high = dist.uniform or dist.loguniform or dist.randint
+            if not low <= value <= high or (dist.randint is not None and value != int(value)):
+                return False
+        return True
+
+
+def cell_key(cfg: TrialConfig, paths: Iterable[str]) -> str:
+    """A config's canonical form (as its trial id hashes it) minus the searched paths: the same for every trial of a
+    search cell."""
+    tree = cfg.canonical()
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return json.dumps(tree, sort_keys=True, separators=(",", ":"))
 
 
 class SpecError(UserError, ValueError):
@@ -124,13 +276,79 @@ class Plan(BaseModel):
     trials: list[TrialConfig]
     axes: list[str]
     axis_values: dict[str, list]  # swept values in spec order; the first is the report's baseline
+    repeated_samples: int = 0  # a search's samples that drew a config already drawn (a discrete space): run once
+    cells: list[SearchCell] = []  # search.method optuna: its grid cells, whose trials are chosen as the sweep runs
+
+    @property
+    def configs(self) -> list[TrialConfig]:
+        """Every config the plan names up front: its trials, and each search cell's base config (an optuna search's
+        trials are not known before they run; its data and fit-set checks run on these)."""
+        return self.trials + [cell.config for cell in self.cells]
+
+    @property
+    def n_trials(self) -> int:
+        """Trials the sweep runs: its planned trials, or its cells' budgets."""
+        return len(self.trials) + sum(cell.budget for cell in self.cells)
 
     def resources_for(self, model: str) -> Resources:
         models = self.spec.models or {}
         return (models.get(model) and models[model].resources) or self.spec.resources
 
     def breakdown(self) -> Counter:
-        return Counter(t.model.name for t in self.trials)
+        counts = Counter(t.model.name for t in self.trials)
+        for cell in self.cells:
+            counts[cell.config.model.name] += cell.budget
+        return counts
+
+    def cell_of(self, config_json: str) -> tuple[int, TrialConfig] | None:
+        """The index of the search cell a stored trial (its row's `config_json`) belongs to, with its config; None:
+        no cell of this plan."""
+        if config_json not in self._cells_found:
+            self._cells_found[config_json] = self._find_cell(config_json)
+        return self._cells_found[config_json]
+
+    def _find_cell(self, config_json: str) -> tuple[int, TrialConfig] | None:
+        try:
+            cfg = TrialConfig.model_validate(json.loads(config_json))
+        except (ValidationError, ValueError):  # a row of an older config schema: no cell of this plan
+            return None
+        paths = self._searched_paths.get(cfg.model.name)
+        index = None if paths is None else self._cell_index.get(cell_key(cfg, paths))
+        return None if index is None else (index, cfg)
+
+    @functools.cached_property
+    def _cell_index(self) -> dict[str, int]:
+        return {cell.key: i for i, cell in enumerate(self.cells)}
+
+    @functools.cached_property
+    def _searched_paths(self) -> dict[str, list[str]]:
+        return {cell.config.model.name: list(cell.space) for cell in self.cells}
+
+    @functools.cached_property
+    def _cells_found(self) -> dict[str, tuple[int, TrialConfig] | None]:
+        return {}
+
+    def search_params(self) -> list[str]:
+        """The searched config paths, every model's, in spec order."""
+        models = self.spec.models or {}
+        return list(dict.fromkeys([*self.spec.search.space, *(p for m in models.values() for p in m.space)]))
+
+    def search_meta(self):
+        """sweep.json's record of the search (sweeps.meta.SearchMeta); None for a grid."""
+        from sweeps.meta import SearchMeta
+
+        search = self.spec.search
+        if search.method == "grid":
+            return None
+        return SearchMeta(
+            method=search.method,
+            objective=search.column,
+            mode=search.mode,
+            oracle=search.oracle,
+            params=self.search_params(),
+            num_samples=search.num_samples,
+            seed=search.seed,
+        )
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Plan:
@@ -151,14 +369,17 @@ def expand(tree: dict, source: str = "spec") -> Plan:
     trials: list[TrialConfig] = []
     axes_used: list[str] = []
     axis_values: dict[str, list] = {}
+    cells: list[SearchCell] = []
     for name, mspec in models.items():
-        model_trials, paths = _expand_model(spec, name, mspec, source, problems, axis_values)
+        model_trials, paths = _expand_model(spec, name, mspec, source, problems, axis_values, cells)
         trials += model_trials
         axes_used += [p for p in paths if p not in axes_used]
-    problems += _asha_problems(spec, models, source)
+    problems += _search_problems(spec, models, source)
+    problems += _asha_problems(spec, trials, source)
     if problems:
         raise SpecError("\n".join(dict.fromkeys(problems)))
-    _check_unique(trials, source)
+    trials, repeats = _drop_repeated_samples(trials) if spec.search.method != "grid" else (trials, 0)
+    _check_unique(trials + [cell.config for cell in cells], source)
     spec_hash = hashlib.sha1(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
     if "seed" not in axes_used and len(spec.seeds) > 1:
         axes_used.append("seed")
@@ -169,6 +390,8 @@ def expand(tree: dict, source: str = "spec") -> Plan:
         trials=trials,
         axes=axes_used,
         axis_values={a: axis_values[a] for a in axes_used},
+        repeated_samples=repeats,
+        cells=cells,
     )
 
 
@@ -196,10 +419,17 @@ def _models(spec: SweepSpec, source: str) -> dict[str, ModelSpec]:
 
 
 def _expand_model(
-    spec: SweepSpec, name: str, mspec: ModelSpec, source: str, problems: list[str], axis_values: dict[str, list]
+    spec: SweepSpec,
+    name: str,
+    mspec: ModelSpec,
+    source: str,
+    problems: list[str],
+    axis_values: dict[str, list],
+    cells: list[SearchCell],
 ) -> tuple[list[TrialConfig], list[str]]:
-    """One model's trials and the config paths it sweeps. Its problems join `problems`; once there are any (this
-    model's or an earlier one's), its values are not validated trial by trial: the spec is refused anyway."""
+    """One model's trials and the config paths it sweeps; for search.method optuna, no trials: its grid cells join
+    `cells`. Its problems join `problems`; once there are any (this model's or an earlier one's), its values are not
+    validated trial by trial: the spec is refused anyway."""
     base = _merge(copy.deepcopy(spec.trial), mspec.trial)
     base.setdefault("model", {})["name"] = name
     base.setdefault("data", {})["root"] = _absolute(spec.data.root)
@@ -207,17 +437,128 @@ def _expand_model(
         **{p: "axes" for p in _axis_paths(spec.axes)},
         **{p: f"models.{name}.axes" for p in _axis_paths(mspec.axes)},
     }
+    space = _space(spec, mspec, name)
     grid = _grid(spec.axes, source, "axes", problems) + _grid(mspec.axes, source, f"models.{name}.axes", problems)
     grid.append([{"seed": s} for s in spec.seeds])
     _record_axis_values(grid, axis_values)
     for path, field in where.items():
         problems += _check_path(path, name, f"{source}: {field}.{path}")
+    for path, (_, field) in space.items():
+        problems += _check_path(path, name, f"{source}: {field}.{path}")
+        if path in where:
+            problems.append(f"{source}: {field}.{path}: also a grid axis ({where[path]}.{path}); search it or grid it")
     if problems:
         return [], []
     _check_values(base, grid, name, source, problems)
+    bounds = [[{path: v} for v in dist.bounds()] for path, (dist, _) in space.items()]
+    if spec.search.method == "optuna":  # random validates every sample; optuna's come later: one within each range
+        bounds += [[{path: dist.sample(np.random.default_rng(0))}] for path, (dist, _) in space.items()]
+    _check_values(base, bounds, name, source, problems, kind="searched value")
     if problems:
         return [], []
-    return _trials(base, grid, source, problems), list(where)
+    if spec.search.method in ("random", "asha"):
+        grid.append(_samples(spec.search, name, {path: dist for path, (dist, _) in space.items()}))
+    trials = _trials(base, grid, source, problems)
+    if spec.search.method == "optuna" and not problems:  # the trials are chosen as the sweep runs
+        trees = [tree for tree, _ in _combinations(base, grid)]
+        cells += _search_cells(spec.search, space, trials, trees, source, problems)
+        return [], list(where)
+    return trials, list(where)
+
+
+def _space(spec: SweepSpec, mspec: ModelSpec, name: str) -> dict[str, tuple[Distribution, str]]:
+    """The model's searched paths -> (distribution, the spec field naming it); a model's own `space` wins."""
+    return {
+        **{p: (d, "search.space") for p, d in spec.search.space.items()},
+        **{p: (d, f"models.{name}.space") for p, d in mspec.space.items()},
+    }
+
+
+def _samples(search: SearchSpec, model: str, space: dict[str, Distribution]) -> list[dict]:
+    """`num_samples` assignments of the searched paths. Sample i draws from its own generator, seeded by (search.seed,
+    model, i): every grid cell of a model gets the same samples (paired across domains and seeds), and raising
+    num_samples keeps the samples drawn so far (their trials are in the store: only the new ones run)."""
+    model_key = zlib.crc32(model.encode())
+    samples = []
+    for i in range(search.num_samples or 0):
+        rng = np.random.default_rng([search.seed, model_key, i])
+        samples.append({path: space[path].sample(rng) for path in sorted(space)})
+    return samples
+
+
+def _search_cells(
+    search: SearchSpec,
+    space: dict[str, tuple[Distribution, str]],
+    bases: list[TrialConfig],
+    trees: list[dict],
+    source: str,
+    problems: list[str],
+) -> list[SearchCell]:
+    """optuna: each grid config (validated, and its tree) is a cell's base. Every bound of its space is validated on
+    it, and must change nothing but the searched path: not the data a trial reads (its fingerprint is the cell's),
+    not a field the model settles (a stored trial would not be found in its cell)."""
+    cells = []
+    for base, tree in zip(bases, trees):
+        key = cell_key(base, space)
+        choices: dict[str, list] = {}
+        for path, (dist, field) in space.items():
+            for value in dist.bounds():
+                where = f"{source}: {field}.{path}: {path}={value!r}"
+                cfg = _searched_config(tree, path, value, where, problems)
+                if cfg is None:
+                    continue
+                if dist.choice is not None:
+                    choices.setdefault(path, []).append(_get_path(cfg.model_dump(mode="json"), path))
+                problems += _changed_beyond(base, cfg, space, where)
+        budget = int(min(search.num_samples or 0, _space_size(space, choices)))
+        space_only = {p: d for p, (d, _) in space.items()}
+        cells.append(SearchCell(config=base, tree=tree, space=space_only, budget=budget, key=key, choices=choices))
+    return cells
+
+
+def _searched_config(tree: dict, path: str, value: Any, where: str, problems: list[str]) -> TrialConfig | None:
+    """A cell's base with one searched value set, validated; None (and a problem) when the cell refuses it."""
+    tree = copy.deepcopy(tree)
+    set_path(tree, path, copy.deepcopy(value))
+    try:
+        return TrialConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems.append(describe_errors(exc, f"{where}, in a cell of model {tree['model']['name']}"))
+        return None
+
+
+def _changed_beyond(base: TrialConfig, cfg: TrialConfig, space: dict, where: str) -> list[str]:
+    """A searched value may change only itself (search.method optuna: see `_search_cells`)."""
+    if splits_read(cfg.data) != splits_read(base.data) or cfg.data.cold_below != base.data.cold_below:
+        return [f"{where}: changes the data a trial reads; search.method optuna cannot search it (grid it in axes)"]
+    if cell_key(cfg, space) == cell_key(base, space):
+        return []
+    before, after = flatten_config(base.canonical()), flatten_config(cfg.canonical())
+    changed = sorted(p for p in before.keys() | after.keys() if p not in space and before.get(p) != after.get(p))
+    return [
+        f"{where}: also changes {', '.join(changed)}, which model {base.model.name} settles from it; set "
+        f"{'them' if len(changed) > 1 else 'it'} in trial:, so that a cell's trials differ only in the searched values "
+        "(search.method optuna)"
+    ]
+
+
+def _space_size(space: dict[str, tuple[Distribution, str]], choices: dict[str, list]) -> float:
+    """Distinct configs the space holds (inf: a continuous range)."""
+    size = 1.0
+    for path, (dist, _) in space.items():
+        if dist.choice is not None:
+            size *= len({json.dumps(v, sort_keys=True) for v in choices.get(path, [])})
+        elif dist.randint is not None:
+            size *= dist.randint[1] - dist.randint[0] + 1
+        else:
+            return math.inf
+    return size
+
+
+def _get_path(tree: dict, path: str) -> Any:
+    for part in path.split("."):
+        tree = (tree or {}).get(part)
+    return tree
 
 
 def _record_axis_values(grid: list[list[dict]], axis_values: dict[str, list]) -> None:
@@ -231,11 +572,7 @@ def _record_axis_values(grid: list[list[dict]], axis_values: dict[str, list]) ->
 def _trials(base: dict, grid: list[list[dict]], source: str, problems: list[str]) -> list[TrialConfig]:
     """The grid's product on `base`; the first combination that does not validate is named in `problems`."""
     trials = []
-    for combo in itertools.product(*grid):
-        tree_i = copy.deepcopy(base)
-        for assignment in combo:
-            for path, value in assignment.items():
-                set_path(tree_i, path, copy.deepcopy(value))
+    for tree_i, combo in _combinations(base, grid):
         try:
             trials.append(TrialConfig.model_validate(tree_i))
         except ValidationError as exc:
@@ -245,17 +582,82 @@ def _trials(base: dict, grid: list[list[dict]], source: str, problems: list[str]
     return trials
 
 
-def _asha_problems(spec: SweepSpec, models: dict[str, ModelSpec], source: str) -> list[str]:
-    """ASHA ranks trials by a per-epoch metric: every model of the spec must report the one it names."""
-    if not spec.asha:
+def _combinations(base: dict, grid: list[list[dict]]) -> Iterator[tuple[dict, tuple[dict, ...]]]:
+    """The grid's product on `base`: each combination's config tree (not validated) and its assignments."""
+    for combo in itertools.product(*grid):
+        tree_i = copy.deepcopy(base)
+        for assignment in combo:
+            for path, value in assignment.items():
+                set_path(tree_i, path, copy.deepcopy(value))
+        yield tree_i, combo
+
+
+def _asha_problems(spec: SweepSpec, trials: list[TrialConfig], source: str) -> list[str]:
+    """ASHA ranks trials by a per-epoch metric: every trial of the spec must report the one it names."""
+    asha = spec.asha
+    if not asha:
         return []
+    field = "search.method: asha" if spec.search.method == "asha" else "scheduler: asha"
     return [
-        f"{source}: scheduler: asha ranks trials by per-epoch {spec.asha.metric!r}; model {name!r} reports "
-        f"{MODELS[name].per_epoch_metric or 'no per-epoch metric'} "
-        "(use scheduler: fifo, or drop it from this spec)"
-        for name in models
-        if MODELS[name].per_epoch_metric != spec.asha.metric
+        f"{source}: {field} ranks trials by per-epoch {asha.metric!r}; model {t.model.name!r} reports "
+        f"{', '.join(sorted(t.model.per_epoch_metrics())) or 'no per-epoch metric'}"
+        f"{' (it fits in one epoch)' if t.model.max_epochs() <= 1 else ''} "
+        "(use scheduler: fifo / search.method: random, or drop it from this spec)"
+        for t in {t.model.name: t for t in trials if asha.metric not in t.model.per_epoch_metrics()}.values()
     ]
+
+
+def _search_problems(spec: SweepSpec, models: dict[str, ModelSpec], source: str) -> list[str]:
+    """The search block as a whole: a method with what it needs, an objective that needs no test labels (unless it
+    is named oracle), one scheduler."""
+    search, field = spec.search, f"{source}: search"
+    if search.method == "grid":
+        given = [("search.space", search.space)] + [(f"models.{n}.space", m.space) for n, m in models.items()]
+        return [
+            f"{source}: {f}: set, but search.method is grid; name random, asha or optuna" for f, space in given if space
+        ] + _objective_problems(search, field)
+    problems = []
+    if search.num_samples is None:
+        problems.append(f"{field}.num_samples: required by search.method {search.method} (configs per grid cell)")
+    problems += [
+        f"{field}.space: model {name!r} has no searched parameter (search.space or models.{name}.space)"
+        for name, m in models.items()
+        if not (search.space or m.space)
+    ]
+    if search.method == "asha" and spec.scheduler != "fifo":
+        problems.append(f"{field}.method: asha is the scheduler already; drop scheduler: from this spec")
+    if search.method == "optuna" and spec.scheduler != "fifo":
+        problems.append(
+            f"{field}.method: optuna runs every trial to its end; drop scheduler: from this spec (or use method asha: "
+            "random samples, ASHA stops the weak early)"
+        )
+    return problems + _objective_problems(search, field)
+
+
+def _objective_problems(search: SearchSpec, field: str) -> list[str]:
+    metric = METRICS.get(search.column)
+    allowed = [m.column for m in METRICS.values() if not m.needs_test_labels and m.higher_is_better is not None]
+    if metric is None or metric.higher_is_better is None:
+        return [
+            f"{field}.objective: {search.objective!r} is not a figure of merit of the results; "
+            f"expected one of {', '.join(allowed)} (or oracle:<test metric>, e.g. oracle:image_auroc)"
+        ]
+    if metric.needs_test_labels and not search.oracle:
+        return [
+            f"{field}.objective: {search.column!r} is computed from test labels: selecting on it tunes on the test "
+            f"set; use one of {', '.join(allowed)}, or name it oracle:{search.column} (the report labels every pick "
+            "ORACLE)"
+        ]
+    if search.oracle and not metric.needs_test_labels:
+        return [f"{field}.objective: {search.column!r} needs no test labels; drop the oracle: prefix"]
+    return []
+
+
+def _drop_repeated_samples(trials: list[TrialConfig]) -> tuple[list[TrialConfig], int]:
+    """A discrete space can draw one config twice: it runs once (the count is shown by `sweep plan`)."""
+    first = {t.trial_id: t for t in reversed(trials)}  # each id's first sample
+    kept = [t for t in trials if first.pop(t.trial_id, None) is not None]
+    return kept, len(trials) - len(kept)
 
 
 def _check_unique(trials: list[TrialConfig], source: str) -> None:
@@ -350,7 +752,9 @@ def _check_path(path: str, model: str, where: str) -> list[str]:
     return []
 
 
-def _check_values(base: dict, grid: list[list[dict]], model: str, source: str, problems: list[str]) -> None:
+def _check_values(
+    base: dict, grid: list[list[dict]], model: str, source: str, problems: list[str], kind: str = "axis value"
+) -> None:
     """Validate every axis value on its own against the base config, so an error names the one bad value.
 
     A problem of the base config itself (every axis value shows it) is named once, as the model's."""
@@ -363,7 +767,7 @@ def _check_values(base: dict, grid: list[list[dict]], model: str, source: str, p
                 set_path(tree, path, copy.deepcopy(value))
             label = ", ".join(f"{p}={v!r}" for p, v in assignment.items())
             problems += [
-                f"{source}: model {model}, axis value {label}: {p}" for p in _problems(tree) if p not in base_problems
+                f"{source}: model {model}, {kind} {label}: {p}" for p in _problems(tree) if p not in base_problems
             ]
 
 

@@ -248,7 +248,7 @@ def trial_summary(rows: list[dict]) -> dict[str, Any]:
                 summary[f"{prefix}{key}"] = value
         if prefixed:
             summary[f"{prefix}status"] = row.get("status")
-    for key in _trial_level_keys():
+    for key in trial_level_keys():
         value = next((_jsonable(r.get(key)) for r in rows if r.get(key) is not None), None)
         if value is not None:
             summary[key] = value
@@ -263,7 +263,7 @@ def trial_summary(rows: list[dict]) -> dict[str, Any]:
     return summary
 
 
-def _trial_level_keys() -> list[str]:
+def trial_level_keys() -> list[str]:
     """Numeric fields of a results row that describe the trial as a whole (hdmap.results.ROW_FIELDS)."""
     import pyarrow as pa
 

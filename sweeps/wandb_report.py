@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from hdmap import metric_catalogue
 from hdmap.io import atomic_write
 from sweeps.report import analysis
-from sweeps.tracking import WandbSettings, resolve_mode
+from sweeps.tracking import WandbSettings, resolve_mode, trial_level_keys
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,11 +64,14 @@ TITLE_MAX = 128  # W&B's limit on a report title
 
 def summary_keys(ok: pd.DataFrame, metric: str) -> list[str]:
     """The run-summary keys that carry `metric` (as tracking.trial_summary names them) in successful trials:
-    `metric` for trials with one test domain, `<test_domain>/<metric>` for trials with several."""
+    `metric` for trials with one test domain and for a figure of the whole trial (`val_synth_auroc`),
+    `<test_domain>/<metric>` for trials with several."""
     import pandas as pd
 
     if metric not in ok.columns or ok.empty:
         return []
+    if metric in trial_level_keys():
+        return [metric] if pd.to_numeric(ok[metric], errors="coerce").notna().any() else []
     n_domains = ok.groupby("trial_id")["test_domain"].transform("size")
     present = pd.to_numeric(ok[metric], errors="coerce").notna()
     keys = [metric] if (present & (n_domains == 1)).any() else []

@@ -28,6 +28,7 @@ class TrialContext:
     timeout_s: float | None = None  # the spec's trial_timeout_s: the watchdog's bound
     per_epoch_metric: str | None = None  # reported to Tune each epoch, for the scheduler (ASHA); None: FIFO
     feature_cache: str | None = None  # the sweep's shared feature cache (hdmap.cache); None: off
+    objective: str = "val_synth_auroc"  # the results column the final report carries for a searcher and the progress
 
 
 def trial_trainable(config: dict, sweep_dir: str, context: TrialContext) -> None:
@@ -80,10 +81,17 @@ def _run_and_record(trial: dict, sweep_dir: str, context: TrialContext) -> dict 
         TRIAL_ID: cfg.trial_id,
         "image_auroc": first.get("image_auroc"),
         "accuracy": first.get("accuracy"),
+        context.objective: _mean([row.get(context.objective) for row in result.rows]),
     }
     if metric and callbacks[0].last is not None:  # the scheduler ranks the final result too (None: it cannot)
         final[metric] = callbacks[0].last
     return final
+
+
+def _mean(values: list) -> float | None:
+    """The trial's figure over its rows (one per test domain), None where no row has it."""
+    known = [float(v) for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _freeze_imported_objects() -> None:

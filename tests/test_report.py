@@ -175,7 +175,8 @@ def test_files_and_self_contained(report):
 def test_summary_and_main_table(report):
     s = report.summary
     assert list(s.columns) == ["model", "test_domain", "metric", "mean", "std", "n"]
-    assert set(s["metric"]) == {"image_auroc", "accuracy", "accuracy_cold", "accuracy_warm", "tpr_at_fpr_1pct"}
+    main = {"image_auroc", "accuracy", "accuracy_cold", "accuracy_warm", "tpr_at_fpr_1pct", "val_synth_auroc"}
+    assert set(s["metric"]) == main
     # patchcore on domain_A, pooled over k and seeds: 0.90 0.92 0.94 0.84 0.86 0.88
     xs = [0.90, 0.92, 0.94, 0.84, 0.86, 0.88]
     row = s[(s.model == "patchcore") & (s.test_domain == "domain_A") & (s.metric == "accuracy")].iloc[0]
@@ -375,6 +376,8 @@ def test_an_added_catalogue_entry_shows_in_every_view_it_names(tmp_path, monkeyp
     assert set(r.comparisons.loc[r.comparisons.metric == "new_score", "verdict"]) >= {VERDICT_BETTER}
     md = r.markdown.read_text()
     main_header = next(line for line in md.splitlines() if line.startswith("| model | test domain | configs | n |"))
-    assert main_header.endswith("| TPR @ 1% FPR | new score |")  # a column after the others, in catalogue order
+    assert main_header.endswith(
+        "| TPR @ 1% FPR | val synthetic-fault AUROC | new score |"
+    )  # a column after the others, in catalogue order
     assert "new score @ model.k=3" in md and "new score by model.k" in r.html.read_text()  # the ablation table
     assert "| 3 vs 1 | new score | all | 12 | +0.050 |" in md  # compared: 1 - accuracy is 0.05 higher at k=3

@@ -254,6 +254,23 @@ def test_asha_scheduler_runs_on_per_epoch_val_loss(tmp_path, ray_local):
     assert all(r["image_auroc"] is not None for r in rows if r["status"] == "ok")
 
 
+def test_asha_search_ranks_trials_on_the_validation_objective_each_epoch(tmp_path, ray_local):
+    """search.method asha: random samples of the space, ASHA on val_synth_auroc reported every epoch (no test labels
+    read to stop a trial); the final report carries the objective the rows hold."""
+    search = "search: {method: asha, num_samples: 2, space: {model.base_width: {choice: [8, 16]}}, seed: 3}"
+    plan = load_spec(draem_spec(tmp_path, "asha-search", epochs=4, extra=search))
+    assert plan.spec.asha.metric == "val_synth_auroc" and plan.spec.asha.mode == "max"
+    outcome = run_sweep(plan, live=False)
+    rows = results(outcome.sweep_dir)
+    assert len(rows) == len(plan.trials) and not outcome.failed
+    assert outcome.ok + outcome.pruned == len(plan.trials) and outcome.ok >= 1
+    for row in rows:
+        if row["status"] == "ok":
+            assert 0 <= row["val_synth_auroc"] <= 1 and row["epochs_run"] == 4, row
+        else:  # stopped at a rung: it reported val_synth_auroc at least once
+            assert row["status"] == "pruned" and "stopped early by the scheduler after" in row["error"], row
+
+
 def test_user_error_under_asha_is_an_error_not_a_pruned_trial(tmp_path, ray_local):
     """The trial ends without its final report (and without the scheduler's metric): neither Tune's metric check
     nor the prune recorder may take that for a scheduler's stop."""

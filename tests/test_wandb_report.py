@@ -46,6 +46,7 @@ def _trial_rows(cfg, i: int, test_domains: list[str], severity: bool) -> list[di
             "auroc_cold": acc + 0.05,
             "auroc_warm": acc + 0.12,
             "tpr_at_fpr_1pct": acc - 0.3,
+            "val_synth_auroc": acc + 0.08,
         }
         if cfg.model.name == "ca_patchcore" and cfg.model.gating != "mixed":  # gated banks report their gate
             row["gating_accuracy"] = 0.9
@@ -116,7 +117,7 @@ def test_quickstart_definition_holds_the_html_reports_views(tmp_path):
     for axis, section in zip(AXES, axis_sections):
         (panel,) = section["panels"]
         assert panel["type"] == "BarPlot" and panel["groupby"] == axis
-        assert panel["metrics"] == ["image_auroc", "accuracy", "gating_accuracy"]
+        assert panel["metrics"] == ["image_auroc", "accuracy", "val_synth_auroc", "gating_accuracy"]
         assert [r["job_types"] for r in section["runsets"]] == [[m] for m in models_on[axis]]
 
     cold_warm = sections["cold-warm"]
@@ -169,8 +170,10 @@ def test_wandb_workspaces_objects_reference_the_real_keys(tmp_path, monkeypatch)
 
     panels = [p for g in grids for p in g.panels]
     bars = {p.title: p._to_model().config for p in panels if isinstance(p, wr.BarPlot)}
-    assert bars["image_auroc, accuracy, gating_accuracy vs model.k"].group_by == "model.value.k"
-    assert bars["image_auroc, accuracy, gating_accuracy vs data.domain"].group_by == "data.value.domain"
+    assert bars["image_auroc, accuracy, val_synth_auroc, gating_accuracy vs model.k"].group_by == "model.value.k"
+    assert (
+        bars["image_auroc, accuracy, val_synth_auroc, gating_accuracy vs data.domain"].group_by == "data.value.domain"
+    )
     assert bars["accuracy_cold vs accuracy_warm"].metrics == ["accuracy_cold", "accuracy_warm"]
     (pc,) = [p for p in panels if isinstance(p, wr.ParallelCoordinatesPlot)]
     accessors = [c.accessor for c in pc._to_model().config.columns]
@@ -200,7 +203,12 @@ def test_without_gating_or_severity_no_such_panels_and_with_severity_a_section(t
     path, trials = make_sweep(tmp_path / "severity", models={"patchcore", "draem"}, severity=True)
     sections = _sections(_definition(path))
     assert [p["metrics"] for p in sections["severity"]["panels"]] == [["severity_mae"], ["severity_spearman"]]
-    assert sections["axis:model.lr"]["panels"][0]["metrics"] == ["image_auroc", "accuracy", "severity_mae"]
+    assert sections["axis:model.lr"]["panels"][0]["metrics"] == [
+        "image_auroc",
+        "accuracy",
+        "val_synth_auroc",
+        "severity_mae",
+    ]
     assert {"severity_mae", "severity_spearman"} <= _logged_keys(trials)
 
 
@@ -220,7 +228,13 @@ def test_an_added_catalogue_entry_gets_its_panels(tmp_path, monkeypatch):
     data.ok["new_score"], data.ok["severity_r2"] = 0.5, 0.4
     sections = _sections(build_definition(data, WandbSettings(project="hdmap-sweeps")))
     assert [p["metrics"] for p in sections["main-runs"]["panels"]][-1] == ["new_score"]
-    assert sections["axis:model.k"]["panels"][0]["metrics"] == ["image_auroc", "accuracy", "new_score", "severity_mae"]
+    assert sections["axis:model.k"]["panels"][0]["metrics"] == [
+        "image_auroc",
+        "accuracy",
+        "val_synth_auroc",
+        "new_score",
+        "severity_mae",
+    ]
     assert [p["metrics"] for p in sections["severity"]["panels"]][-1] == ["severity_r2"]
 
 
@@ -235,6 +249,7 @@ def test_trials_on_several_test_domains_use_prefixed_keys(tmp_path):
         "accuracy",
         "domain_A/accuracy",
         "domain_C/accuracy",
+        "val_synth_auroc",  # a figure of the whole trial: one key, never prefixed
     ]
     assert set(panel["metrics"]) <= _logged_keys(trials)  # draem: plain keys; patchcore: prefixed
 

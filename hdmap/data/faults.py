@@ -17,7 +17,8 @@ Each image is faulted with probability `anomaly_probability`; the others come ba
 empty mask and severity 0. Everything random comes from one `torch.Generator`, so a seed fixes it.
 
 Horizontal lines: on exactly `round(aug_ratio * B)` images of a batch (at least one when aug_ratio > 0, never the
-whole batch), add `count` full-width bands of `thickness` rows at value `severity`; count and thickness grow
+whole batch; `draw` faults the images it is given, e.g. every image of the synthetic validation set), add
+`count` full-width bands of `thickness` rows at value `severity`; count and thickness grow
 linearly with severity / severity_max (1 line of 1 row at 0, `max_lines` of `max_thickness` rows at severity_max),
 and each line is partly broken with probability `broken_p` (0.3): a stretch [a, b), a in the left half, b in the
 right half, is attenuated to `broken_gain` (0.3) of the severity. Overlapping lines do not add up.
@@ -194,6 +195,13 @@ class HorizontalLineFaults:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> FaultBatch:
         """images: (B, C, H, W) or (B, H, W). Random draws happen on the CPU generator; tensors stay on their device."""
+        b = len(images)
+        chosen = torch.randperm(b, generator=generator)[: self.count(b)].tolist()
+        return self.draw(images, chosen, generator)
+
+    def draw(self, images: torch.Tensor, indices: list[int], generator: torch.Generator | None = None) -> FaultBatch:
+        """Lines on the images at `indices` (in that order of draws), the others unchanged: `__call__` picks the
+        batch's share; a validation set that faults every image passes them all."""
         x = images.unsqueeze(1) if images.dim() == 3 else images
         if x.dim() != 4:
             raise ValueError(f"expected (B, C, H, W) or (B, H, W) images, got shape {tuple(images.shape)}")
@@ -201,7 +209,7 @@ class HorizontalLineFaults:
         pattern = torch.zeros((b, 1, h, w), dtype=x.dtype)
         severity = torch.zeros(b, dtype=x.dtype)
         boxes: list[list[tuple[int, int, int, int]]] = [[] for _ in range(b)]
-        for i in torch.randperm(b, generator=generator)[: self.count(b)].tolist():
+        for i in indices:
             sev = _uniform(0.0, self.severity_max, generator)
             grow = sev / self.severity_max
             lines = 1 + round(grow * (self.max_lines - 1))

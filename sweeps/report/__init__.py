@@ -7,7 +7,8 @@
 Reads the rows through the store (sweeps.store.ResultStore) and the sweep's metadata (sweep.json: name, axes in
 spec order, planned trials). Sections: header, model x test-domain table, the paper's table (model comparisons
 over domains), one plot per ablation axis, cold vs warm, paired comparisons with bootstrap CIs (a worse result
-shown as plainly as a better one), the ORACLE figures kept apart, failures. plotly.js is inlined once,
+shown as plainly as a better one), a search's pick per grid cell beside the test-best (ORACLE) pick (sweeps with a
+`search`), the ORACLE figures kept apart, failures. plotly.js is inlined once,
 so the HTML opens on machines without internet.
 The finish step (sweeps.finish) decides where the files go (beside the results, on object storage too).
 """
@@ -54,6 +55,7 @@ def build_report(data: analysis.SweepData, out_dir: str | Path) -> ReportPaths:
         render.ablation_section(data, figs),
         render.cold_warm_section(data, figs),
         render.comparison_section(data, cmp, cmp_notes, figs),
+        *filter(None, [render.search_section(data, figs)]),
         render.oracle_section(data),
         render.failures_section(data),
     ]

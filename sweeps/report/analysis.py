@@ -1,4 +1,5 @@
-"""Numbers behind the sweep report: loading, axes, summaries, paired comparisons, failures.
+"""Numbers behind the sweep report: loading, axes, summaries, paired comparisons, failures (a search's own numbers:
+sweeps.report.search).
 
 Pure pandas/numpy over the rows the store returns (no plotting), so the statistics can be tested on their own.
 
@@ -31,7 +32,7 @@ from hdmap import metric_catalogue
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from sweeps.meta import SweepMeta
+    from sweeps.meta import SearchMeta, SweepMeta
     from sweeps.store import ResultStore
 
 NULL = "∅"
@@ -136,6 +137,7 @@ class SweepData:
     n_trials_missing: int = 0  # planned (sweep.json) but without any row: interrupted, killed or still running
     n_trials_planned: int | None = None
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search: SearchMeta | None = None  # sweep.json's search record (None: a grid); the report's search section
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -228,6 +230,7 @@ def from_table(results: pa.Table, meta: SweepMeta | None, sweep_dir: str) -> Swe
         n_trials_missing=n_missing,
         n_trials_planned=n_planned,
         failures=failures_table(err, axes),
+        search=meta.search if meta else None,
     )
 
 
@@ -288,7 +291,8 @@ def failures_table(err: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- summaries
 
 
-def _metric(df: pd.DataFrame, m: str) -> pd.Series:
+def metric_values(df: pd.DataFrame, m: str) -> pd.Series:
+    """Column `m` as floats; all NaN where the rows lack it (a metric newer than the rows)."""
     if m not in df.columns:
         return pd.Series(np.nan, index=df.index, dtype=float)
     return pd.to_numeric(df[m], errors="coerce").astype(float)
@@ -316,7 +320,7 @@ def summarize(ok: pd.DataFrame, metrics: list[str], by: tuple[str, ...] = ("mode
     for keys, g in ok.groupby(by, sort=True, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
         for m in metrics:
-            x = _metric(g, m).dropna().to_numpy()
+            x = metric_values(g, m).dropna().to_numpy()
             rows.append(
                 {
                     **dict(zip(by, keys)),
@@ -367,7 +371,7 @@ def axis_summary(data: SweepData, axis: str) -> pd.DataFrame:
         }
     )
     for m in metrics:
-        frame[m] = _metric(data.ok.loc[mask], m)
+        frame[m] = metric_values(data.ok.loc[mask], m)
     per_seed = frame.groupby(["model", "test_domain", "value", "seed"], sort=False)[metrics].mean().reset_index()
     out = summarize(per_seed, metrics, by=("model", "test_domain", "value"))
     order = {v: i for i, v in enumerate(data.value_order.get(axis, []))}
@@ -466,7 +470,7 @@ def comparisons(data: SweepData, n_boot: int = N_BOOT, seed: int = BOOT_SEED) ->
             {"sig": sig, "value": ax, "model": data.ok["model"], "test_domain": _cell_domain(data, axis)}
         )
         for m in metrics:
-            frame[m] = _metric(data.ok, m)
+            frame[m] = metric_values(data.ok, m)
         b = frame[frame["value"] == base].groupby("sig")[metrics].mean()
         any_pairs = False
         for v in values:

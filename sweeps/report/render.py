@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -10,9 +11,11 @@ import pandas as pd
 
 from hdmap.metric_catalogue import METRICS, columns, condition_pairs, label
 from sweeps.report import analysis as A
+from sweeps.report import search as S
 from sweeps.report.tables import Cell, Table, fmt, fmt_ci, fmt_mean_std, fmt_signed
 
 ORACLE_HEADING = "ORACLE (test-optimal threshold — not a deployable figure)"
+ORACLE_PICK = "ORACLE: test-best trial (not a deployable pick)"
 
 # Line colours avoid pure green/red: those mean better/worse in this report.
 PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#8c6d31"]
@@ -247,7 +250,104 @@ def forest_figure(cmp_axis: pd.DataFrame, axis: str):
     return fig, height
 
 
+def objective_trace_figure(frame: pd.DataFrame, objective: str):
+    """The objective of each cell's trials in the order they started, and its best so far; one panel per model."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    models = sorted(frame["model"].unique())
+    cols = min(len(models), 3)
+    rows = math.ceil(len(models) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=models, horizontal_spacing=0.08, vertical_spacing=0.18)
+    n_cells = 0
+    for mi, model in enumerate(models):
+        for ci, (cell, g) in enumerate(frame[frame["model"] == model].groupby("cell", sort=True)):
+            color = PALETTE[ci % len(PALETTE)]
+            at = dict(row=mi // cols + 1, col=mi % cols + 1)
+            n_cells += 1
+            fig.add_trace(
+                go.Scatter(
+                    x=g["index"].tolist(),
+                    y=g["objective"].tolist(),
+                    mode="markers",
+                    name=cell,
+                    legendgroup=cell,
+                    showlegend=False,
+                    marker=dict(color=color, size=7, opacity=0.6, symbol=SYMBOLS[mi % len(SYMBOLS)]),
+                    customdata=list(zip(g["trial_id"], g[S.TEST_METRIC].round(4))),
+                    hovertemplate=f"{html.escape(cell)}<br>trial %{{x}} (%{{customdata[0]}})<br>{objective} %{{y:.4f}}"
+                    f"<br>{label(S.TEST_METRIC)} %{{customdata[1]}}<extra></extra>",
+                ),
+                **at,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=g["index"].tolist(),
+                    y=g["best_so_far"].tolist(),
+                    mode="lines",
+                    name=cell,
+                    legendgroup=cell,
+                    line=dict(color=color, width=2, shape="hv"),
+                    hovertemplate=f"{html.escape(cell)}<br>best of the first %{{x}}: %{{y:.4f}}<extra></extra>",
+                ),
+                **at,
+            )
+    fig.update_xaxes(title_text="trial (in start order)", rangemode="tozero")
+    fig.update_yaxes(title_text=objective)
+    legend_rows = 1 + n_cells // 3  # cell names are long: about three to a legend row
+    height = 360 * rows + 22 * legend_rows
+    _layout(fig, height, legend_rows=legend_rows)
+    return fig, height
+
+
+def param_figure(frame: pd.DataFrame, param: str, objective: str):
+    """The objective and test image AUROC against one searched parameter, a colour per model; a log x axis where
+    the values span more than two decades."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = frame[frame[param].map(A.value_key) != A.NULL]
+    numeric = pd.to_numeric(rows[param], errors="coerce")
+    x = numeric if numeric.notna().all() else rows[param].map(A.value_key)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=[f"objective: {objective}", f"TEST: {label(S.TEST_METRIC)}"],
+        horizontal_spacing=0.08,
+    )
+    for mi, (model, g) in enumerate(rows.groupby("model", sort=True)):
+        for j, y in enumerate(("objective", S.TEST_METRIC)):
+            fig.add_trace(
+                go.Scatter(
+                    x=x[g.index].tolist(),
+                    y=g[y].tolist(),
+                    mode="markers",
+                    name=model,
+                    legendgroup=model,
+                    showlegend=j == 0,
+                    marker=dict(color=PALETTE[mi % len(PALETTE)], size=8, symbol=SYMBOLS[mi % len(SYMBOLS)]),
+                    text=g["cell"].tolist(),
+                    hovertemplate=f"%{{text}}<br>{html.escape(param)}=%{{x}}<br>{label(y)} %{{y:.4f}}<extra></extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
+    log = numeric.notna().all() and S.spans_decades(numeric)
+    fig.update_xaxes(title_text=param, type="log" if log else None)
+    _layout(fig, 380)
+    return fig
+
+
 # --------------------------------------------------------------------------- sections
+
+
+def _search_fact(search) -> str:
+    """The header's line on a search (sweeps.meta.SearchMeta): an oracle objective is said, not hidden."""
+    oracle = " — reads TEST labels: every pick is an ORACLE one" if search.oracle else ""
+    return (
+        f"{search.method}, {search.num_samples} samples per grid cell and model, objective "
+        f"{search.objective} ({search.mode}){oracle}; see Search"
+    )
 
 
 def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Section:
@@ -264,6 +364,8 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
         ("Test domains", ", ".join(domains) or "—"),
         ("Ablation axes", (", ".join(data.axes) or "none") + f" ({data.axes_source})"),
     ]
+    if data.search is not None:
+        facts.append(("Search", _search_fact(data.search)))
     if data.n_trials_missing:
         facts.insert(
             4,
@@ -274,6 +376,7 @@ def header_section(data: A.SweepData, cmp: pd.DataFrame, generated: str) -> Sect
             ),
         )
     bad = {"Incomplete"} | ({"Trials"} if data.n_trials_error else set())
+    bad |= {"Search"} if data.search is not None and data.search.oracle else set()
     s.html.append(
         '<table class="facts">'
         + "".join(
@@ -483,6 +586,114 @@ def comparison_section(data: A.SweepData, cmp: pd.DataFrame, cmp_notes: list[str
     return s
 
 
+def search_section(data: A.SweepData, figs: list[str]) -> Section | None:
+    """The search's pick per grid cell beside the ORACLE pick, the objective over trials, and whether the objective
+    tracks test AUROC. None for a grid sweep."""
+    search = data.search
+    if search is None:
+        return None
+    s = Section("search", "Search: the pick on the objective vs the ORACLE pick")
+    objective = label(search.objective)
+    auroc_digits = METRICS[S.TEST_METRIC].digits
+    s.text(
+        f"A {search.method} search, {search.num_samples} samples per grid cell and model (seed {search.seed}), "
+        f"over {', '.join(search.params) or 'no parameter'}; objective {search.objective} ({search.mode}). "
+        "A cell is model × grid-axis values × seed × test domain. Selected: the cell's trial best on the objective. "
+        f"{ORACLE_PICK}: the cell's trial best on test {label(S.TEST_METRIC)}. "
+        f"Gap = ORACLE − selected test {label(S.TEST_METRIC)}: what selecting on the objective gave away."
+    )
+    if search.oracle:
+        s.text(
+            f"The objective {search.objective} reads TEST labels (an `oracle:` objective): the selected config is "
+            "test-selected too, an ORACLE pick — not a deployable figure, and its gap says nothing about selection "
+            "without test labels.",
+            f"> **ORACLE:** the objective {search.objective} reads TEST labels: the selected config is test-selected "
+            "too, an ORACLE pick — not a deployable figure.",
+            cls="note bad",
+        )
+    frame = S.trials(data)
+    if frame.empty or frame["objective"].isna().all():
+        s.text(f"No successful trial has a value for the objective {search.objective}.", cls="note bad")
+        return s
+    picks = S.picks(data, frame)
+    html_table, md_table = _picks_tables(data, picks)
+    s.html.append(html_table.html())
+    s.md.append(md_table.markdown())
+    gaps = picks["gap"].dropna()
+    if len(gaps):
+        s.text(
+            f"In {int((gaps > 0).sum())} of {len(gaps)} cells the selected config is not the test-best one; "
+            f"mean gap {fmt(gaps.mean(), auroc_digits)}, largest {fmt(gaps.max(), auroc_digits)}."
+        )
+
+    s.html.append(f"<h3>Does {html.escape(objective)} track test {label(S.TEST_METRIC)}?</h3>")
+    s.md.append(f"### Does {objective} track test {label(S.TEST_METRIC)}?")
+    s.text(
+        f"Spearman ρ of {objective} and test {label(S.TEST_METRIC)} over each model's ok result rows (trial × test "
+        f"domain), cells pooled; and the mean ρ within a cell (the trials selection chooses among; cells with at "
+        f"least {S.MIN_CORRELATED} trials). Near 1: selecting on the objective picks what the test labels would; "
+        "near 0 or negative: it does not, on this sweep."
+    )
+    corr = S.objective_tracks_test(frame)
+    ct = Table(["model", "n", "Spearman ρ (pooled)", "p", "mean ρ within cells", "cells"], numeric_from=1)
+    for _, r in corr.iterrows():
+        ct.add([r["model"], str(r["n"]), fmt(r["rho"], 2), fmt(r["p"], 3), fmt(r["within_rho"], 2), str(r["n_cells"])])
+    s.table(ct)
+
+    fig, height = objective_trace_figure(frame, objective)
+    s.html.append(f"<h3>{html.escape(objective)} over the trials of each cell</h3>")
+    s.html.append(_fig_html(fig, "fig-search-trace", height))
+    figs.append("search-trace")
+    for p in S.searched_params(data):
+        if frame[p].map(A.value_key).eq(A.NULL).all():
+            continue
+        s.html.append(f"<h3>{html.escape(p)}: {html.escape(objective)} and test {label(S.TEST_METRIC)}</h3>")
+        s.html.append(_fig_html(param_figure(frame, p, objective), f"fig-search-{len(figs)}", 380))
+        figs.append(f"search-{p}")
+    return s
+
+
+def _picks_tables(data: A.SweepData, picks: pd.DataFrame) -> tuple[Table, Table]:
+    """The per-cell picks (`search.picks`) as the HTML table (grouped headers) and its Markdown twin (each column
+    named with its pick); ORACLE cells say so in both."""
+    search = data.search
+    objective = label(search.objective)
+    objective_digits = METRICS[search.objective].digits if search.objective in METRICS else 3
+    axes = [a for a in S.cell_axes(data) if (picks[a] != A.NULL).any()]
+    with_seed = bool((picks["seed"] != A.NULL).any())
+    cell_cols = ["model", "test domain", *axes] + (["seed"] if with_seed else []) + ["trials"]
+    shown = ["objective", *S.SHOWN_METRICS]
+    figure_cols = [objective if m == "objective" else label(m) for m in shown]
+    selected_title = "selected: test-selected (ORACLE)" if search.oracle else f"selected on {objective}"
+    gap_col = f"gap: ORACLE − selected {label(S.TEST_METRIC)}"
+    t = Table(
+        cell_cols + ["config", *figure_cols, "config", *figure_cols, gap_col],
+        groups=[("cell", len(cell_cols)), (selected_title, 1 + len(shown)), (ORACLE_PICK, 1 + len(shown)), ("", 1)],
+        numeric_from=len(cell_cols) - 1,
+        css="search",
+    )
+    for _, r in picks.iterrows():
+        cells: list = [r["model"], r["test_domain"], *(r[a] for a in axes)] + ([r["seed"]] if with_seed else [])
+        cells.append(str(r["n_trials"]))
+        for pick in ("selected", "oracle"):
+            texts = [r[f"{pick}_params"] or "—"]
+            texts += [fmt(r[f"{pick}_{m}"], objective_digits if m == "objective" else METRICS[m].digits) for m in shown]
+            is_oracle = pick == "oracle" or search.oracle
+            cells += [Cell(x, cls="oraclecell", md=f"ORACLE {x}") if is_oracle else x for x in texts]
+        cells.append(fmt_signed(r["gap"], METRICS[S.TEST_METRIC].digits))
+        t.add(cells)
+    md = Table(
+        cell_cols
+        + [f"selected {c}" for c in ["config", *figure_cols]]
+        + [f"ORACLE {c}" for c in ["config", *figure_cols]]
+        + [gap_col],
+        rows=t.rows,
+        row_classes=t.row_classes,
+        numeric_from=t.numeric_from,
+    )
+    return t, md
+
+
 def oracle_section(data: A.SweepData) -> Section:
     s = Section("oracle", ORACLE_HEADING, css="oracle")
     s.text(
@@ -649,6 +860,7 @@ __all__ = [
     "ablation_section",
     "cold_warm_section",
     "comparison_section",
+    "search_section",
     "oracle_section",
     "failures_section",
     "render_html",

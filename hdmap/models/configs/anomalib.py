@@ -207,7 +207,9 @@ ANOMALIB_MODELS: dict[str, AnomalibSpec] = {
     "dfm": AnomalibSpec(
         "dfm.lightning_model:Dfm",
         **_ONE_PASS,
-        bounds={"pooling_kernel_size": _AT_LEAST_1, "pca_level": _POSITIVE, "score_type": ("fre", "nll")},
+        # score_type "nll" is refused: anomalib 2.7.0's GaussianModel.fit calls torch.mean(..., device=...), a
+        # TypeError in every torch, so each such trial would fail after its feature pass
+        bounds={"pooling_kernel_size": _AT_LEAST_1, "pca_level": _POSITIVE, "score_type": ("fre",)},
         layers="layer",
         size_rule=_dfm_size,
     ),

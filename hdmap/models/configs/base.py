@@ -66,6 +66,12 @@ class ModelConfig(StrictModel):
         """Upper bound on epochs a trial of this config trains (ASHA's max_t)."""
         return 1
 
+    def per_epoch_metrics(self) -> set[str]:
+        """Metrics a trial of this config reports once per epoch (ASHA may rank on them): its own `per_epoch_metric`,
+        and `val_synth_auroc` (hdmap.fit's callback) for a config that trains more than one epoch."""
+        own = {self.per_epoch_metric} if self.per_epoch_metric else set()
+        return own | ({"val_synth_auroc"} if self.max_epochs() > 1 else set())
+
     def weights_label(self) -> str | None:
         """What the results row records in `pretrained_weights`; None for models without pretrained parts."""
         return None
