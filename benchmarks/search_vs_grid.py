@@ -10,9 +10,12 @@ simulated data set so it runs on 2 CPU cores:
 2. the search: `search: {method: random, num_samples: N}` over the same space into its own output (N = 25% of the
    grid by default), run for real -- its samples are grid configs, so each of its rows must equal the grid's row of
    the same trial_id (checked: the objective is reproducible run to run);
-3. how many trials a random search needs to come within 0.01 of the grid's best validation objective: the samples
-   of search seeds 0..S-1 drawn by the spec code itself (`sweeps.spec.load_spec`, so exactly the trials a search of
-   that seed runs), their objectives read from the grid's rows by trial_id (median and quartiles over seeds);
+3. how many trials a search needs to come within 0.01 of the grid's best validation objective, for search seeds
+   0..S-1, the objectives read from the grid's rows by trial_id (median and quartiles over seeds; a seed that does
+   not come within reach in 45 samples counts as infinitely many, printed inf): random, its samples
+   drawn by the spec code itself (`sweeps.spec.load_spec`, exactly the trials a search of that seed runs); optuna
+   TPE, replayed through the sweep's own searcher (`sweeps.search.CellSearcher`, as with max_concurrent: 1), each
+   suggestion answered with the grid's result for that config;
 4. the selected config's test AUROC: the search's (seed 0, N samples) pick on val_synth_auroc, the grid's pick on
    val_synth_auroc, and the grid's test-best config (ORACLE).
 """
@@ -20,6 +23,7 @@ simulated data set so it runs on 2 CPU cores:
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -44,7 +48,7 @@ SPEC = """
 name: {name}
 data:
   root: {root}
-  simulate: {{n_train: 60, n_test: 40, domains: [A, B, C, D], seed: 0}}
+  simulate: {{n_train: {n_train}, n_test: 40, domains: [A, B, C, D], seed: 0}}
 trial:
   data: {{image_size: [32, 96], resize: bilinear, to_rgb: false, normalization: none}}
   model:
@@ -70,18 +74,20 @@ def grid_body() -> str:
     return "".join(f"  {path}: {values}\n" for path, values in SPACE.items())
 
 
-def search_body(n: int, seed: int) -> str:
+def search_body(n: int, seed: int, method: str = "random") -> str:
     space = "".join(
         f"    {path}: {{choice: {values}}}\n" if path != "model.patch_count" else f"    {path}: {{randint: [1, 3]}}\n"
         for path, values in SPACE.items()
     )
-    return f"search:\n  method: random\n  num_samples: {n}\n  seed: {seed}\n  space:\n{space}"
+    return f"search:\n  method: {method}\n  num_samples: {n}\n  seed: {seed}\n  space:\n{space}"
 
 
 def write_spec(folder: Path, name: str, body: str, args) -> Path:
     path = folder / f"{name}.yaml"
     domains = "[" + ", ".join(args.domains.split(",")) + "]"
-    spec = SPEC.format(name=name, root=args.root, epochs=args.epochs, domains=domains, body=body, out=args.out)
+    spec = SPEC.format(
+        name=name, root=args.root, epochs=args.epochs, domains=domains, body=body, out=args.out, n_train=args.n_train
+    )
     path.write_text(spec)
     return path
 
@@ -108,6 +114,47 @@ def trials_needed(sample_ids: list[str], grid: pd.Series, target: float) -> int 
     return None
 
 
+class _EmptyStore:
+    """A store without rows, as sweeps.cells reads one: a fresh search."""
+
+    def results(self, columns: list[str]):
+        import pyarrow as pa
+
+        return pa.table({c: pa.array([], pa.float64() if c == OBJECTIVE else pa.string()) for c in columns})
+
+
+def tpe_trials_needed(plan, objective: pd.Series, targets: dict[str, float]) -> dict[str, int]:
+    """An optuna search of `plan` replayed through the sweep's own searcher (sweeps.search.CellSearcher, as with
+    max_concurrent: 1), each trial's result read from the grid's row of the same trial_id; per domain, the 1-based
+    index of its first trial within reach of the target (absent: never within its budget)."""
+    from ray.tune.search import Searcher
+
+    from hdmap.config import TrialConfig
+    from sweeps.cells import cell_histories
+    from sweeps.search import CellSearcher
+
+    searcher = CellSearcher(cell_histories(plan, _EmptyStore()), plan.spec.search, False, launched=set())
+    needed: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for i in range(10_000):
+        suggestion = searcher.suggest(f"t{i}")
+        if suggestion == Searcher.FINISHED:
+            break
+        cfg = TrialConfig.model_validate(suggestion["trial"])
+        domain, value = cfg.data.domain, float(objective[cfg.trial_id])
+        counts[domain] = counts.get(domain, 0) + 1
+        if domain not in needed and value >= targets[domain]:
+            needed[domain] = counts[domain]
+        searcher.on_trial_complete(f"t{i}", {OBJECTIVE: value})
+    return needed
+
+
+def median_quartiles(needed: list[int | None]) -> list[float]:
+    """Quartiles over every seed; a seed that never came within reach counts as infinitely many trials."""
+    values = sorted(math.inf if n is None else n for n in needed)
+    return statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="sweeps-out/search-vs-grid")
@@ -116,6 +163,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=11, help="the real search's num_samples (25%% of 45: 11)")
     parser.add_argument("--seeds", type=int, default=50, help="search seeds replayed on the grid's rows")
+    parser.add_argument("--n-train", type=int, default=60, help="simulated train images per domain (10%% validate)")
     args = parser.parse_args()
     args.root = str(Path(args.root).resolve())
 
@@ -127,6 +175,10 @@ def main() -> None:
         run(write_spec(folder, "search", search_body(args.samples, 0), args))
         grid, search = rows(f"{args.out}/grid"), rows(f"{args.out}/search")
         replays = [load_spec(write_spec(folder, f"s{seed}", search_body(45, seed), args)) for seed in range(args.seeds)]
+        tpe_plans = [
+            load_spec(write_spec(folder, f"t{seed}", search_body(45, seed, "optuna"), args))
+            for seed in range(args.seeds)
+        ]
 
     shared = search.index.intersection(grid.index)
     drift = (search.loc[shared, OBJECTIVE] - grid.loc[shared, OBJECTIVE]).abs().max()
@@ -134,20 +186,27 @@ def main() -> None:
         f"\nsearch rows {len(search)}, all of them grid configs: {len(shared) == len(search)}; "
         f"max |objective(search) - objective(grid)| over the same trial ids: {drift:.2g}\n"
     )
+    targets = {domain: g[OBJECTIVE].max() - WITHIN for domain, g in grid.groupby("domain")}
+    tpe = [tpe_trials_needed(plan, grid[OBJECTIVE], targets) for plan in tpe_plans]
     for domain, g in grid.groupby("domain"):
         best_val = g[OBJECTIVE].max()
+        tpe_needed = [n.get(domain) for n in tpe]
+        tpe_found = [n for n in tpe_needed if n is not None]
+        tq = median_quartiles(tpe_needed)
         needed = []
         for plan in replays:
             ids = [t.trial_id for t in plan.trials if t.data.domain == domain]
             needed.append(trials_needed(ids, g[OBJECTIVE], best_val - WITHIN))
-        found = sorted(n for n in needed if n is not None)
-        q = statistics.quantiles(found, n=4) if len(found) > 1 else [found[0]] * 3
+        found = [n for n in needed if n is not None]
+        q = median_quartiles(needed)
         s = search[search.domain == domain]
         picked, grid_pick, oracle = s.loc[s[OBJECTIVE].idxmax()], g.loc[g[OBJECTIVE].idxmax()], g[TEST].max()
         print(
             f"domain {domain}: grid {len(g)} configs, best {OBJECTIVE} {best_val:.3f}; random search needs "
             f"median {q[1]:g} (quartiles {q[0]:g}-{q[2]:g}) trials to come within {WITHIN} of it "
-            f"({q[1] / len(g):.0%} of the grid; {len(found)}/{len(needed)} seeds reach it within 45 samples)\n"
+            f"({q[1] / len(g):.0%} of the grid; {len(found)}/{len(needed)} seeds reach it within 45 samples); "
+            f"optuna TPE needs median {tq[1]:g} (quartiles {tq[0]:g}-{tq[2]:g}; {tq[1] / len(g):.0%}; "
+            f"{len(tpe_found)}/{len(tpe)} seeds reach it within 45 trials)\n"
             f"  test AUROC: search ({len(s)} samples, seed 0) pick {picked[TEST]:.3f} (its {OBJECTIVE} "
             f"{picked[OBJECTIVE]:.3f}); grid pick on {OBJECTIVE} {grid_pick[TEST]:.3f}; grid test-best (ORACLE) "
             f"{oracle:.3f}; grid median {g[TEST].median():.3f}"

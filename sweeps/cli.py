@@ -247,7 +247,10 @@ def sweep_plan(
     if plan.cells:
         notes += _search_cells_notes(plan)
     if plan.repeated_samples:
-        notes.append(f"{plan.repeated_samples} samples drew a config drawn already (a discrete space): each runs once")
+        notes.append(
+            f"{plan.repeated_samples} samples are not run: the space holds fewer distinct configs than num_samples "
+            "(each config runs once)"
+        )
     for note in notes:
         console.print(f"note: {note}")
     store = ResultStore(plan.spec.sweep_dir())  # reading creates nothing

@@ -18,8 +18,10 @@ import copy
 import hashlib
 import logging
 import math
+import zlib
 from typing import Any
 
+import numpy as np
 import optuna
 from pydantic import ValidationError
 from ray.tune.search import Searcher
@@ -30,6 +32,7 @@ from sweeps.cells import CellHistory
 from sweeps.spec import Distribution, SearchSpec
 
 MAX_ASKS = 100  # draws in a row that repeat a config the cell ran (or cannot run) before the cell counts as exhausted
+RANDOM_AFTER = 10  # TPE's repeats in a row before the next new config is drawn at random
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
 
@@ -39,7 +42,7 @@ class CellSearcher(Searcher):
 
     def __init__(self, histories: list[CellHistory], search: SearchSpec, retry_failed: bool, launched: set[str]):
         super().__init__(metric=search.column, mode=search.mode)
-        self.cells = [CellStudy(history, search, retry_failed) for history in histories]
+        self.cells = [CellStudy(history, search, retry_failed, i) for i, history in enumerate(histories)]
         self.turn = 0  # the cell whose turn it is to suggest
         self.running: dict[str, CellStudy] = {}  # Tune's trial id -> the cell that suggested it
         self.launched = launched
@@ -68,8 +71,9 @@ class CellSearcher(Searcher):
 class CellStudy:
     """One cell's TPE study, started from the cell's trials in the store."""
 
-    def __init__(self, history: CellHistory, search: SearchSpec, retry_failed: bool) -> None:
+    def __init__(self, history: CellHistory, search: SearchSpec, retry_failed: bool, index: int = 0) -> None:
         cell = self.cell = history.cell
+        self.index, self.seed = index, cell_seed(search.seed, cell.key)
         self.space = {path: _distribution(dist, cell.choices.get(path)) for path, dist in cell.space.items()}
         done = history.done(retry_failed)
         retried = [t for t in history.trials if t not in done]  # --retry-failed: the failed configs run first
@@ -78,38 +82,66 @@ class CellStudy:
             metric=search.column,
             mode=search.mode,
             points_to_evaluate=[self._encode(t.values) for t in retried],
-            sampler=optuna.samplers.TPESampler(seed=cell_seed(search.seed, cell.key), constant_liar=True),
+            sampler=optuna.samplers.TPESampler(seed=self.seed, constant_liar=True),
         )
         for t in done:  # re-seeded: a failed trial is a sample without a reward
             self.study.add_evaluated_point(self._encode(t.values), t.reward, error=_missing(t.reward))
         self.left = history.left(retry_failed)
         self.known = {t.trial_id for t in done}  # configs not to run (again): stored, or launched by this run
-        self.asked: dict[str, str] = {}  # Tune's trial id -> the study's trial for it
+        self.rewards = {t.trial_id: None if _missing(t.reward) else t.reward for t in done}  # a repeat's answer
+        self.asked: dict[str, tuple] = {}  # Tune's trial id -> (the study's trial, the config's id, random params)
 
     def suggest(self, trial_id: str) -> TrialConfig | None:
-        """The study's next config that is not known yet; None when MAX_ASKS draws in a row were (a small discrete
-        space run through, or values that do not validate together): the cell stops short of its budget."""
+        """The study's next config that is not known yet. A repeat is answered at once with the reward the study
+        already had for it (none for a config still running or one that does not validate); once TPE keeps repeating
+        itself (a small discrete space it has converged in, RANDOM_AFTER repeats in a row), the next new config is
+        drawn at random from the space, as a random search would. None after MAX_ASKS draws without a new config:
+        the cell stops short of its budget."""
         for attempt in range(MAX_ASKS):
             asked = f"{trial_id}-{attempt}"
-            cfg = self._config(self.study.suggest(asked))
+            if attempt < RANDOM_AFTER:
+                params = self.study.suggest(asked)
+            else:
+                params = self._random_params(asked)
+            cfg = self._config(params)
             if cfg is not None and cfg.trial_id not in self.known:
                 self.known.add(cfg.trial_id)
-                self.asked[trial_id] = asked
+                self.asked[trial_id] = (asked, cfg.trial_id, None if attempt < RANDOM_AFTER else params)
                 self.left -= 1
                 return cfg
-            self.study.on_trial_complete(asked, None, error=True)  # a draw that does not run: no reward
+            if attempt < RANDOM_AFTER:
+                reward = None if cfg is None else self.rewards.get(cfg.trial_id)
+                self._complete(asked, None, reward)
         logging.getLogger("ray").warning(
-            "search cell %s: no new config in %d draws; it stops here", self.cell.key, MAX_ASKS
+            "search cell %d: no new config in %d draws (its space is nearly run through); it stops here",
+            self.index,
+            MAX_ASKS,
         )
         self.left = 0
         return None
 
     def tell(self, trial_id: str, reward: Any) -> None:
         """A trial's end: its reward (the objective from its final report), none for a failure."""
-        if _missing(reward):
-            self.study.on_trial_complete(self.asked.pop(trial_id), None, error=True)
+        asked, cfg_id, params = self.asked.pop(trial_id)
+        self.rewards[cfg_id] = None if _missing(reward) else float(reward)
+        self._complete(asked, params, self.rewards[cfg_id])
+
+    def _complete(self, asked: str, params: dict | None, reward: float | None) -> None:
+        """Tell the study a result: of its own suggestion `asked`, or of a random draw's `params` (added)."""
+        if params is not None:
+            self.study.add_evaluated_point(params, reward, error=reward is None)
+        elif reward is None:
+            self.study.on_trial_complete(asked, None, error=True)
         else:
-            self.study.on_trial_complete(self.asked.pop(trial_id), {self.study.metric: float(reward)})
+            self.study.on_trial_complete(asked, {self.study.metric: reward})
+
+    def _random_params(self, asked: str) -> dict[str, Any]:
+        """A uniform draw of the study's parameters (a choice by its index), seeded by the cell and the draw."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(asked.encode())])
+        return {
+            path: int(rng.integers(len(self.cell.choices[path]))) if path in self.cell.choices else dist.sample(rng)
+            for path, dist in sorted(self.cell.space.items())
+        }
 
     def _config(self, params: dict[str, Any]) -> TrialConfig | None:
         """The cell's config with the drawn values (a choice is drawn by its index), settled by the model as a random

@@ -276,7 +276,7 @@ class Plan(BaseModel):
     trials: list[TrialConfig]
     axes: list[str]
     axis_values: dict[str, list]  # swept values in spec order; the first is the report's baseline
-    repeated_samples: int = 0  # a search's samples that drew a config already drawn (a discrete space): run once
+    repeated_samples: int = 0  # a search's samples not run: its discrete space holds fewer configs (or equal ones)
     cells: list[SearchCell] = []  # search.method optuna: its grid cells, whose trials are chosen as the sweep runs
 
     @property
@@ -370,8 +370,9 @@ def expand(tree: dict, source: str = "spec") -> Plan:
     axes_used: list[str] = []
     axis_values: dict[str, list] = {}
     cells: list[SearchCell] = []
+    short: list[int] = []  # per model, the random samples its space cannot hold
     for name, mspec in models.items():
-        model_trials, paths = _expand_model(spec, name, mspec, source, problems, axis_values, cells)
+        model_trials, paths = _expand_model(spec, name, mspec, source, problems, axis_values, cells, short)
         trials += model_trials
         axes_used += [p for p in paths if p not in axes_used]
     problems += _search_problems(spec, models, source)
@@ -379,6 +380,7 @@ def expand(tree: dict, source: str = "spec") -> Plan:
     if problems:
         raise SpecError("\n".join(dict.fromkeys(problems)))
     trials, repeats = _drop_repeated_samples(trials) if spec.search.method != "grid" else (trials, 0)
+    repeats += sum(short)
     _check_unique(trials + [cell.config for cell in cells], source)
     spec_hash = hashlib.sha1(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
     if "seed" not in axes_used and len(spec.seeds) > 1:
@@ -426,10 +428,12 @@ def _expand_model(
     problems: list[str],
     axis_values: dict[str, list],
     cells: list[SearchCell],
+    short: list[int],
 ) -> tuple[list[TrialConfig], list[str]]:
     """One model's trials and the config paths it sweeps; for search.method optuna, no trials: its grid cells join
-    `cells`. Its problems join `problems`; once there are any (this model's or an earlier one's), its values are not
-    validated trial by trial: the spec is refused anyway."""
+    `cells`; for random samples, the count a small discrete space cannot hold joins `short`. Its problems join
+    `problems`; once there are any (this model's or an earlier one's), its values are not validated trial by trial:
+    the spec is refused anyway."""
     base = _merge(copy.deepcopy(spec.trial), mspec.trial)
     base.setdefault("model", {})["name"] = name
     base.setdefault("data", {})["root"] = _absolute(spec.data.root)
@@ -457,7 +461,9 @@ def _expand_model(
     if problems:
         return [], []
     if spec.search.method in ("random", "asha"):
-        grid.append(_samples(spec.search, name, {path: dist for path, (dist, _) in space.items()}))
+        samples = _samples(spec.search, name, {path: dist for path, (dist, _) in space.items()})
+        short.append(math.prod(len(options) for options in grid) * ((spec.search.num_samples or 0) - len(samples)))
+        grid.append(samples)
     trials = _trials(base, grid, source, problems)
     if spec.search.method == "optuna" and not problems:  # the trials are chosen as the sweep runs
         trees = [tree for tree, _ in _combinations(base, grid)]
@@ -475,14 +481,24 @@ def _space(spec: SweepSpec, mspec: ModelSpec, name: str) -> dict[str, tuple[Dist
 
 
 def _samples(search: SearchSpec, model: str, space: dict[str, Distribution]) -> list[dict]:
-    """`num_samples` assignments of the searched paths. Sample i draws from its own generator, seeded by (search.seed,
-    model, i): every grid cell of a model gets the same samples (paired across domains and seeds), and raising
-    num_samples keeps the samples drawn so far (their trials are in the store: only the new ones run)."""
+    """`num_samples` distinct assignments of the searched paths (all of them, when a discrete space holds fewer).
+    Draw i comes from its own generator, seeded by (search.seed, model, i), and a draw that repeats an earlier one is
+    skipped: every grid cell of a model gets the same samples (paired across domains and seeds), a discrete space is
+    sampled without replacement, and raising num_samples keeps the samples drawn so far (their trials are in the
+    store: only the new ones run)."""
     model_key = zlib.crc32(model.encode())
-    samples = []
-    for i in range(search.num_samples or 0):
+    choices = {path: dist.choice for path, dist in space.items() if dist.choice is not None}
+    wanted = min(search.num_samples or 0, _space_size({p: (d, "") for p, d in space.items()}, choices))
+    samples, seen = [], set()
+    for i in range(int(wanted) * 100 + 1000):  # bounded: choices that validate to one value repeat forever
+        if len(samples) == wanted:
+            break
         rng = np.random.default_rng([search.seed, model_key, i])
-        samples.append({path: space[path].sample(rng) for path in sorted(space)})
+        sample = {path: space[path].sample(rng) for path in sorted(space)}
+        key = json.dumps(sample, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            samples.append(sample)
     return samples
 
 

@@ -69,10 +69,14 @@ def test_loguniform_spreads_over_the_decades(tmp_path):
     assert decades == {-5, -4, -3}  # uniform in log space: every decade drawn, none outside [1e-5, 1e-2)
 
 
-def test_a_discrete_space_runs_each_config_once(tmp_path):
+def test_a_discrete_space_is_sampled_without_replacement(tmp_path):
     body = DRAEM.replace("model.lr: {loguniform: [1.0e-5, 1.0e-2]}", "")
     plan = load_spec(write(tmp_path, body + search(n=12)))
-    assert len(plan.trials) == 2 * 3 and plan.repeated_samples == 2 * 9
+    assert len(plan.trials) == 2 * 3 and plan.repeated_samples == 2 * 9  # 3 configs: each runs once
+    two = load_spec(write(tmp_path, body + search(n=2), "two.yaml"))
+    widths = [t.model.base_width for t in two.trials if t.data.domain == "domain_A"]
+    assert len(set(widths)) == 2  # never a repeat while the space holds new configs
+    assert [t.trial_id for t in two.trials] == [t.trial_id for t in plan.trials if t.model.base_width in widths]
 
 
 def test_randint_includes_both_ends(tmp_path):

@@ -249,3 +249,15 @@ def test_an_unbounded_search_runs_as_many_trials_at_once_as_fit(tmp_path):
     assert trial_slots(plan, plan.configs, {"CPU": 1}) == 1  # never 0: a cluster too small is check_resources' error
     gpu = plan_of(tmp_path, extra="resources: {cpu: 1, gpu: 0.5}\n", name="gpu.yaml")
     assert trial_slots(gpu, gpu.configs, {"CPU": 16, "GPU": 1}) == 2
+
+
+def test_a_small_discrete_space_is_run_through_to_its_budget(tmp_path):
+    """TPE converges and keeps suggesting the configs it ran: each repeat is answered with its known reward, and
+    after RANDOM_AFTER repeats the next new config is drawn at random, so the cell still draws its whole budget
+    (before, a converged study stopped the cell short)."""
+    space = "{model.k: {randint: [1, 9]}, model.coreset_ratio: {choice: [0.05, 0.1, 0.2]}}"
+    plan = plan_of(tmp_path, n=27, space=space, axes="{data.domain: [A]}")
+    (cell,) = plan.cells
+    assert cell.budget == 27
+    ran = run_sequentially(searcher_of(plan), reward=lambda cfg: 1 / cfg.model.k)  # one clear optimum: k = 1
+    assert len(ran) == 27 and len({c.trial_id for c in ran}) == 27
