@@ -119,6 +119,19 @@ class Distribution(_Strict):
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
 
+def _dotted_space(space: Any) -> Any:
+    """`{model: {k: {randint: [1, 9]}}}` (what `--set search.space.model.k=...` writes) as `{model.k: {...}}`."""
+    if not isinstance(space, dict):
+        return space
+    flat: dict[str, Any] = {}
+    for path, value in space.items():
+        if isinstance(value, dict) and value and not set(value) & set(DISTRIBUTIONS):
+            flat.update({f"{path}.{inner}": dist for inner, dist in _dotted_space(value).items()})
+        else:
+            flat[path] = value
+    return flat
+
+
 class SearchSpec(_Strict):
     """A search inside each grid cell: `num_samples` configs per cell and model, drawn from `space` (and each model's
     own `space`), selected on `objective`, a results column that needs no test labels."""
@@ -130,6 +143,8 @@ class SearchSpec(_Strict):
     space: dict[str, Distribution] = {}
     grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it may be stopped")
     reduction_factor: float = Field(3, gt=1, description="asha: 1/reduction_factor of the trials go on at each rung")
+
+    _space_paths = field_validator("space", mode="before")(_dotted_space)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -164,6 +179,8 @@ class ModelSpec(_Strict):
     axes: dict[str, Any] = {}
     space: dict[str, Distribution] = {}
     resources: Resources | None = None
+
+    _space_paths = field_validator("space", mode="before")(_dotted_space)
 
 
 class TrackingSpec(_Strict):

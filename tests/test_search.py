@@ -157,3 +157,20 @@ BAD_SPACES = [  # (the text of the DRAEM spec replaced, by what, the error)
 def test_bad_search_spaces_are_refused_before_launch(tmp_path, old, new, expected):
     with pytest.raises(SpecError, match=expected):
         load_spec(write(tmp_path, DRAEM.replace(old, new) + search()))
+
+
+def test_a_space_written_nested_or_through_set_names_dotted_paths(tmp_path):
+    """`--set search.space.model.k=...` writes {model: {k: ...}}: read as the path model.k, like the YAML form."""
+    body = DRAEM
+    flat = load_spec(write(tmp_path, body + search()))
+    nested = load_spec(
+        write(tmp_path, body + search(), "nested.yaml"),
+        ["models.draem.space.model.epochs={randint: [1, 3]}"],
+    )
+    assert nested.search_params() == ["model.lr", "model.base_width", "model.epochs"]
+    assert {t.model.epochs for t in nested.trials} <= {1, 2, 3} and flat.search_params()[:2] == [
+        "model.lr",
+        "model.base_width",
+    ]
+    with pytest.raises(SpecError, match=r"models\.draem\.space\.model\.epochs: randint: low 3 must be below high 1"):
+        load_spec(write(tmp_path, body + search(), "bad.yaml"), ["models.draem.space.model.epochs={randint: [3, 1]}"])
