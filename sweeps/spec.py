@@ -505,7 +505,7 @@ def _samples(search: SearchSpec, model: str, space: dict[str, Distribution]) -> 
     store: only the new ones run)."""
     model_key = zlib.crc32(model.encode())
     choices = {path: dist.choice for path, dist in space.items() if dist.choice is not None}
-    wanted = min(search.num_samples or 0, _space_size({p: (d, "") for p, d in space.items()}, choices))
+    wanted = min(search.num_samples or 0, _space_size(space, choices))
     samples, seen = [], set()
     for i in range(int(wanted) * 100 + 1000):  # bounded: choices that validate to one value repeat forever
         if len(samples) == wanted:
@@ -543,8 +543,8 @@ def _search_cells(
                 if dist.choice is not None:
                     choices.setdefault(path, []).append(_get_path(cfg.model_dump(mode="json"), path))
                 problems += _changed_beyond(base, cfg, space, where)
-        budget = int(min(search.num_samples or 0, _space_size(space, choices)))
         space_only = {p: d for p, (d, _) in space.items()}
+        budget = int(min(search.num_samples or 0, _space_size(space_only, choices)))
         cells.append(SearchCell(config=base, tree=tree, space=space_only, budget=budget, key=key, choices=choices))
     return cells
 
@@ -575,10 +575,10 @@ def _changed_beyond(base: TrialConfig, cfg: TrialConfig, space: dict, where: str
     ]
 
 
-def _space_size(space: dict[str, tuple[Distribution, str]], choices: dict[str, list]) -> float:
+def _space_size(space: dict[str, Distribution], choices: dict[str, list]) -> float:
     """Distinct configs the space holds (inf: a continuous range)."""
     size = 1.0
-    for path, (dist, _) in space.items():
+    for path, dist in space.items():
         if dist.choice is not None:
             size *= len({json.dumps(v, sort_keys=True) for v in choices.get(path, [])})
         elif dist.randint is not None:
