@@ -29,7 +29,8 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("test_domain", pa.string()),
     ("seed", pa.int64()),
     ("n_fit", pa.int64()),
-    ("epochs_run", pa.int64()),  # epochs actually trained (early stopping may end before model.epochs)
+    # epochs actually trained (early stopping may end before model.epochs; a pruned row: before ASHA stopped it)
+    ("epochs_run", pa.int64()),
     ("references_removed", pa.int64()),
     # validation normals vs their synthetic faults (hdmap.data.synthetic_val): one figure per trial, no test label;
     # null on error rows and rows written before it existed

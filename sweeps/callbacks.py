@@ -163,12 +163,14 @@ class PruneRecorder(Callback):
         if self.store is None or not stopped_by_scheduler(result):
             return
         reports = result.get("training_iteration", 0)
+        epoch = result.get("epoch")  # the 0-based epoch of the report the scheduler stopped it on
         self.store.write_failure(
             TrialConfig.model_validate(trial.config["trial"]),
             f"stopped early by the scheduler after {reports} reports",
             self.sweep,
             self.spec_hash,
             status="pruned",
+            epochs_run=None if epoch is None else epoch + 1,
         )
 
 

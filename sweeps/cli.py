@@ -233,7 +233,7 @@ def sweep_plan(
         table.add_row(model, str(n), f"{r.cpu:g}", f"{r.gpu:g}")
     console.print(table)
     console.print(
-        f"axes: {', '.join(plan.axes) or '-'}; scheduler: {'asha' if plan.spec.asha else 'fifo'}; "
+        f"axes: {', '.join(plan.axes) or '-'}; scheduler: {_scheduler_text(plan)}; "
         f"max_concurrent: {plan.spec.max_concurrent or 'as resources allow'}; "
         f"output: {redact_uri(plan.spec.sweep_dir())}"
     )
@@ -258,6 +258,15 @@ def sweep_plan(
     done += sum(len(history.done(retry_failed=False)) for history in cell_histories(plan, store))
     if done:
         console.print(f"already in the store (will not re-run): {done}")
+
+
+def _scheduler_text(plan) -> str:
+    """`sweep plan`'s scheduler: fifo, asha over the grid's trials, or asha within each cell of a search."""
+    asha = plan.spec.asha
+    if asha is None:
+        return "fifo"
+    where = "within each grid cell" if plan.spec.search.method == "asha" else "over all trials"
+    return f"asha on {asha.metric} per epoch ({asha.mode}), {where}"
 
 
 def _search_cells_notes(plan) -> list[str]:

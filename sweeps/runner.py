@@ -41,7 +41,7 @@ from sweeps.ray_cluster import (
 from sweeps.redact import redact, redact_uri
 from sweeps.result_keys import DISK_FULL
 from sweeps.signals import StopSignals
-from sweeps.spec import Plan
+from sweeps.spec import Plan, cell_key
 from sweeps.store import ResultStore
 from sweeps.trial_logger import LogTally, TrialLogger
 from sweeps.worker import TrialContext, trial_trainable
@@ -306,13 +306,16 @@ class SweepRun:
         )
 
     def scheduler(self, todo: list[TrialConfig]):
-        """ASHA on the spec's per-epoch metric, or None (FIFO)."""
+        """ASHA on the spec's per-epoch metric, or None (FIFO): for a search (`method: asha`) within each of its grid
+        cells (sweeps.cell_asha), for a grid's `scheduler: asha` over all its trials."""
         asha = self.spec.asha
         if not asha:
             return None
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(
+        from sweeps.cell_asha import CellASHA
+
+        kwargs = dict(
             time_attr="training_iteration",
             metric=asha.metric,
             mode=asha.mode,
@@ -320,6 +323,10 @@ class SweepRun:
             grace_period=asha.grace_period,
             reduction_factor=asha.reduction_factor,
         )
+        if self.spec.search.method != "asha":
+            return ASHAScheduler(**kwargs)
+        params = self.plan.search_params()
+        return CellASHA({t.trial_id: cell_key(t, params) for t in todo}, **kwargs)
 
     def record_unfinished(self, grid) -> None:
         """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""

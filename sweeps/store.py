@@ -111,11 +111,20 @@ class ResultStore:
         self._atomic_write(results, f"parts/results/{trial_id}.parquet")
 
     def write_failure(
-        self, cfg: TrialConfig, error: BaseException | str, sweep: str, spec_hash: str, status: str = "error"
+        self,
+        cfg: TrialConfig,
+        error: BaseException | str,
+        sweep: str,
+        spec_hash: str,
+        status: str = "error",
+        epochs_run: int | None = None,
     ) -> None:
-        """The one writer of a trial's row when it has no result: status error (or pruned), the error's text."""
-        failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(str(error)))
-        failed.rows[0].update(status=status)
+        """The one writer of a trial's row when it has no result: status error (or pruned, with the epochs it ran
+        before the scheduler stopped it), the error's text (an exception's with its traceback; a note as it is)."""
+        failed = failed_trial(cfg, error if isinstance(error, BaseException) else RuntimeError(error))
+        failed.rows[0].update(status=status, epochs_run=epochs_run)
+        if isinstance(error, str):
+            failed.rows[0].update(error=error)
         self.write_trial(failed, sweep, spec_hash)
 
     def mark_timeout(self, trial_id: str, timeout_s: float) -> None:

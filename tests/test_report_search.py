@@ -167,3 +167,27 @@ def test_rows_without_the_objective_say_so(tmp_path):
     rows = [{**r, "val_synth_auroc": None} for r in _rows()]
     md = build_report(_data(_search(), rows), tmp_path).markdown.read_text()
     assert "No successful trial has a value for the objective val_synth_auroc." in md
+
+
+def _asha_rows(pruned_epochs: list[int | None]) -> list[dict]:
+    """The search's rows (each ran its model.epochs) and trials ASHA stopped after `pruned_epochs` of 10."""
+    rows = [{**r, "epochs_run": r["model.epochs"]} for r in _rows()]
+    for i, epochs in enumerate(pruned_epochs):
+        stopped = {**rows[0], "trial_id": f"pruned-{i}", "status": "pruned", "image_auroc": None, "accuracy": None}
+        rows.append({**stopped, "val_synth_auroc": None, "epochs_run": epochs, "model.epochs": 10})
+    return rows
+
+
+def test_asha_search_says_what_stopping_early_saved(tmp_path):
+    data = _data(_search(method="asha"), _asha_rows([3, 3]))
+    md = build_report(data, tmp_path).markdown.read_text()
+    full = 2 * sum(EPOCHS) + 2 * 10
+    assert (
+        f"ASHA stopped 2 of 14 trials early on the objective per epoch; they trained {2 * sum(EPOCHS) + 6} epochs, "
+        f"{(2 * sum(EPOCHS) + 6) / full:.0%} of the {full} run to the end would train." in md
+    )
+    picks = S.picks(data, S.trials(data))
+    assert not picks["selected_trial"].str.startswith("pruned").any()  # a stopped trial is never selected
+    # a pruned row from before rows recorded their epochs: the counts alone
+    older = build_report(_data(_search(method="asha"), _asha_rows([3, None])), tmp_path / "older")
+    assert "ASHA stopped 2 of 14 trials early on the objective per epoch. A stopped trial" in older.markdown.read_text()

@@ -174,3 +174,34 @@ def test_a_space_written_nested_or_through_set_names_dotted_paths(tmp_path):
     ]
     with pytest.raises(SpecError, match=r"models\.draem\.space\.model\.epochs: randint: low 3 must be below high 1"):
         load_spec(write(tmp_path, body + search(), "bad.yaml"), ["models.draem.space.model.epochs={randint: [3, 1]}"])
+
+
+def test_asha_search_stops_a_trial_only_against_its_own_grid_cell(tmp_path):
+    """One cell's objective runs lower (a harder domain): one ASHA for the sweep would stop its trials on the other
+    cell's cutoffs and leave it no trial run to the end; each cell has its own rungs (sweeps.cell_asha)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from sweeps.cell_asha import CellASHA
+    from sweeps.runner import SweepRun
+
+    plan = load_spec(write(tmp_path, DRAEM + search("asha", 4, ", grace_period: 1")))
+    by_domain = {d: [t for t in plan.trials if t.data.domain == d] for d in ("domain_A", "domain_C")}
+    scheduler = SweepRun.scheduler(SimpleNamespace(spec=plan.spec, plan=plan), plan.trials)
+    assert isinstance(scheduler, CellASHA)
+    args = dict(time_attr="training_iteration", metric="val_synth_auroc", mode="max", max_t=4, grace_period=1)
+
+    def first_rung(scheduler, trials, rewards) -> list[str]:
+        actions = []
+        for i, (cfg, reward) in enumerate(zip(trials, rewards, strict=True)):
+            trial = SimpleNamespace(trial_id=f"{cfg.trial_id}-{i}", config={"trial": cfg.model_dump(mode="json")})
+            scheduler.on_trial_add(None, trial)
+            actions.append(scheduler.on_trial_result(None, trial, {"training_iteration": 1, "val_synth_auroc": reward}))
+        return actions
+
+    easy, hard = by_domain["domain_A"][:3], by_domain["domain_C"][:1]
+    assert first_rung(ASHAScheduler(**args), easy + hard, [0.9, 0.8, 0.95, 0.5])[-1] == TrialScheduler.STOP
+    actions = first_rung(scheduler, easy + hard, [0.9, 0.8, 0.95, 0.5])
+    assert actions == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.CONTINUE, TrialScheduler.CONTINUE]
+    assert len(scheduler.cells) == 2

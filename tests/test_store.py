@@ -133,3 +133,21 @@ def test_a_store_uri_with_credentials_writes_and_shows_none(tmp_path, s3, monkey
         assert key_id.encode() not in text and secret.encode() not in text, path
     local = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not [p for p in local if secret.encode() in p.read_bytes() or key_id.encode() in p.read_bytes()]
+
+
+def test_a_trial_stopped_by_the_scheduler_is_recorded_pruned_with_its_epochs(tmp_path):
+    """Tune marks `done` the report the scheduler stopped a trial on; that report's 0-based `epoch` says how many
+    epochs it trained (the report's `asha` line in the search section adds them up)."""
+    from types import SimpleNamespace
+
+    from hdmap.config import TrialConfig
+    from sweeps.callbacks import PruneRecorder
+
+    store = ResultStore(str(tmp_path / "sweep"))
+    recorder = PruneRecorder(store, "s", "h")
+    trial = SimpleNamespace(config={"trial": TrialConfig().model_dump(mode="json")})
+    recorder.on_trial_result(0, [], trial, {"training_iteration": 3, "epoch": 2})  # going on: no row
+    assert store.results(["trial_id"]).num_rows == 0
+    recorder.on_trial_result(0, [], trial, {"training_iteration": 3, "epoch": 2, "done": True})
+    (row,) = store.results(["status", "epochs_run", "error"]).to_pylist()
+    assert row == {"status": "pruned", "epochs_run": 3, "error": "stopped early by the scheduler after 3 reports"}

@@ -252,6 +252,7 @@ def test_asha_scheduler_runs_on_per_epoch_val_loss(tmp_path, ray_local):
     statuses = sorted(r["status"] for r in rows)
     assert outcome.ok + outcome.pruned == 3 and outcome.ok >= 1, statuses
     assert all(r["image_auroc"] is not None for r in rows if r["status"] == "ok")
+    assert all(r["epochs_run"] in (1, 3) for r in rows if r["status"] == "pruned"), rows  # rungs at epochs 1 and 3
 
 
 def test_asha_search_ranks_trials_on_the_validation_objective_each_epoch(tmp_path, ray_local):
@@ -267,8 +268,9 @@ def test_asha_search_ranks_trials_on_the_validation_objective_each_epoch(tmp_pat
     for row in rows:
         if row["status"] == "ok":
             assert 0 <= row["val_synth_auroc"] <= 1 and row["epochs_run"] == 4, row
-        else:  # stopped at a rung: it reported val_synth_auroc at least once
+        else:  # stopped at a rung (grace period 1, reduction factor 3: after epoch 1 or 3), its epochs recorded
             assert row["status"] == "pruned" and "stopped early by the scheduler after" in row["error"], row
+            assert row["epochs_run"] in (1, 3), row
 
 
 def test_user_error_under_asha_is_an_error_not_a_pruned_trial(tmp_path, ray_local):

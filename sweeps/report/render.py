@@ -602,6 +602,16 @@ def search_section(data: A.SweepData, figs: list[str]) -> Section | None:
         f"{ORACLE_PICK}: the cell's trial best on test {label(S.TEST_METRIC)}. "
         f"Gap = ORACLE − selected test {label(S.TEST_METRIC)}: what selecting on the objective gave away."
     )
+    if search.method == "asha":
+        stops = S.early_stops(data)
+        epochs, full = stops["epochs"], stops["full"]
+        saved = ""
+        if full:
+            saved = f"; they trained {epochs:,} epochs, {epochs / full:.0%} of the {full:,} run to the end would train"
+        s.text(
+            f"ASHA stopped {stops['pruned']} of {stops['trials']} trials early on the objective per epoch{saved}. "
+            "A stopped trial has no test figures and is never selected."
+        )
     if search.oracle:
         s.text(
             f"The objective {search.objective} reads TEST labels (an `oracle:` objective): the selected config is "

@@ -147,6 +147,25 @@ def objective_tracks_test(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "n", "rho", "p", "within_rho", "n_cells"])
 
 
+def early_stops(data: SweepData) -> dict[str, int | None]:
+    """An asha search's trials (ok or stopped early), how many the scheduler stopped, and the epochs they trained
+    against the epochs all of them would have trained run to the end (`model.epochs`): what stopping early saved.
+    The epoch figures are None where a row lacks them (pruned rows written before they recorded their epochs)."""
+    rows = data.rows
+    finished = rows[rows["status"].isin(["ok", "pruned"])].drop_duplicates("trial_id")
+    counts: dict[str, int | None] = {
+        "trials": len(finished),
+        "pruned": int((finished["status"] == "pruned").sum()),
+        "epochs": None,
+        "full": None,
+    }
+    epochs = finished.get("epochs_run", pd.Series(dtype=float))
+    full = finished.get("model.epochs", pd.Series(dtype=float))
+    if len(finished) and epochs.notna().all() and full.notna().all():
+        counts["epochs"], counts["full"] = int(epochs.sum()), int(full.sum())
+    return counts
+
+
 def spans_decades(values: pd.Series, decades: float = 2.0) -> bool:
     """Positive numbers whose max / min exceeds 10**decades: a log axis shows them better."""
     x = pd.to_numeric(values, errors="coerce").dropna()
