@@ -1,24 +1,38 @@
-"""ASHA inside each grid cell of a search (`search.method: asha`): one Tune ASHAScheduler per cell.
+"""ASHA within each group of comparable trials: one Tune ASHAScheduler per group.
 
-A search runs its samples inside every grid cell (model x axis values x seed) and selects per cell, so a trial may
-only be stopped by comparison with trials of its own cell. One ASHAScheduler for the whole sweep compares them all
-on the same rungs: the cells of a harder domain, whose objective runs lower, lose every trial to the easier ones'
-cutoffs and end with no trial run to the end (measured: benchmarks/RESULTS.md, search_vs_grid). Tune's scheduler
-does the halving; this only routes each trial's events to its cell's. Only the driver imports this module.
+A trial may only be stopped by comparison with trials it competes with: for a search (`search.method: asha`), the
+trials of its grid cell (model x axis values x seed), among which the search selects; for a grid's `scheduler: asha`,
+the trials that differ only in swept model settings (same model, data and seed). One ASHAScheduler for the whole
+sweep compares them all on the same rungs: a harder domain, whose figure runs worse, loses every trial to the easier
+domains' cutoffs and ends with no trial run to the end (measured: benchmarks/RESULTS.md, search_vs_grid). Tune's
+scheduler does the halving; this only routes each trial's events to its group's. Only the driver imports this module.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from hdmap.config import TrialConfig
 
+if TYPE_CHECKING:
+    from sweeps.spec import Plan
+
+
+def comparable_paths(plan: Plan) -> list[str]:
+    """The config paths in which trials of one ASHA group may differ (the rest of the config, `sweeps.spec.cell_key`,
+    names the group): a search's searched paths; a grid's swept model settings, the model itself excepted."""
+    if plan.spec.search.method == "asha":
+        return plan.search_params()
+    return [p for p in plan.axes if p.startswith("model.") and p != "model.name"]
+
 
 class CellASHA(FIFOScheduler):
-    """Tune's ASHAScheduler per search cell; trials run in FIFO order as with one."""
+    """Tune's ASHAScheduler per group of comparable trials; trials run in FIFO order as with one."""
 
     def __init__(self, cell_of: dict[str, str], **asha: object) -> None:
-        """`cell_of`: hdmap trial id -> its cell's key (sweeps.spec.cell_key); `asha`: ASHAScheduler's arguments."""
+        """`cell_of`: hdmap trial id -> its group's key (sweeps.spec.cell_key); `asha`: ASHAScheduler's arguments."""
         super().__init__()
         self.cell_of, self.asha = cell_of, asha
         self.cells: dict[str, ASHAScheduler] = {}
@@ -50,4 +64,4 @@ class CellASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         stopped = sum(cell._num_stopped for cell in self.cells.values())
-        return f"Using ASHA within each of {len(self.cells)} search cells: num_stopped={stopped}"
+        return f"Using ASHA within each of {len(self.cells)} groups of comparable trials: num_stopped={stopped}"

@@ -265,7 +265,7 @@ def _scheduler_text(plan) -> str:
     asha = plan.spec.asha
     if asha is None:
         return "fifo"
-    where = "within each grid cell" if plan.spec.search.method == "asha" else "over all trials"
+    where = "within each grid cell" if plan.spec.search.method == "asha" else "among trials of one model, data, seed"
     return f"asha on {asha.metric} per epoch ({asha.mode}), {where}"
 
 

@@ -306,14 +306,12 @@ class SweepRun:
         )
 
     def scheduler(self, todo: list[TrialConfig]):
-        """ASHA on the spec's per-epoch metric, or None (FIFO): for a search (`method: asha`) within each of its grid
-        cells (sweeps.cell_asha), for a grid's `scheduler: asha` over all its trials."""
+        """ASHA on the spec's per-epoch metric within each group of comparable trials (sweeps.cell_asha), or None
+        (FIFO)."""
         asha = self.spec.asha
         if not asha:
             return None
-        from ray.tune.schedulers import ASHAScheduler
-
-        from sweeps.cell_asha import CellASHA
+        from sweeps.cell_asha import CellASHA, comparable_paths
 
         kwargs = dict(
             time_attr="training_iteration",
@@ -323,10 +321,8 @@ class SweepRun:
             grace_period=asha.grace_period,
             reduction_factor=asha.reduction_factor,
         )
-        if self.spec.search.method != "asha":
-            return ASHAScheduler(**kwargs)
-        params = self.plan.search_params()
-        return CellASHA({t.trial_id: cell_key(t, params) for t in todo}, **kwargs)
+        paths = comparable_paths(self.plan)
+        return CellASHA({t.trial_id: cell_key(t, paths) for t in todo}, **kwargs)
 
     def record_unfinished(self, grid) -> None:
         """Error rows for trials that failed every attempt (Tune already retried them max_failures times)."""

@@ -176,9 +176,21 @@ def test_a_space_written_nested_or_through_set_names_dotted_paths(tmp_path):
         load_spec(write(tmp_path, body + search(), "bad.yaml"), ["models.draem.space.model.epochs={randint: [3, 1]}"])
 
 
-def test_asha_search_stops_a_trial_only_against_its_own_grid_cell(tmp_path):
-    """One cell's objective runs lower (a harder domain): one ASHA for the sweep would stop its trials on the other
-    cell's cutoffs and leave it no trial run to the end; each cell has its own rungs (sweeps.cell_asha)."""
+GRID_ASHA = """
+models:
+  draem:
+    trial: {data: {normalization: none}, model: {epochs: 3}}
+    axes: {model.lr: [0.0001, 0.001, 0.01]}
+axes: {data.domain: [A, C]}
+scheduler: {metric: val_synth_auroc, mode: max, grace_period: 1}
+"""
+
+
+@pytest.mark.parametrize("body", [DRAEM + search("asha", 4, ", grace_period: 1"), GRID_ASHA], ids=["search", "grid"])
+def test_asha_stops_a_trial_only_against_its_own_grid_cell(tmp_path, body):
+    """One domain's objective runs lower: one ASHA for the sweep would stop its trials on the other domain's cutoffs
+    and leave it no trial run to the end. A search's trials are compared within their grid cell, a grid's within the
+    trials of one model, data and seed (sweeps.cell_asha)."""
     from types import SimpleNamespace
 
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -186,7 +198,7 @@ def test_asha_search_stops_a_trial_only_against_its_own_grid_cell(tmp_path):
     from sweeps.cell_asha import CellASHA
     from sweeps.runner import SweepRun
 
-    plan = load_spec(write(tmp_path, DRAEM + search("asha", 4, ", grace_period: 1")))
+    plan = load_spec(write(tmp_path, body))
     by_domain = {d: [t for t in plan.trials if t.data.domain == d] for d in ("domain_A", "domain_C")}
     scheduler = SweepRun.scheduler(SimpleNamespace(spec=plan.spec, plan=plan), plan.trials)
     assert isinstance(scheduler, CellASHA)
