@@ -166,7 +166,7 @@ class PruneRecorder(Callback):
         epoch = result.get("epoch")  # the 0-based epoch of the report the scheduler stopped it on
         self.store.write_failure(
             TrialConfig.model_validate(trial.config["trial"]),
-            f"stopped early by the scheduler after {reports} reports",
+            f"stopped early by the scheduler after {reports} report{'' if reports == 1 else 's'}",
             self.sweep,
             self.spec_hash,
             status="pruned",

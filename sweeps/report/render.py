@@ -595,8 +595,9 @@ def search_section(data: A.SweepData, figs: list[str]) -> Section | None:
     s = Section("search", "Search: the pick on the objective vs the ORACLE pick")
     objective = label(search.objective)
     auroc_digits = METRICS[S.TEST_METRIC].digits
+    article = "An" if search.method[0] in "aeiou" else "A"  # an asha / an optuna search
     s.text(
-        f"A {search.method} search, {search.num_samples} samples per grid cell and model (seed {search.seed}), "
+        f"{article} {search.method} search, {search.num_samples} samples per grid cell and model (seed {search.seed}), "
         f"over {', '.join(search.params) or 'no parameter'}; objective {search.objective} ({search.mode}). "
         "A cell is model × grid-axis values × seed × test domain. Selected: the cell's trial best on the objective. "
         f"{ORACLE_PICK}: the cell's trial best on test {label(S.TEST_METRIC)}. "
