@@ -54,10 +54,18 @@ class CellASHA(FIFOScheduler):
         self._cell(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return self._cell(trial).on_trial_result(tune_controller, trial, result)
+        return self._cell(trial).on_trial_result(tune_controller, trial, self._known(result))
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._cell(trial).on_trial_complete(tune_controller, trial, result)
+        self._cell(trial).on_trial_complete(tune_controller, trial, self._known(result))
+
+    def _known(self, result: dict) -> dict:
+        """The result without its metric where that is None (a diverged model has no figure): Tune's ASHA skips a
+        result without the metric, and raises TypeError on a None one, which would stop the whole Tune run."""
+        metric = self.asha["metric"]
+        if metric in result and result[metric] is None:
+            return {k: v for k, v in result.items() if k != metric}
+        return result
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._cell(trial).on_trial_remove(tune_controller, trial)

@@ -217,3 +217,8 @@ def test_asha_stops_a_trial_only_against_its_own_grid_cell(tmp_path, body):
     actions = first_rung(scheduler, easy + hard, [0.9, 0.8, 0.95, 0.5])
     assert actions == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.CONTINUE, TrialScheduler.CONTINUE]
     assert len(scheduler.cells) == 2
+    # a diverged trial's figure is None: Tune's ASHA would raise TypeError (ending the Tune run); here it is skipped
+    diverged = SimpleNamespace(trial_id="diverged", config={"trial": easy[0].model_dump(mode="json")})
+    scheduler.on_trial_add(None, diverged)
+    assert scheduler.on_trial_result(None, diverged, {"training_iteration": 1, "val_synth_auroc": None}) == "CONTINUE"
+    scheduler.on_trial_complete(None, diverged, {"training_iteration": 4, "val_synth_auroc": None})
