@@ -159,10 +159,9 @@ def early_stops(data: SweepData) -> dict[str, int | None]:
         "epochs": None,
         "full": None,
     }
-    epochs = finished.get("epochs_run", pd.Series(dtype=float))
-    full = finished.get("model.epochs", pd.Series(dtype=float))
-    if len(finished) and epochs.notna().all() and full.notna().all():
-        counts["epochs"], counts["full"] = int(epochs.sum()), int(full.sum())
+    columns = ["epochs_run", "model.epochs"]
+    if len(finished) and set(columns) <= set(finished.columns) and finished[columns].notna().all(axis=None):
+        counts["epochs"], counts["full"] = (int(finished[c].sum()) for c in columns)
     return counts
 
 
